@@ -1,0 +1,30 @@
+//! Host bindings generated from `wit/`, the one contract every plugin speaks.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "stage",
+    imports: {
+        // Logging is synchronous and cheap; everything that may wait on I/O is async.
+        "runner:plugin/kv": async,
+        "runner:plugin/catalog": async,
+        "runner:plugin/http": async,
+        "runner:plugin/template": async,
+    },
+    exports: { default: async },
+});
+
+pub use runner::plugin::types::Error as PluginError;
+
+/// A readable one-line form of a plugin error: `denied: kv: ...`. (The
+/// generated `Display` prints the variant's debug form.)
+pub fn describe(error: &PluginError) -> String {
+    let (kind, message) = match error {
+        PluginError::Denied(m) => ("denied", m),
+        PluginError::NotFound(m) => ("not found", m),
+        PluginError::InvalidConfig(m) => ("invalid config", m),
+        PluginError::Failed(m) => ("failed", m),
+        PluginError::Timeout(m) => ("timeout", m),
+        PluginError::Unavailable(m) => ("unavailable", m),
+    };
+    format!("{kind}: {message}")
+}

@@ -1,0 +1,154 @@
+//! `catalog`: instances of services, limited to granted service names.
+
+use super::{HostServices, bounded, denied, registry_error};
+use crate::bindings::PluginError;
+use crate::bindings::runner::plugin::catalog;
+use crate::registry::{Instance, Registry};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Service names a plugin may read and register (`--allow-service`, globs).
+#[derive(Debug, Clone)]
+pub struct ServiceGrant {
+    patterns: Vec<String>,
+    set: GlobSet,
+}
+
+impl Default for ServiceGrant {
+    fn default() -> Self {
+        Self {
+            patterns: Vec::new(),
+            set: GlobSet::empty(),
+        }
+    }
+}
+
+impl ServiceGrant {
+    pub fn parse(patterns: &[String]) -> Result<Self, String> {
+        let mut builder = GlobSetBuilder::new();
+        for p in patterns {
+            builder.add(Glob::new(p).map_err(|e| format!("pattern \"{p}\": {e}"))?);
+        }
+        let set = builder.build().map_err(|e| e.to_string())?;
+        Ok(Self {
+            patterns: patterns.to_vec(),
+            set,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    pub fn allows(&self, service: &str) -> bool {
+        self.set.is_match(service)
+    }
+
+    pub fn deny(&self, op: &str, service: &str) -> PluginError {
+        denied(
+            "catalog",
+            format_args!("{op} of service \"{service}\" is not granted"),
+            format_args!("--allow-service {service}"),
+        )
+    }
+}
+
+pub struct CatalogCap {
+    grant: ServiceGrant,
+    registry: Arc<dyn Registry>,
+    timeout: Duration,
+}
+
+impl CatalogCap {
+    pub fn new(grant: ServiceGrant, services: &HostServices) -> Self {
+        Self {
+            grant,
+            registry: services.registry.clone(),
+            timeout: services.host_call_timeout,
+        }
+    }
+
+    fn check(&self, op: &str, service: &str) -> Result<(), PluginError> {
+        if self.grant.allows(service) {
+            Ok(())
+        } else {
+            Err(self.grant.deny(op, service))
+        }
+    }
+}
+
+pub(crate) fn to_wit(i: Instance) -> catalog::Instance {
+    catalog::Instance {
+        id: i.id,
+        name: i.name,
+        address: i.address,
+        port: i.port,
+        tags: i.tags,
+        healthy: i.healthy,
+    }
+}
+
+impl catalog::Host for CatalogCap {
+    async fn instances(&mut self, service: String, healthy_only: bool) -> Result<Vec<catalog::Instance>, PluginError> {
+        self.check("read", &service)?;
+        bounded("catalog.instances", self.timeout, async {
+            let all = self.registry.instances(&service).await.map_err(|e| registry_error("catalog", e))?;
+            Ok(all
+                .into_iter()
+                .filter(|i| i.healthy || !healthy_only)
+                .map(to_wit)
+                .collect())
+        })
+        .await
+    }
+
+    async fn services(&mut self) -> Result<Vec<String>, PluginError> {
+        bounded("catalog.services", self.timeout, async {
+            let names = self.registry.services().await.map_err(|e| registry_error("catalog", e))?;
+            Ok(names.into_iter().filter(|n| self.grant.allows(n)).collect())
+        })
+        .await
+    }
+
+    async fn register(&mut self, instance: catalog::Instance) -> Result<(), PluginError> {
+        self.check("register", &instance.name)?;
+        if instance.id.is_empty() {
+            return Err(PluginError::InvalidConfig("catalog.register: instance id is empty".into()));
+        }
+        let instance = Instance {
+            id: instance.id,
+            name: instance.name,
+            address: instance.address,
+            port: instance.port,
+            tags: instance.tags,
+            healthy: instance.healthy,
+        };
+        bounded("catalog.register", self.timeout, async {
+            self.registry.register(&instance).await.map_err(|e| registry_error("catalog", e))
+        })
+        .await
+    }
+
+    async fn deregister(&mut self, service: String, id: String) -> Result<bool, PluginError> {
+        self.check("deregister", &service)?;
+        bounded("catalog.deregister", self.timeout, async {
+            self.registry.deregister(&service, &id).await.map_err(|e| registry_error("catalog", e))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_service_names() {
+        let g = ServiceGrant::parse(&["books-ms-*".to_string()]).unwrap();
+        assert!(g.allows("books-ms-blue"));
+        assert!(!g.allows("payments-blue"));
+        assert!(!ServiceGrant::default().allows("books-ms-blue"));
+        assert!(ServiceGrant::parse(&["[".to_string()]).is_err());
+    }
+}

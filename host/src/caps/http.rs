@@ -1,0 +1,262 @@
+//! `http`: outbound requests through reqwest, limited to granted origins.
+
+use super::{HostServices, denied};
+use crate::bindings::PluginError;
+use crate::bindings::runner::plugin::http;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use url::Url;
+
+/// One allowed origin, `scheme://host:port`; host may be `*` or `*.domain`,
+/// port may be `*`; a missing port means the scheme's default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginPattern {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+    text: String,
+}
+
+impl OriginPattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let example = "expected scheme://host:port, e.g. http://127.0.0.1:8080 or https://*.example.com:*";
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| format!("\"{text}\" has no scheme; {example}"))?;
+        if scheme != "http" && scheme != "https" {
+            return Err(format!("\"{text}\": scheme must be http or https; {example}"));
+        }
+        if rest.contains('/') || rest.contains('?') {
+            return Err(format!("\"{text}\" must be an origin without a path; {example}"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, "*")) => (h, None),
+            Some((h, p)) => (
+                h,
+                Some(
+                    p.parse::<u16>()
+                        .map_err(|_| format!("\"{text}\": port \"{p}\" is not a number or *; {example}"))?,
+                ),
+            ),
+            None => (rest, Some(if scheme == "https" { 443 } else { 80 })),
+        };
+        if host.is_empty() {
+            return Err(format!("\"{text}\" has an empty host; {example}"));
+        }
+        if host.contains('*') && host != "*" && !(host.starts_with("*.") && !host[2..].contains('*')) {
+            return Err(format!("\"{text}\": a host wildcard must be `*` or `*.domain`; {example}"));
+        }
+        Ok(Self {
+            scheme: scheme.to_string(),
+            host: host.to_ascii_lowercase(),
+            port,
+            text: text.to_string(),
+        })
+    }
+
+    pub fn matches(&self, url: &Url) -> bool {
+        let Some(host) = url.host_str() else { return false };
+        let host = host.to_ascii_lowercase();
+        let host_ok = match self.host.strip_prefix("*.") {
+            _ if self.host == "*" => true,
+            Some(domain) => host.ends_with(&format!(".{domain}")),
+            None => host == self.host,
+        };
+        let port_ok = match self.port {
+            None => true,
+            Some(p) => url.port_or_known_default() == Some(p),
+        };
+        url.scheme() == self.scheme && host_ok && port_ok
+    }
+}
+
+impl std::fmt::Display for OriginPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// The origins a plugin may reach (`--allow-http`).
+#[derive(Debug, Clone, Default)]
+pub struct HttpGrant {
+    origins: Vec<OriginPattern>,
+}
+
+impl HttpGrant {
+    pub fn parse(patterns: &[String]) -> Result<Self, String> {
+        Ok(Self {
+            origins: patterns.iter().map(|p| OriginPattern::parse(p)).collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.origins.is_empty()
+    }
+
+    pub fn allows(&self, url: &Url) -> bool {
+        self.origins.iter().any(|o| o.matches(url))
+    }
+}
+
+fn origin_of(url: &Url) -> String {
+    format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0)
+    )
+}
+
+pub struct HttpCap {
+    grant: Arc<HttpGrant>,
+    // Built on first use: most stages never send a request.
+    client: OnceLock<reqwest::Client>,
+    max_timeout: Duration,
+    max_body: u64,
+}
+
+impl HttpCap {
+    pub fn new(grant: HttpGrant, services: &HostServices) -> Self {
+        Self {
+            grant: Arc::new(grant),
+            client: OnceLock::new(),
+            max_timeout: services.host_call_timeout,
+            max_body: services.http_max_body,
+        }
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, PluginError> {
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        let grant = self.grant.clone();
+        // Redirects are followed only while they stay inside the allowlist.
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 10 {
+                attempt.error("too many redirects (10)")
+            } else if grant.allows(attempt.url()) {
+                attempt.follow()
+            } else {
+                let target = origin_of(attempt.url());
+                attempt.error(format!("redirect to {target} leaves the allowlist"))
+            }
+        });
+        let client = reqwest::Client::builder()
+            .redirect(policy)
+            .no_proxy()
+            .build()
+            .map_err(|e| PluginError::Failed(format!("http: cannot build client: {e}")))?;
+        Ok(self.client.get_or_init(|| client))
+    }
+}
+
+fn classify(url: &Url, e: reqwest::Error, timeout: Duration) -> PluginError {
+    if e.is_redirect() {
+        let reason = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+        return denied(
+            "http",
+            format_args!("{url}: {reason}"),
+            "--allow-http for the redirect target's origin",
+        );
+    }
+    if e.is_timeout() {
+        return PluginError::Timeout(format!(
+            "http: {url} did not answer within {}",
+            humantime::format_duration(timeout)
+        ));
+    }
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg = format!("{msg}: {s}");
+        source = s.source();
+    }
+    if e.is_connect() {
+        PluginError::Unavailable(format!("http: cannot connect to {}: {msg}", origin_of(url)))
+    } else {
+        PluginError::Failed(format!("http: {url}: {msg}"))
+    }
+}
+
+impl http::Host for HttpCap {
+    async fn send(&mut self, request: http::Request) -> Result<http::Response, PluginError> {
+        let url = Url::parse(&request.url)
+            .map_err(|e| PluginError::InvalidConfig(format!("http: \"{}\" is not an absolute URL: {e}", request.url)))?;
+        if !self.grant.allows(&url) {
+            let origin = origin_of(&url);
+            return Err(denied(
+                "http",
+                format_args!("origin {origin} is not in the allowlist"),
+                format_args!("--allow-http {origin}"),
+            ));
+        }
+        let method = reqwest::Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| PluginError::InvalidConfig(format!("http: \"{}\" is not an HTTP method", request.method)))?;
+        let timeout = request
+            .timeout_ms
+            .map(|ms| Duration::from_millis(ms.into()))
+            .unwrap_or(self.max_timeout)
+            .min(self.max_timeout);
+
+        let mut builder = self.client()?.request(method, url.clone()).timeout(timeout);
+        for (name, value) in &request.headers {
+            builder = builder.header(name, value);
+        }
+        if let Some(body) = request.body {
+            builder = builder.body(body);
+        }
+        let mut response = builder.send().await.map_err(|e| classify(&url, e, timeout))?;
+
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| classify(&url, e, timeout))? {
+            if body.len() as u64 + chunk.len() as u64 > self.max_body {
+                return Err(PluginError::Failed(format!(
+                    "http: response body from {url} exceeds the {} cap; raise it with --http-max-body",
+                    bytesize::ByteSize(self.max_body)
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(http::Response { status, headers, body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn origin_patterns_match_scheme_host_and_port() {
+        let p = OriginPattern::parse("http://127.0.0.1:*").unwrap();
+        assert!(p.matches(&url("http://127.0.0.1:8080/x")));
+        assert!(!p.matches(&url("https://127.0.0.1:8080/x")));
+        assert!(!p.matches(&url("http://127.0.0.2:8080/x")));
+
+        let p = OriginPattern::parse("https://*.example.com").unwrap();
+        assert!(p.matches(&url("https://api.example.com/")));
+        assert!(!p.matches(&url("https://api.example.com:8443/")));
+        assert!(!p.matches(&url("https://example.com.evil.net/")));
+
+        let p = OriginPattern::parse("http://localhost:8080").unwrap();
+        assert!(p.matches(&url("http://LOCALHOST:8080/")));
+        assert!(!p.matches(&url("http://localhost:8081/")));
+    }
+
+    #[test]
+    fn bad_patterns_explain_the_expected_form() {
+        for bad in ["127.0.0.1:80", "ftp://x:1", "http://x:80/path", "http://x:port", "http://a*b:1"] {
+            let err = OriginPattern::parse(bad).unwrap_err();
+            assert!(err.contains("scheme://host:port"), "{bad}: {err}");
+        }
+    }
+}

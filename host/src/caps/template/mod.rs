@@ -1,0 +1,139 @@
+//! `template`: consul-template compatible rendering from catalog and KV data
+//! into granted directories.
+
+mod engine;
+mod output;
+
+pub use engine::{DataSource, Dependency, RenderError, Snapshot, render as render_text};
+pub use output::{FileError, GrantedDir};
+
+use super::catalog::ServiceGrant;
+use super::kv::KvGrant;
+use super::{HostServices, bounded, denied, registry_error};
+use crate::bindings::PluginError;
+use crate::bindings::runner::plugin::template;
+use crate::grants::Grants;
+use crate::registry::Registry;
+use engine::RenderErrorOrDenied;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct TemplateCap {
+    kv: KvGrant,
+    services: ServiceGrant,
+    /// Where template files may be read from (`--allow-dir`, any mode, and output dirs).
+    sources: Vec<GrantedDir>,
+    /// Where rendered files may be written (`--allow-template-out`).
+    outputs: Vec<GrantedDir>,
+    registry: Arc<dyn Registry>,
+    timeout: Duration,
+}
+
+impl TemplateCap {
+    pub fn new(grants: &Grants, services: &HostServices) -> Self {
+        let mut sources: Vec<GrantedDir> = grants.dirs.iter().map(|d| d.granted.clone()).collect();
+        sources.extend(grants.template_out.iter().cloned());
+        Self {
+            kv: grants.kv.clone(),
+            services: grants.services.clone(),
+            sources,
+            outputs: grants.template_out.clone(),
+            registry: services.registry.clone(),
+            timeout: services.host_call_timeout,
+        }
+    }
+
+    fn source_text(&self, source: template::Source) -> Result<String, PluginError> {
+        match source {
+            template::Source::Inline(text) => Ok(text),
+            template::Source::File(path) => output::read_inside(&self.sources, Path::new(&path)).map_err(|e| file_error(e, "--allow-dir DIR")),
+        }
+    }
+
+    async fn render(&self, text: &str) -> Result<String, PluginError> {
+        bounded("template.render", self.timeout, async {
+            render_text(text, self).await.map_err(|e| match e {
+                RenderErrorOrDenied::Fetch(e) => e,
+                RenderErrorOrDenied::Render(e) => PluginError::InvalidConfig(format!("template: {e}")),
+            })
+        })
+        .await
+    }
+}
+
+fn file_error(e: FileError, grant: &str) -> PluginError {
+    match e {
+        FileError::NotFound(_) => PluginError::NotFound(format!("template: {e}")),
+        FileError::Io { .. } => PluginError::Failed(format!("template: {e}")),
+        FileError::NotGranted { ref path, .. } => {
+            let dir = path.parent().map(|p| p.display().to_string()).unwrap_or_default();
+            denied("template", &e, grant.replace("DIR", &dir))
+        }
+        FileError::ParentComponent(_) | FileError::Escapes(_) => PluginError::Denied(format!("template: {e}")),
+    }
+}
+
+/// Template data comes from the registry under the plugin's own grants: a
+/// template cannot read what the plugin could not read directly.
+impl DataSource for TemplateCap {
+    async fn fetch(&self, dep: &Dependency, into: &mut Snapshot) -> Result<(), PluginError> {
+        let reg = |e| registry_error("template", e);
+        match dep {
+            Dependency::Service(name) => {
+                if !self.services.allows(name) {
+                    return Err(self.services.deny("template read", name));
+                }
+                let instances = self.registry.instances(name).await.map_err(reg)?;
+                into.services.insert(name.clone(), instances);
+            }
+            Dependency::Key(key) => {
+                if !self.kv.allows_key(key) {
+                    return Err(self.kv.deny("template read", key));
+                }
+                let value = self.registry.kv_get(key).await.map_err(reg)?.map(|e| e.value);
+                into.keys.insert(key.clone(), value);
+            }
+            Dependency::Prefix(prefix) => {
+                if !self.kv.allows_prefix(prefix) {
+                    return Err(self.kv.deny("template list", prefix));
+                }
+                let entries = self.registry.kv_list(prefix).await.map_err(reg)?;
+                into.prefixes.insert(prefix.clone(), entries);
+            }
+            Dependency::Services => {
+                let names = self.registry.services().await.map_err(reg)?;
+                into.service_names = Some(names.into_iter().filter(|n| self.services.allows(n)).collect());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl template::Host for TemplateCap {
+    async fn render(&mut self, source: template::Source, destination: String) -> Result<template::Rendered, PluginError> {
+        // Check the destination before doing any work.
+        if self.outputs.is_empty() {
+            return Err(denied(
+                "template",
+                format_args!("writing \"{destination}\" needs a template output directory"),
+                "--allow-template-out DIR",
+            ));
+        }
+        let text = self.source_text(source)?;
+        let content = TemplateCap::render(self, &text).await?;
+        let changed = output::write_if_changed(&self.outputs, Path::new(&destination), content.as_bytes())
+            .map_err(|e| file_error(e, "--allow-template-out DIR"))?;
+        if changed {
+            tracing::info!(target: "plugin", "template: wrote {destination}");
+        } else {
+            tracing::debug!(target: "plugin", "template: {destination} unchanged");
+        }
+        Ok(template::Rendered { destination, changed, content })
+    }
+
+    async fn render_string(&mut self, source: template::Source) -> Result<String, PluginError> {
+        let text = self.source_text(source)?;
+        TemplateCap::render(self, &text).await
+    }
+}

@@ -1,0 +1,220 @@
+//! Command-line definitions (clap). Behaviour lives in [`crate::commands`].
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "runner",
+    version,
+    about = "Run deployment pipeline stages as sandboxed WebAssembly components",
+    long_about = "Run deployment pipeline stages as sandboxed WebAssembly components.\n\n\
+        Every stage is a plugin (a .wasm component built against wit/) that can touch only what \
+        it was granted: KV prefixes, catalog services, HTTP origins, directories.\n\n\
+        Exit status: 0 success, 1 stage failed, 2 usage or config error, \
+        3 plugin fault (trap, limit, invalid component).",
+    after_help = "Examples:\n  \
+        runner exec --plugin color.wasm --service books-ms --allow-kv books-ms/ --config commit=true\n  \
+        runner plugin inspect integration-test.wasm\n  \
+        runner kv get books-ms/color\n\n\
+        Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=runner=debug) or pass -v for more."
+)]
+pub struct Cli {
+    /// Where the embedded registry keeps its state.
+    #[arg(long, global = true, env = "RUNNER_STATE_DIR", default_value = ".runner", value_name = "DIR")]
+    pub state_dir: PathBuf,
+
+    /// Where precompiled plugins are cached [default: $XDG_CACHE_HOME/runner/components].
+    #[arg(long, global = true, env = "RUNNER_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Compile plugins on every run instead of using the artifact cache.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+
+    /// More output: -v shows debug logs and wasm backtraces, -vv traces.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one stage plugin once.
+    Exec(ExecArgs),
+    /// Work with plugin files.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Read and write the registry's key/value store.
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Read the registry's service catalog.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    runner exec --plugin color.wasm --service books-ms --allow-kv books-ms/ --config commit=true\n  \
+    runner exec --plugin integration-test.wasm --allow-http 'http://127.0.0.1:*' \\\n      \
+    --config base_url=http://127.0.0.1:8080 --config check.health='GET /health 200'\n\n\
+    Outputs are printed to stdout as KEY=VALUE lines (or JSON with --json).")]
+pub struct ExecArgs {
+    /// The stage plugin: a .wasm component built against wit/ (world `stage`).
+    #[arg(long, value_name = "PATH")]
+    pub plugin: PathBuf,
+
+    /// The service being deployed, passed to the stage.
+    #[arg(long, default_value = "", value_name = "NAME")]
+    pub service: String,
+
+    /// The stage's name [default: the plugin's file name].
+    #[arg(long, value_name = "NAME")]
+    pub stage: Option<String>,
+
+    /// A stage setting, repeatable.
+    #[arg(long = "config", short = 'c', value_name = "KEY=VALUE", value_parser = parse_pair)]
+    pub config: Vec<(String, String)>,
+
+    /// An input as if from an earlier stage (`stage.key=value`), repeatable.
+    #[arg(long = "input", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    pub inputs: Vec<(String, String)>,
+
+    #[command(flatten)]
+    pub grants: GrantArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
+    /// Print the outcome as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Everything is denied unless granted here or in a grants file.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Grants (default: nothing)")]
+pub struct GrantArgs {
+    /// Read a `[grants]` table from a TOML file; flags add to it.
+    #[arg(long = "grants", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Allow KV keys under PREFIX (`books-ms/`), or `*` for all.
+    #[arg(long = "allow-kv", value_name = "PREFIX")]
+    pub kv: Vec<String>,
+
+    /// Allow catalog access to services matching PATTERN (`books-ms-*`).
+    #[arg(long = "allow-service", value_name = "PATTERN")]
+    pub services: Vec<String>,
+
+    /// Allow HTTP to ORIGIN, `scheme://host:port`; host and port may be `*`.
+    #[arg(long = "allow-http", value_name = "ORIGIN")]
+    pub http: Vec<String>,
+
+    /// Preopen a directory for the plugin's file access: HOST[:GUEST][:ro|rw] (default ro).
+    #[arg(long = "allow-dir", value_name = "HOST[:GUEST][:MODE]")]
+    pub dirs: Vec<String>,
+
+    /// Allow templates to render files into DIR.
+    #[arg(long = "allow-template-out", value_name = "DIR")]
+    pub template_out: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitArgs {
+    /// Largest linear memory the plugin may grow to.
+    #[arg(long, default_value = "256MiB", value_name = "SIZE", value_parser = parse_size)]
+    pub memory: u64,
+
+    /// Wall-clock time the run may take (`90s`, `10m`).
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub deadline: Duration,
+
+    /// Time any one host call (registry, HTTP) may take.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub host_call_timeout: Duration,
+
+    /// Largest HTTP response body the plugin may receive.
+    #[arg(long, default_value = "10MiB", value_name = "SIZE", value_parser = parse_size)]
+    pub http_max_body: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Show a plugin's world, imports, exports and the grants it can use.
+    Inspect {
+        /// The .wasm component.
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Print a key's value (exit 1 if it does not exist).
+    Get {
+        key: String,
+        /// Also print the create and modify indexes.
+        #[arg(long)]
+        detailed: bool,
+    },
+    /// Write a key.
+    Put {
+        key: String,
+        value: String,
+        /// Write only if the key's modify index is INDEX (0: only if absent).
+        #[arg(long, value_name = "INDEX")]
+        cas: Option<u64>,
+    },
+    /// List keys under a prefix, as KEY<TAB>VALUE lines.
+    List {
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Delete a key.
+    Delete { key: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// List services and their instances.
+    List {
+        /// Only this service.
+        service: Option<String>,
+    },
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got \"{s}\"")),
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("\"{s}\" is not a size like 256MiB: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_and_pairs_parse() {
+        assert_eq!(parse_size("256MiB").unwrap(), 256 * 1024 * 1024);
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_pair("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert!(parse_pair("=x").is_err());
+    }
+}

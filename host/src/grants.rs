@@ -1,0 +1,225 @@
+//! The grant model: everything a plugin may touch, default deny.
+//!
+//! Grants are written as CLI flags (`--allow-kv`, ...) or as a `[grants]`
+//! table in TOML (the same shape a pipeline file uses per stage), merged, then
+//! validated once when the plugin is loaded. Each capability owns the parsing
+//! of its own grant type; this module only gathers them.
+
+use crate::caps::catalog::ServiceGrant;
+use crate::caps::http::HttpGrant;
+use crate::caps::kv::KvGrant;
+use crate::caps::template::GrantedDir;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Grants as written by the operator, before validation.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsSpec {
+    /// KV key prefixes (`books-ms/`), or `*` for every key.
+    #[serde(default)]
+    pub kv: Vec<String>,
+    /// Catalog service names, glob patterns allowed (`books-ms-*`).
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// HTTP origins, `scheme://host:port` (`http://127.0.0.1:*`).
+    #[serde(default)]
+    pub http: Vec<String>,
+    /// Directories preopened for WASI file access: `HOST[:GUEST][:ro|rw]`.
+    #[serde(default)]
+    pub dirs: Vec<String>,
+    /// Directories templates may render into.
+    #[serde(default)]
+    pub template_out: Vec<String>,
+}
+
+/// A file holding a `[grants]` table (and in time, more settings).
+#[derive(Debug, Deserialize)]
+struct GrantsFile {
+    #[serde(default)]
+    grants: GrantsSpec,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error("invalid {flag} grant \"{value}\": {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("cannot read grants file {path}: {source}")]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("grants file {path} is not valid: {message}")]
+    ParseFile { path: PathBuf, message: String },
+}
+
+/// A directory preopened into the guest's WASI filesystem.
+#[derive(Debug, Clone)]
+pub struct DirGrant {
+    pub granted: GrantedDir,
+    /// The path the guest sees.
+    pub guest: String,
+    pub writable: bool,
+}
+
+/// Validated grants, ready to build one run's capabilities.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    pub kv: KvGrant,
+    pub services: ServiceGrant,
+    pub http: HttpGrant,
+    pub dirs: Vec<DirGrant>,
+    pub template_out: Vec<GrantedDir>,
+}
+
+impl GrantsSpec {
+    /// Read the `[grants]` table of a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, GrantError> {
+        let text = std::fs::read_to_string(path).map_err(|source| GrantError::ReadFile {
+            path: path.into(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| GrantError::ParseFile {
+            path: path.into(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str::<GrantsFile>(text)
+            .map(|f| f.grants)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Add `other`'s grants to these (flags add to a file's grants).
+    pub fn merge(&mut self, other: GrantsSpec) {
+        self.kv.extend(other.kv);
+        self.services.extend(other.services);
+        self.http.extend(other.http);
+        self.dirs.extend(other.dirs);
+        self.template_out.extend(other.template_out);
+    }
+
+    /// Validate every grant; directories must exist.
+    pub fn validate(&self) -> Result<Grants, GrantError> {
+        let invalid = |flag: &'static str, value: &str, reason: String| GrantError::Invalid {
+            flag,
+            value: value.to_string(),
+            reason,
+        };
+        let kv = KvGrant::parse(&self.kv).map_err(|r| invalid("--allow-kv", &self.kv.join(","), r))?;
+        let services =
+            ServiceGrant::parse(&self.services).map_err(|r| invalid("--allow-service", &self.services.join(","), r))?;
+        let http = HttpGrant::parse(&self.http).map_err(|r| invalid("--allow-http", &self.http.join(","), r))?;
+        let dirs = self
+            .dirs
+            .iter()
+            .map(|d| parse_dir(d).map_err(|r| invalid("--allow-dir", d, r)))
+            .collect::<Result<_, _>>()?;
+        let template_out = self
+            .template_out
+            .iter()
+            .map(|d| existing_dir(Path::new(d)).map_err(|r| invalid("--allow-template-out", d, r)))
+            .collect::<Result<_, _>>()?;
+        Ok(Grants {
+            kv,
+            services,
+            http,
+            dirs,
+            template_out,
+        })
+    }
+}
+
+fn existing_dir(path: &Path) -> Result<GrantedDir, String> {
+    if !path.is_dir() {
+        return Err(format!("{} is not an existing directory; create it first", path.display()));
+    }
+    GrantedDir::new(path).map_err(|e| e.to_string())
+}
+
+/// `HOST[:GUEST][:ro|rw]`; the guest path defaults to the host path, the mode to ro.
+fn parse_dir(spec: &str) -> Result<DirGrant, String> {
+    let mut parts: Vec<&str> = spec.split(':').collect();
+    let writable = match parts.last() {
+        Some(&"rw") => {
+            parts.pop();
+            true
+        }
+        Some(&"ro") => {
+            parts.pop();
+            false
+        }
+        _ => false,
+    };
+    let (host, guest) = match parts.as_slice() {
+        [host] => (*host, None),
+        [host, guest] => (*host, Some(*guest)),
+        _ => return Err("expected HOST[:GUEST][:ro|rw], e.g. ./reports:/reports:rw".into()),
+    };
+    let granted = existing_dir(Path::new(host))?;
+    let guest = guest.map(str::to_string).unwrap_or_else(|| granted.path().display().to_string());
+    if !guest.starts_with('/') {
+        return Err(format!("guest path \"{guest}\" must be absolute, e.g. /reports"));
+    }
+    Ok(DirGrant {
+        granted,
+        guest,
+        writable,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_grants_section_parses_and_merges_with_flags() {
+        let mut spec = GrantsSpec::from_toml(
+            r#"
+            [grants]
+            kv = ["books-ms/"]
+            services = ["books-ms-*"]
+            http = ["http://127.0.0.1:*"]
+            "#,
+        )
+        .unwrap();
+        spec.merge(GrantsSpec {
+            kv: vec!["other/".into()],
+            ..Default::default()
+        });
+        assert_eq!(spec.kv, ["books-ms/", "other/"]);
+        let g = spec.validate().unwrap();
+        assert!(g.kv.allows_key("other/x"));
+        assert!(g.services.allows("books-ms-blue"));
+    }
+
+    #[test]
+    fn unknown_toml_keys_are_errors() {
+        let err = GrantsSpec::from_toml("[grants]\nkvv = []").unwrap_err();
+        assert!(err.contains("kvv"), "{err}");
+    }
+
+    #[test]
+    fn dir_specs_parse_modes_and_guest_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().display().to_string();
+        let g = parse_dir(&format!("{host}:/reports:rw")).unwrap();
+        assert_eq!((g.guest.as_str(), g.writable), ("/reports", true));
+        let g = parse_dir(&host).unwrap();
+        assert_eq!((g.guest, g.writable), (d.path().display().to_string(), false));
+        assert!(parse_dir(&format!("{host}:rel")).unwrap_err().contains("absolute"));
+        assert!(parse_dir("/does/not/exist").unwrap_err().contains("create it first"));
+    }
+
+    #[test]
+    fn invalid_grants_name_the_flag() {
+        let spec = GrantsSpec {
+            http: vec!["localhost".into()],
+            ..Default::default()
+        };
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(err.contains("--allow-http") && err.contains("scheme://host:port"), "{err}");
+    }
+}

@@ -1,0 +1,80 @@
+//! `runner plugin inspect`: what a component imports and exports, whether it
+//! is a runner stage, and which grants it can make use of.
+
+use std::fmt::Write;
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// How runner treats one imported interface.
+fn grant_for(import: &str) -> Option<&'static str> {
+    let iface = import.split('@').next().unwrap_or(import);
+    Some(match iface {
+        "runner:plugin/types" | "runner:plugin/log" => "always available",
+        "runner:plugin/kv" => "--allow-kv PREFIX",
+        "runner:plugin/catalog" => "--allow-service PATTERN",
+        "runner:plugin/http" => "--allow-http ORIGIN",
+        "runner:plugin/template" => "--allow-template-out DIR (data: --allow-service, --allow-kv)",
+        i if i.starts_with("wasi:filesystem/") => "--allow-dir HOST[:GUEST][:MODE] (no directories otherwise)",
+        i if i.starts_with("wasi:sockets/") => "never granted: use runner:plugin/http",
+        "wasi:cli/environment" => "always empty (no environment, no arguments)",
+        "wasi:cli/stdout" | "wasi:cli/stderr" => "captured into the log",
+        i if i.starts_with("wasi:cli/") || i.starts_with("wasi:io/") => "always available",
+        i if i.starts_with("wasi:clocks/") || i.starts_with("wasi:random/") => "always available",
+        _ => return None,
+    })
+}
+
+/// A human-readable report; `Err` when the bytes are not a loadable component.
+pub fn report(engine: &Engine, path: &std::path::Path, bytes: &[u8]) -> wasmtime::Result<String> {
+    let component = Component::new(engine, bytes)?;
+    let ty = component.component_type();
+    let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    let unknown: Vec<&String> = imports.iter().filter(|i| grant_for(i).is_none()).collect();
+    let is_stage = exports.iter().any(|e| e == "run") && unknown.is_empty();
+
+    let mut out = String::new();
+    let _ = writeln!(out, "plugin:  {}", path.display());
+    let _ = writeln!(out, "size:    {}", bytesize::ByteSize(bytes.len() as u64));
+    let _ = writeln!(
+        out,
+        "world:   {}",
+        if is_stage {
+            "runner:plugin/stage@0.1.0 (runnable with `runner exec`)"
+        } else {
+            "not a runner stage (needs export `run` and only runner/WASI imports)"
+        }
+    );
+    let _ = writeln!(out, "\nexports:");
+    for e in &exports {
+        let _ = writeln!(out, "  {e}");
+    }
+    let _ = writeln!(out, "\nimports and the grants they use:");
+    let width = imports.iter().map(|i| i.len()).max().unwrap_or(0);
+    for i in &imports {
+        let grant = grant_for(i).unwrap_or("NOT PROVIDED by runner: this plugin cannot be loaded");
+        let _ = writeln!(out, "  {i:width$}  {grant}");
+    }
+    let mut grants: Vec<&str> = imports
+        .iter()
+        .filter_map(|i| grant_for(i))
+        .filter(|g| g.starts_with("--"))
+        .collect();
+    grants.dedup();
+    let _ = writeln!(out, "\ngrants it can use: {}", if grants.is_empty() { "none".to_string() } else { grants.join("; ") });
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_runner_interface_maps_to_a_grant() {
+        for iface in ["types", "log", "kv", "catalog", "http", "template"] {
+            assert!(grant_for(&format!("runner:plugin/{iface}@0.1.0")).is_some(), "{iface}");
+        }
+        assert_eq!(grant_for("wasi:sockets/tcp@0.2.3"), Some("never granted: use runner:plugin/http"));
+        assert_eq!(grant_for("acme:thing/x"), None);
+    }
+}

@@ -1,0 +1,20 @@
+//! runner: a deployment runner whose every pipeline stage is a sandboxed
+//! WebAssembly component.
+//!
+//! Layers, outside in (see ARCHITECTURE.md):
+//! - [`cli`] parses the command line (the binary in `main.rs` maps results to exit codes);
+//! - [`runtime`] owns the engine, the precompiled-artifact cache, limits and the
+//!   run of one stage; it knows no capability's internals;
+//! - [`caps`] holds one module per capability (grant check + host trait impl);
+//! - [`registry`] is the KV + catalog backend the `kv`, `catalog` and `template`
+//!   capabilities share;
+//! - [`grants`] is the default-deny grant model, from flags or TOML.
+
+pub mod bindings;
+pub mod caps;
+pub mod cli;
+pub mod commands;
+pub mod grants;
+pub mod inspect;
+pub mod registry;
+pub mod runtime;

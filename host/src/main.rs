@@ -1,0 +1,46 @@
+//! The `runner` binary: parse the command line, run the command, map the
+//! result to an exit status (0 ok, 1 stage failed, 2 usage/config, 3 fault).
+
+use clap::Parser;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = runner::cli::Cli::parse();
+    let verbose = cli.verbose;
+    let default_filter = match verbose {
+        0 => "info",
+        1 => "debug,cranelift=info,wasmtime=info",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .init();
+
+    let tokio = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match tokio.block_on(runner::commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if let Some(detail) = e.detail() {
+                if verbose > 0 {
+                    eprintln!("{detail}");
+                } else {
+                    eprintln!("(run with -v for the wasm backtrace)");
+                }
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
