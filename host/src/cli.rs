@@ -22,7 +22,13 @@ use std::time::Duration;
 )]
 pub struct Cli {
     /// Where the embedded registry keeps its state.
-    #[arg(long, global = true, env = "RUNNER_STATE_DIR", default_value = ".runner", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNNER_STATE_DIR",
+        default_value = ".runner",
+        value_name = "DIR"
+    )]
     pub state_dir: PathBuf,
 
     /// Where precompiled plugins are cached [default: $XDG_CACHE_HOME/runner/components].

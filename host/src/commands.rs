@@ -59,7 +59,10 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
     }
 }
 
-fn open_registry(cli: &Cli, timeout: std::time::Duration) -> Result<Arc<dyn Registry>, CommandError> {
+fn open_registry(
+    cli: &Cli,
+    timeout: std::time::Duration,
+) -> Result<Arc<dyn Registry>, CommandError> {
     Ok(Arc::new(EmbeddedRegistry::open(&cli.state_dir, timeout)?))
 }
 
@@ -97,7 +100,10 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
     let runtime = runtime(cli)?;
     let plugin = runtime.load(&args.plugin)?;
     tracing::debug!(plugin = plugin.name(), cache = ?plugin.cache_outcome(), "plugin loaded");
-    let stage = args.stage.clone().unwrap_or_else(|| plugin.name().to_string());
+    let stage = args
+        .stage
+        .clone()
+        .unwrap_or_else(|| plugin.name().to_string());
 
     let services = HostServices {
         registry: open_registry(cli, limits.host_call_timeout)?,
@@ -116,13 +122,14 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
         limits,
     };
     let started = std::time::Instant::now();
-    let outcome = runtime
-        .run(&plugin, request)
-        .await?
-        .map_err(|error| CommandError::StageFailed {
-            stage: stage.clone(),
-            error,
-        })?;
+    let outcome =
+        runtime
+            .run(&plugin, request)
+            .await?
+            .map_err(|error| CommandError::StageFailed {
+                stage: stage.clone(),
+                error,
+            })?;
     tracing::info!(
         "stage {stage} succeeded in {:.1?}: {}",
         started.elapsed(),
@@ -130,9 +137,13 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
     );
     let mut out = std::io::stdout().lock();
     if args.json {
-        let outputs: serde_json::Map<String, serde_json::Value> =
-            outcome.outputs.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
-        let doc = serde_json::json!({ "stage": stage, "message": outcome.message, "outputs": outputs });
+        let outputs: serde_json::Map<String, serde_json::Value> = outcome
+            .outputs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect();
+        let doc =
+            serde_json::json!({ "stage": stage, "message": outcome.message, "outputs": outputs });
         writeln!(out, "{doc}")?;
     } else {
         for (k, v) in &outcome.outputs {
@@ -151,16 +162,8 @@ fn inspect(cli: &Cli, path: &std::path::Path) -> Result<(), CommandError> {
             source: e,
         },
     })?;
-    // Same header checks as loading, so errors read the same.
-    if let Err(e) = runtime.load_bytes("inspect", path, &bytes) {
-        if !matches!(e, LoadError::WrongWorld { .. }) {
-            return Err(e.into());
-        }
-    }
-    let report = crate::inspect::report(runtime.engine(), path, &bytes).map_err(|e| LoadError::Invalid {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
+    let (component, _) = runtime.compile(path, &bytes)?;
+    let report = crate::inspect::report(runtime.engine(), path, bytes.len(), &component);
     std::io::stdout().lock().write_all(report.as_bytes())?;
     Ok(())
 }
@@ -175,7 +178,11 @@ async fn kv(cli: &Cli, cmd: &KvCommand) -> Result<(), CommandError> {
                 .await?
                 .ok_or_else(|| CommandError::NotFound(format!("key \"{key}\" does not exist")))?;
             if *detailed {
-                writeln!(out, "key\t{}\ncreate_index\t{}\nmodify_index\t{}", entry.key, entry.create_index, entry.modify_index)?;
+                writeln!(
+                    out,
+                    "key\t{}\ncreate_index\t{}\nmodify_index\t{}",
+                    entry.key, entry.create_index, entry.modify_index
+                )?;
                 writeln!(out, "value\t{}", String::from_utf8_lossy(&entry.value))?;
             } else {
                 out.write_all(&entry.value)?;
@@ -198,12 +205,19 @@ async fn kv(cli: &Cli, cmd: &KvCommand) -> Result<(), CommandError> {
         },
         KvCommand::List { prefix } => {
             for entry in registry.kv_list(prefix).await? {
-                writeln!(out, "{}\t{}", entry.key, String::from_utf8_lossy(&entry.value))?;
+                writeln!(
+                    out,
+                    "{}\t{}",
+                    entry.key,
+                    String::from_utf8_lossy(&entry.value)
+                )?;
             }
         }
         KvCommand::Delete { key } => {
             if !registry.kv_delete(key).await? {
-                return Err(CommandError::NotFound(format!("key \"{key}\" does not exist")));
+                return Err(CommandError::NotFound(format!(
+                    "key \"{key}\" does not exist"
+                )));
             }
         }
     }
@@ -222,7 +236,16 @@ async fn catalog(cli: &Cli, cmd: &CatalogCommand) -> Result<(), CommandError> {
     for name in names {
         for i in registry.instances(&name).await? {
             let health = if i.healthy { "passing" } else { "critical" };
-            writeln!(out, "{}\t{}\t{}:{}\t{}\t{}", i.name, i.id, i.address, i.port, health, i.tags.join(","))?;
+            writeln!(
+                out,
+                "{}\t{}\t{}:{}\t{}\t{}",
+                i.name,
+                i.id,
+                i.address,
+                i.port,
+                health,
+                i.tags.join(",")
+            )?;
         }
     }
     Ok(())

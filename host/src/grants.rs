@@ -49,7 +49,10 @@ pub enum GrantError {
         reason: String,
     },
     #[error("cannot read grants file {path}: {source}")]
-    ReadFile { path: PathBuf, source: std::io::Error },
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("grants file {path} is not valid: {message}")]
     ParseFile { path: PathBuf, message: String },
 }
@@ -108,10 +111,12 @@ impl GrantsSpec {
             value: value.to_string(),
             reason,
         };
-        let kv = KvGrant::parse(&self.kv).map_err(|r| invalid("--allow-kv", &self.kv.join(","), r))?;
-        let services =
-            ServiceGrant::parse(&self.services).map_err(|r| invalid("--allow-service", &self.services.join(","), r))?;
-        let http = HttpGrant::parse(&self.http).map_err(|r| invalid("--allow-http", &self.http.join(","), r))?;
+        let kv =
+            KvGrant::parse(&self.kv).map_err(|r| invalid("--allow-kv", &self.kv.join(","), r))?;
+        let services = ServiceGrant::parse(&self.services)
+            .map_err(|r| invalid("--allow-service", &self.services.join(","), r))?;
+        let http = HttpGrant::parse(&self.http)
+            .map_err(|r| invalid("--allow-http", &self.http.join(","), r))?;
         let dirs = self
             .dirs
             .iter()
@@ -134,7 +139,10 @@ impl GrantsSpec {
 
 fn existing_dir(path: &Path) -> Result<GrantedDir, String> {
     if !path.is_dir() {
-        return Err(format!("{} is not an existing directory; create it first", path.display()));
+        return Err(format!(
+            "{} is not an existing directory; create it first",
+            path.display()
+        ));
     }
     GrantedDir::new(path).map_err(|e| e.to_string())
 }
@@ -159,9 +167,13 @@ fn parse_dir(spec: &str) -> Result<DirGrant, String> {
         _ => return Err("expected HOST[:GUEST][:ro|rw], e.g. ./reports:/reports:rw".into()),
     };
     let granted = existing_dir(Path::new(host))?;
-    let guest = guest.map(str::to_string).unwrap_or_else(|| granted.path().display().to_string());
+    let guest = guest
+        .map(str::to_string)
+        .unwrap_or_else(|| granted.path().display().to_string());
     if !guest.starts_with('/') {
-        return Err(format!("guest path \"{guest}\" must be absolute, e.g. /reports"));
+        return Err(format!(
+            "guest path \"{guest}\" must be absolute, e.g. /reports"
+        ));
     }
     Ok(DirGrant {
         granted,
@@ -208,9 +220,20 @@ mod tests {
         let g = parse_dir(&format!("{host}:/reports:rw")).unwrap();
         assert_eq!((g.guest.as_str(), g.writable), ("/reports", true));
         let g = parse_dir(&host).unwrap();
-        assert_eq!((g.guest, g.writable), (d.path().display().to_string(), false));
-        assert!(parse_dir(&format!("{host}:rel")).unwrap_err().contains("absolute"));
-        assert!(parse_dir("/does/not/exist").unwrap_err().contains("create it first"));
+        assert_eq!(
+            (g.guest, g.writable),
+            (d.path().display().to_string(), false)
+        );
+        assert!(
+            parse_dir(&format!("{host}:rel"))
+                .unwrap_err()
+                .contains("absolute")
+        );
+        assert!(
+            parse_dir("/does/not/exist")
+                .unwrap_err()
+                .contains("create it first")
+        );
     }
 
     #[test]
@@ -220,6 +243,9 @@ mod tests {
             ..Default::default()
         };
         let err = spec.validate().unwrap_err().to_string();
-        assert!(err.contains("--allow-http") && err.contains("scheme://host:port"), "{err}");
+        assert!(
+            err.contains("--allow-http") && err.contains("scheme://host:port"),
+            "{err}"
+        );
     }
 }

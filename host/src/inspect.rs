@@ -14,7 +14,9 @@ fn grant_for(import: &str) -> Option<&'static str> {
         "runner:plugin/catalog" => "--allow-service PATTERN",
         "runner:plugin/http" => "--allow-http ORIGIN",
         "runner:plugin/template" => "--allow-template-out DIR (data: --allow-service, --allow-kv)",
-        i if i.starts_with("wasi:filesystem/") => "--allow-dir HOST[:GUEST][:MODE] (no directories otherwise)",
+        i if i.starts_with("wasi:filesystem/") => {
+            "--allow-dir HOST[:GUEST][:MODE] (no directories otherwise)"
+        }
         i if i.starts_with("wasi:sockets/") => "never granted: use runner:plugin/http",
         "wasi:cli/environment" => "always empty (no environment, no arguments)",
         "wasi:cli/stdout" | "wasi:cli/stderr" => "captured into the log",
@@ -24,9 +26,13 @@ fn grant_for(import: &str) -> Option<&'static str> {
     })
 }
 
-/// A human-readable report; `Err` when the bytes are not a loadable component.
-pub fn report(engine: &Engine, path: &std::path::Path, bytes: &[u8]) -> wasmtime::Result<String> {
-    let component = Component::new(engine, bytes)?;
+/// A human-readable report on a compiled component of `size` bytes.
+pub fn report(
+    engine: &Engine,
+    path: &std::path::Path,
+    size: usize,
+    component: &Component,
+) -> String {
     let ty = component.component_type();
     let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
@@ -35,7 +41,7 @@ pub fn report(engine: &Engine, path: &std::path::Path, bytes: &[u8]) -> wasmtime
 
     let mut out = String::new();
     let _ = writeln!(out, "plugin:  {}", path.display());
-    let _ = writeln!(out, "size:    {}", bytesize::ByteSize(bytes.len() as u64));
+    let _ = writeln!(out, "size:    {}", bytesize::ByteSize(size as u64));
     let _ = writeln!(
         out,
         "world:   {}",
@@ -55,14 +61,26 @@ pub fn report(engine: &Engine, path: &std::path::Path, bytes: &[u8]) -> wasmtime
         let grant = grant_for(i).unwrap_or("NOT PROVIDED by runner: this plugin cannot be loaded");
         let _ = writeln!(out, "  {i:width$}  {grant}");
     }
-    let mut grants: Vec<&str> = imports
+    let mut grants: Vec<&str> = Vec::new();
+    for grant in imports
         .iter()
         .filter_map(|i| grant_for(i))
         .filter(|g| g.starts_with("--"))
-        .collect();
-    grants.dedup();
-    let _ = writeln!(out, "\ngrants it can use: {}", if grants.is_empty() { "none".to_string() } else { grants.join("; ") });
-    Ok(out)
+    {
+        if !grants.contains(&grant) {
+            grants.push(grant);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\ngrants it can use: {}",
+        if grants.is_empty() {
+            "none".to_string()
+        } else {
+            grants.join("; ")
+        }
+    );
+    out
 }
 
 #[cfg(test)]
@@ -72,9 +90,15 @@ mod tests {
     #[test]
     fn every_runner_interface_maps_to_a_grant() {
         for iface in ["types", "log", "kv", "catalog", "http", "template"] {
-            assert!(grant_for(&format!("runner:plugin/{iface}@0.1.0")).is_some(), "{iface}");
+            assert!(
+                grant_for(&format!("runner:plugin/{iface}@0.1.0")).is_some(),
+                "{iface}"
+            );
         }
-        assert_eq!(grant_for("wasi:sockets/tcp@0.2.3"), Some("never granted: use runner:plugin/http"));
+        assert_eq!(
+            grant_for("wasi:sockets/tcp@0.2.3"),
+            Some("never granted: use runner:plugin/http")
+        );
         assert_eq!(grant_for("acme:thing/x"), None);
     }
 }

@@ -90,10 +90,18 @@ pub(crate) fn to_wit(i: Instance) -> catalog::Instance {
 }
 
 impl catalog::Host for CatalogCap {
-    async fn instances(&mut self, service: String, healthy_only: bool) -> Result<Vec<catalog::Instance>, PluginError> {
+    async fn instances(
+        &mut self,
+        service: String,
+        healthy_only: bool,
+    ) -> Result<Vec<catalog::Instance>, PluginError> {
         self.check("read", &service)?;
         bounded("catalog.instances", self.timeout, async {
-            let all = self.registry.instances(&service).await.map_err(|e| registry_error("catalog", e))?;
+            let all = self
+                .registry
+                .instances(&service)
+                .await
+                .map_err(|e| registry_error("catalog", e))?;
             Ok(all
                 .into_iter()
                 .filter(|i| i.healthy || !healthy_only)
@@ -105,7 +113,11 @@ impl catalog::Host for CatalogCap {
 
     async fn services(&mut self) -> Result<Vec<String>, PluginError> {
         bounded("catalog.services", self.timeout, async {
-            let names = self.registry.services().await.map_err(|e| registry_error("catalog", e))?;
+            let names = self
+                .registry
+                .services()
+                .await
+                .map_err(|e| registry_error("catalog", e))?;
             Ok(names.into_iter().filter(|n| self.grant.allows(n)).collect())
         })
         .await
@@ -114,7 +126,9 @@ impl catalog::Host for CatalogCap {
     async fn register(&mut self, instance: catalog::Instance) -> Result<(), PluginError> {
         self.check("register", &instance.name)?;
         if instance.id.is_empty() {
-            return Err(PluginError::InvalidConfig("catalog.register: instance id is empty".into()));
+            return Err(PluginError::InvalidConfig(
+                "catalog.register: instance id is empty".into(),
+            ));
         }
         let instance = Instance {
             id: instance.id,
@@ -125,7 +139,10 @@ impl catalog::Host for CatalogCap {
             healthy: instance.healthy,
         };
         bounded("catalog.register", self.timeout, async {
-            self.registry.register(&instance).await.map_err(|e| registry_error("catalog", e))
+            self.registry
+                .register(&instance)
+                .await
+                .map_err(|e| registry_error("catalog", e))
         })
         .await
     }
@@ -133,7 +150,10 @@ impl catalog::Host for CatalogCap {
     async fn deregister(&mut self, service: String, id: String) -> Result<bool, PluginError> {
         self.check("deregister", &service)?;
         bounded("catalog.deregister", self.timeout, async {
-            self.registry.deregister(&service, &id).await.map_err(|e| registry_error("catalog", e))
+            self.registry
+                .deregister(&service, &id)
+                .await
+                .map_err(|e| registry_error("catalog", e))
         })
         .await
     }

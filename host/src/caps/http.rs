@@ -19,32 +19,41 @@ pub struct OriginPattern {
 
 impl OriginPattern {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let example = "expected scheme://host:port, e.g. http://127.0.0.1:8080 or https://*.example.com:*";
+        let example =
+            "expected scheme://host:port, e.g. http://127.0.0.1:8080 or https://*.example.com:*";
         let (scheme, rest) = text
             .split_once("://")
             .ok_or_else(|| format!("\"{text}\" has no scheme; {example}"))?;
         if scheme != "http" && scheme != "https" {
-            return Err(format!("\"{text}\": scheme must be http or https; {example}"));
+            return Err(format!(
+                "\"{text}\": scheme must be http or https; {example}"
+            ));
         }
         if rest.contains('/') || rest.contains('?') {
-            return Err(format!("\"{text}\" must be an origin without a path; {example}"));
+            return Err(format!(
+                "\"{text}\" must be an origin without a path; {example}"
+            ));
         }
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, "*")) => (h, None),
             Some((h, p)) => (
                 h,
-                Some(
-                    p.parse::<u16>()
-                        .map_err(|_| format!("\"{text}\": port \"{p}\" is not a number or *; {example}"))?,
-                ),
+                Some(p.parse::<u16>().map_err(|_| {
+                    format!("\"{text}\": port \"{p}\" is not a number or *; {example}")
+                })?),
             ),
             None => (rest, Some(if scheme == "https" { 443 } else { 80 })),
         };
         if host.is_empty() {
             return Err(format!("\"{text}\" has an empty host; {example}"));
         }
-        if host.contains('*') && host != "*" && !(host.starts_with("*.") && !host[2..].contains('*')) {
-            return Err(format!("\"{text}\": a host wildcard must be `*` or `*.domain`; {example}"));
+        if host.contains('*')
+            && host != "*"
+            && !(host.starts_with("*.") && !host[2..].contains('*'))
+        {
+            return Err(format!(
+                "\"{text}\": a host wildcard must be `*` or `*.domain`; {example}"
+            ));
         }
         Ok(Self {
             scheme: scheme.to_string(),
@@ -55,7 +64,9 @@ impl OriginPattern {
     }
 
     pub fn matches(&self, url: &Url) -> bool {
-        let Some(host) = url.host_str() else { return false };
+        let Some(host) = url.host_str() else {
+            return false;
+        };
         let host = host.to_ascii_lowercase();
         let host_ok = match self.host.strip_prefix("*.") {
             _ if self.host == "*" => true,
@@ -85,7 +96,10 @@ pub struct HttpGrant {
 impl HttpGrant {
     pub fn parse(patterns: &[String]) -> Result<Self, String> {
         Ok(Self {
-            origins: patterns.iter().map(|p| OriginPattern::parse(p)).collect::<Result<_, _>>()?,
+            origins: patterns
+                .iter()
+                .map(|p| OriginPattern::parse(p))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -152,7 +166,9 @@ impl HttpCap {
 
 fn classify(url: &Url, e: reqwest::Error, timeout: Duration) -> PluginError {
     if e.is_redirect() {
-        let reason = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+        let reason = std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
         return denied(
             "http",
             format_args!("{url}: {reason}"),
@@ -180,8 +196,12 @@ fn classify(url: &Url, e: reqwest::Error, timeout: Duration) -> PluginError {
 
 impl http::Host for HttpCap {
     async fn send(&mut self, request: http::Request) -> Result<http::Response, PluginError> {
-        let url = Url::parse(&request.url)
-            .map_err(|e| PluginError::InvalidConfig(format!("http: \"{}\" is not an absolute URL: {e}", request.url)))?;
+        let url = Url::parse(&request.url).map_err(|e| {
+            PluginError::InvalidConfig(format!(
+                "http: \"{}\" is not an absolute URL: {e}",
+                request.url
+            ))
+        })?;
         if !self.grant.allows(&url) {
             let origin = origin_of(&url);
             return Err(denied(
@@ -191,7 +211,12 @@ impl http::Host for HttpCap {
             ));
         }
         let method = reqwest::Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| PluginError::InvalidConfig(format!("http: \"{}\" is not an HTTP method", request.method)))?;
+            .map_err(|_| {
+                PluginError::InvalidConfig(format!(
+                    "http: \"{}\" is not an HTTP method",
+                    request.method
+                ))
+            })?;
         let timeout = request
             .timeout_ms
             .map(|ms| Duration::from_millis(ms.into()))
@@ -205,16 +230,28 @@ impl http::Host for HttpCap {
         if let Some(body) = request.body {
             builder = builder.body(body);
         }
-        let mut response = builder.send().await.map_err(|e| classify(&url, e, timeout))?;
+        let mut response = builder
+            .send()
+            .await
+            .map_err(|e| classify(&url, e, timeout))?;
 
         let status = response.status().as_u16();
         let headers = response
             .headers()
             .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| classify(&url, e, timeout))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| classify(&url, e, timeout))?
+        {
             if body.len() as u64 + chunk.len() as u64 > self.max_body {
                 return Err(PluginError::Failed(format!(
                     "http: response body from {url} exceeds the {} cap; raise it with --http-max-body",
@@ -223,7 +260,11 @@ impl http::Host for HttpCap {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(http::Response { status, headers, body })
+        Ok(http::Response {
+            status,
+            headers,
+            body,
+        })
     }
 }
 
@@ -254,7 +295,13 @@ mod tests {
 
     #[test]
     fn bad_patterns_explain_the_expected_form() {
-        for bad in ["127.0.0.1:80", "ftp://x:1", "http://x:80/path", "http://x:port", "http://a*b:1"] {
+        for bad in [
+            "127.0.0.1:80",
+            "ftp://x:1",
+            "http://x:80/path",
+            "http://x:port",
+            "http://a*b:1",
+        ] {
             let err = OriginPattern::parse(bad).unwrap_err();
             assert!(err.contains("scheme://host:port"), "{bad}: {err}");
         }

@@ -17,7 +17,9 @@ impl KvGrant {
     pub fn parse(prefixes: &[String]) -> Result<Self, String> {
         for p in prefixes {
             if p.is_empty() {
-                return Err("an empty prefix would grant every key; write `*` if that is meant".into());
+                return Err(
+                    "an empty prefix would grant every key; write `*` if that is meant".into(),
+                );
             }
         }
         Ok(Self {
@@ -30,7 +32,9 @@ impl KvGrant {
     }
 
     pub fn allows_key(&self, key: &str) -> bool {
-        self.prefixes.iter().any(|p| p == "*" || key.starts_with(p.as_str()))
+        self.prefixes
+            .iter()
+            .any(|p| p == "*" || key.starts_with(p.as_str()))
     }
 
     /// Listing `prefix` is allowed when every key it can return is granted.
@@ -94,7 +98,11 @@ impl kv::Host for KvCap {
     async fn get(&mut self, key: String) -> Result<Option<kv::Entry>, PluginError> {
         self.check("get", &key)?;
         bounded("kv.get", self.timeout, async {
-            let entry = self.registry.kv_get(&key).await.map_err(|e| registry_error("kv", e))?;
+            let entry = self
+                .registry
+                .kv_get(&key)
+                .await
+                .map_err(|e| registry_error("kv", e))?;
             Ok(entry.map(to_wit))
         })
         .await
@@ -103,12 +111,20 @@ impl kv::Host for KvCap {
     async fn put(&mut self, key: String, value: Vec<u8>) -> Result<u64, PluginError> {
         self.check("put", &key)?;
         bounded("kv.put", self.timeout, async {
-            self.registry.kv_put(&key, &value).await.map_err(|e| registry_error("kv", e))
+            self.registry
+                .kv_put(&key, &value)
+                .await
+                .map_err(|e| registry_error("kv", e))
         })
         .await
     }
 
-    async fn cas(&mut self, key: String, value: Vec<u8>, expected_index: u64) -> Result<bool, PluginError> {
+    async fn cas(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        expected_index: u64,
+    ) -> Result<bool, PluginError> {
         self.check("cas", &key)?;
         bounded("kv.cas", self.timeout, async {
             self.registry
@@ -122,7 +138,10 @@ impl kv::Host for KvCap {
     async fn delete(&mut self, key: String) -> Result<bool, PluginError> {
         self.check("delete", &key)?;
         bounded("kv.delete", self.timeout, async {
-            self.registry.kv_delete(&key).await.map_err(|e| registry_error("kv", e))
+            self.registry
+                .kv_delete(&key)
+                .await
+                .map_err(|e| registry_error("kv", e))
         })
         .await
     }
@@ -132,7 +151,11 @@ impl kv::Host for KvCap {
             return Err(self.grant.deny("list", &prefix));
         }
         bounded("kv.list", self.timeout, async {
-            let entries = self.registry.kv_list(&prefix).await.map_err(|e| registry_error("kv", e))?;
+            let entries = self
+                .registry
+                .kv_list(&prefix)
+                .await
+                .map_err(|e| registry_error("kv", e))?;
             Ok(entries.into_iter().map(to_wit).collect())
         })
         .await

@@ -57,7 +57,9 @@ pub trait CapabilitiesView: Send {
 }
 
 /// Link every capability interface of the `stage` world.
-pub fn add_to_linker<T: CapabilitiesView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+pub fn add_to_linker<T: CapabilitiesView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
     use crate::bindings::runner::plugin as wit;
     wit::types::add_to_linker::<T, HasSelf<log::LogCap>>(linker, |t| &mut t.capabilities().log)?;
     wit::log::add_to_linker::<T, HasSelf<log::LogCap>>(linker, |t| &mut t.capabilities().log)?;
@@ -74,7 +76,11 @@ pub fn add_to_linker<T: CapabilitiesView + 'static>(linker: &mut Linker<T>) -> w
 
 /// The `denied` error every capability returns: names the capability, what
 /// was refused, and the grant that would allow it.
-pub(crate) fn denied(capability: &str, what: impl std::fmt::Display, grant: impl std::fmt::Display) -> PluginError {
+pub(crate) fn denied(
+    capability: &str,
+    what: impl std::fmt::Display,
+    grant: impl std::fmt::Display,
+) -> PluginError {
     PluginError::Denied(format!("{capability}: {what}; grant it with {grant}"))
 }
 

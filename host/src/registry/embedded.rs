@@ -40,7 +40,9 @@ pub struct EmbeddedRegistry {
 
 impl std::fmt::Debug for EmbeddedRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedRegistry").field("path", &self.path).finish()
+        f.debug_struct("EmbeddedRegistry")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -148,7 +150,12 @@ fn instance_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Instance> {
     })
 }
 
-fn upsert(tx: &rusqlite::Transaction<'_>, key: &str, value: &[u8], index: u64) -> rusqlite::Result<()> {
+fn upsert(
+    tx: &rusqlite::Transaction<'_>,
+    key: &str,
+    value: &[u8],
+    index: u64,
+) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO kv (key, value, create_index, modify_index) VALUES (?1, ?2, ?3, ?3)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value, modify_index = excluded.modify_index",
@@ -169,9 +176,11 @@ fn prefix_upper_bound(prefix: &str) -> String {
 impl Registry for EmbeddedRegistry {
     async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, RegistryError> {
         self.with_conn(|c| {
-            c.prepare_cached("SELECT key, value, create_index, modify_index FROM kv WHERE key = ?1")?
-                .query_row([key], entry_from_row)
-                .optional()
+            c.prepare_cached(
+                "SELECT key, value, create_index, modify_index FROM kv WHERE key = ?1",
+            )?
+            .query_row([key], entry_from_row)
+            .optional()
         })
     }
 
@@ -197,7 +206,9 @@ impl Registry for EmbeddedRegistry {
 
     async fn kv_delete(&self, key: &str) -> Result<bool, RegistryError> {
         let deleted = self.write(|tx, _| {
-            let n = tx.prepare_cached("DELETE FROM kv WHERE key = ?1")?.execute([key])?;
+            let n = tx
+                .prepare_cached("DELETE FROM kv WHERE key = ?1")?
+                .execute([key])?;
             Ok((n > 0).then_some(()))
         })?;
         Ok(deleted.is_some())
@@ -291,8 +302,14 @@ mod tests {
     #[tokio::test]
     async fn cas_succeeds_only_on_matching_index() {
         let (_d, reg) = open();
-        assert!(reg.kv_cas("k", b"1", 0).await.unwrap(), "create-only on absent key");
-        assert!(!reg.kv_cas("k", b"2", 0).await.unwrap(), "create-only on present key");
+        assert!(
+            reg.kv_cas("k", b"1", 0).await.unwrap(),
+            "create-only on absent key"
+        );
+        assert!(
+            !reg.kv_cas("k", b"2", 0).await.unwrap(),
+            "create-only on present key"
+        );
         let idx = reg.kv_get("k").await.unwrap().unwrap().modify_index;
         assert!(!reg.kv_cas("k", b"2", idx + 100).await.unwrap());
         assert_eq!(reg.kv_get("k").await.unwrap().unwrap().value, b"1");
@@ -306,7 +323,13 @@ mod tests {
         for k in ["app/b", "app/a", "apple", "app/c/d", "other"] {
             reg.kv_put(k, b"x").await.unwrap();
         }
-        let keys: Vec<_> = reg.kv_list("app/").await.unwrap().into_iter().map(|e| e.key).collect();
+        let keys: Vec<_> = reg
+            .kv_list("app/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
         assert_eq!(keys, ["app/a", "app/b", "app/c/d"]);
         assert!(reg.kv_delete("app/a").await.unwrap());
         assert!(!reg.kv_delete("app/a").await.unwrap());
@@ -340,6 +363,9 @@ mod tests {
             reg.kv_put("svc/color", b"blue").await.unwrap();
         }
         let reg = EmbeddedRegistry::open(dir.path(), Duration::from_secs(5)).unwrap();
-        assert_eq!(reg.kv_get("svc/color").await.unwrap().unwrap().value, b"blue");
+        assert_eq!(
+            reg.kv_get("svc/color").await.unwrap().unwrap().value,
+            b"blue"
+        );
     }
 }

@@ -46,13 +46,23 @@ impl ArtifactCache {
     pub fn artifact_path(&self, engine: &Engine, bytes: &[u8]) -> Option<PathBuf> {
         let dir = self.dir.as_ref()?;
         let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        engine
+            .precompile_compatibility_hash()
+            .hash(&mut engine_hash);
         let content = blake3::hash(bytes);
-        Some(dir.join(format!("{}-{:016x}.cwasm", content.to_hex(), engine_hash.finish())))
+        Some(dir.join(format!(
+            "{}-{:016x}.cwasm",
+            content.to_hex(),
+            engine_hash.finish()
+        )))
     }
 
     /// Load `bytes` as a component, from the cache when possible.
-    pub fn load(&self, engine: &Engine, bytes: &[u8]) -> wasmtime::Result<(Component, CacheOutcome)> {
+    pub fn load(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+    ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let Some(path) = self.artifact_path(engine, bytes) else {
             return Ok((Component::new(engine, bytes)?, CacheOutcome::Disabled));
         };

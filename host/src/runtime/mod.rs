@@ -29,10 +29,15 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// except a missing file, which is a usage error.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("plugin file {0} does not exist; pass the path of a .wasm component built for wasm32-wasip2")]
+    #[error(
+        "plugin file {0} does not exist; pass the path of a .wasm component built for wasm32-wasip2"
+    )]
     NotFound(PathBuf),
     #[error("cannot read plugin {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0} is not a WebAssembly file (no \\0asm header); pass a .wasm component")]
     NotWasm(PathBuf),
     #[error(
@@ -211,17 +216,28 @@ impl Runtime {
 
     /// As [`Runtime::load`], from bytes already in memory.
     pub fn load_bytes(&self, name: &str, path: &Path, bytes: &[u8]) -> Result<Plugin, LoadError> {
-        check_header(path, bytes)?;
-        let (component, cache) = self.cache.load(&self.engine, bytes).map_err(|e| LoadError::Invalid {
-            path: path.into(),
-            reason: root_cause(&e),
-        })?;
+        let (component, cache) = self.compile(path, bytes)?;
         let pre = self.link(path, &component)?;
         Ok(Plugin {
             name: Arc::from(name),
             pre,
             cache,
         })
+    }
+
+    /// Check the header, then compile or load the precompiled artifact.
+    pub fn compile(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<(Component, CacheOutcome), LoadError> {
+        check_header(path, bytes)?;
+        self.cache
+            .load(&self.engine, bytes)
+            .map_err(|e| LoadError::Invalid {
+                path: path.into(),
+                reason: root_cause(&e),
+            })
     }
 
     fn link(&self, path: &Path, component: &Component) -> Result<StagePre<RunState>, LoadError> {
@@ -232,17 +248,31 @@ impl Runtime {
         let ty = component.component_type();
         let has_run = ty.exports(&self.engine).any(|(name, _)| name == "run");
         if !has_run {
-            let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+            let exports: Vec<String> = ty
+                .exports(&self.engine)
+                .map(|(n, _)| n.to_string())
+                .collect();
             return Err(wrong_world(format!(
                 "it does not export `run` (it exports: {})",
-                if exports.is_empty() { "nothing".into() } else { exports.join(", ") }
+                if exports.is_empty() {
+                    "nothing".into()
+                } else {
+                    exports.join(", ")
+                }
             )));
         }
-        let instance_pre = self
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| wrong_world(format!("it imports something runner does not provide: {}", root_cause(&e))))?;
-        StagePre::new(instance_pre).map_err(|e| wrong_world(format!("its `run` export has the wrong type: {}", root_cause(&e))))
+        let instance_pre = self.linker.instantiate_pre(component).map_err(|e| {
+            wrong_world(format!(
+                "it imports something runner does not provide: {}",
+                root_cause(&e)
+            ))
+        })?;
+        StagePre::new(instance_pre).map_err(|e| {
+            wrong_world(format!(
+                "its `run` export has the wrong type: {}",
+                root_cause(&e)
+            ))
+        })
     }
 
     /// Run a loaded plugin once, in a fresh store. `Ok` carries the plugin's
@@ -252,17 +282,30 @@ impl Runtime {
         let name = plugin.name.to_string();
         let limits = request.limits;
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(stdio::LogStream::new(plugin.name.clone(), stdio::Stream::Stdout))
-            .stderr(stdio::LogStream::new(plugin.name.clone(), stdio::Stream::Stderr))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
+        wasi.stdout(stdio::LogStream::new(
+            plugin.name.clone(),
+            stdio::Stream::Stdout,
+        ))
+        .stderr(stdio::LogStream::new(
+            plugin.name.clone(),
+            stdio::Stream::Stderr,
+        ))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
         for dir in &request.dirs {
-            let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            let perms = if dir.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
             wasi.preopened_dir(dir.granted.path(), &dir.guest, perms)
                 .map_err(|e| Fault::Instantiate {
                     plugin: name.clone(),
-                    reason: format!("cannot open granted directory {}: {e}", dir.granted.path().display()),
+                    reason: format!(
+                        "cannot open granted directory {}: {e}",
+                        dir.granted.path().display()
+                    ),
                 })?;
         }
         let state = RunState {
@@ -273,7 +316,11 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let ticks = limits.deadline.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
+        let ticks = limits
+            .deadline
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis())
+            .max(1);
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         store.epoch_deadline_trap();
 
@@ -311,14 +358,21 @@ fn deadline_fault(plugin: &str, deadline: Duration) -> Fault {
 }
 
 /// Name the root cause of a failed run, not wasmtime's outer context.
-fn classify_fault(plugin: &str, limits: &Limits, memory_exceeded: bool, e: wasmtime::Error) -> Fault {
+fn classify_fault(
+    plugin: &str,
+    limits: &Limits,
+    memory_exceeded: bool,
+    e: wasmtime::Error,
+) -> Fault {
     if memory_exceeded || e.downcast_ref::<MemoryLimitExceeded>().is_some() {
         return Fault::Memory {
             plugin: plugin.to_string(),
             limit: limits.memory_bytes,
         };
     }
-    let backtrace = e.downcast_ref::<wasmtime::WasmBacktrace>().map(|bt| bt.to_string());
+    let backtrace = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|bt| bt.to_string());
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => deadline_fault(plugin, limits.deadline),
         Some(trap) => Fault::Trap {
@@ -344,7 +398,10 @@ fn trap_reason(trap: &Trap) -> String {
 }
 
 fn root_cause(e: &wasmtime::Error) -> String {
-    e.chain().last().map(|c| c.to_string()).unwrap_or_else(|| e.to_string())
+    e.chain()
+        .last()
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| e.to_string())
 }
 
 /// Tell garbage and core modules apart from components before compiling.

@@ -37,7 +37,10 @@ impl Check {
             ))
         };
         let mut parts = spec.trim().splitn(4, ' ');
-        let method = parts.next().filter(|m| !m.is_empty()).ok_or_else(|| invalid("no method"))?;
+        let method = parts
+            .next()
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| invalid("no method"))?;
         let path = parts.next().ok_or_else(|| invalid("no path"))?;
         if !path.starts_with('/') {
             return Err(invalid("the path must start with /"));
@@ -75,13 +78,18 @@ impl Check {
         };
         let response = http::send(&request).map_err(|e| runner_sdk::describe(&e))?;
         if response.status != self.status {
-            return Err(format!("expected status {}, got {}", self.status, response.status));
+            return Err(format!(
+                "expected status {}, got {}",
+                self.status, response.status
+            ));
         }
         if let Some(needle) = &self.body_contains {
             let body = String::from_utf8_lossy(&response.body);
             if !body.contains(needle.as_str()) {
                 let shown: String = body.chars().take(200).collect();
-                return Err(format!("body does not contain \"{needle}\" (body starts: {shown:?})"));
+                return Err(format!(
+                    "body does not contain \"{needle}\" (body starts: {shown:?})"
+                ));
             }
         }
         Ok(())
@@ -95,7 +103,13 @@ struct CheckResult {
     failure: Option<String>,
 }
 
-fn run_check(check: Check, base_url: &str, deadline: Instant, interval: Duration, timeout: Duration) -> CheckResult {
+fn run_check(
+    check: Check,
+    base_url: &str,
+    deadline: Instant,
+    interval: Duration,
+    timeout: Duration,
+) -> CheckResult {
     let started = Instant::now();
     let mut attempts = 0;
     loop {
@@ -118,7 +132,10 @@ fn run_check(check: Check, base_url: &str, deadline: Instant, interval: Duration
                 };
             }
             Err(reason) => {
-                runner_sdk::debug(&format!("check {} attempt {attempts}: {reason}; retrying", check.name));
+                runner_sdk::debug(&format!(
+                    "check {} attempt {attempts}: {reason}; retrying",
+                    check.name
+                ));
                 std::thread::sleep(interval);
             }
         }
@@ -163,7 +180,8 @@ impl Guest for IntegrationTest {
             .collect::<Result<Vec<_>, _>>()?;
         if checks.is_empty() {
             return Err(Error::InvalidConfig(
-                "no checks configured; add one or more --config check.NAME='GET /health 200'".into(),
+                "no checks configured; add one or more --config check.NAME='GET /health 200'"
+                    .into(),
             ));
         }
 
@@ -186,12 +204,22 @@ impl Guest for IntegrationTest {
             .iter()
             .filter_map(|r| {
                 r.failure.as_ref().map(|why| {
-                    format!("{} ({} {}): {why} after {} attempt(s)", r.check.name, r.check.describe(), base_url, r.attempts)
+                    format!(
+                        "{} ({} {}): {why} after {} attempt(s)",
+                        r.check.name,
+                        r.check.describe(),
+                        base_url,
+                        r.attempts
+                    )
                 })
             })
             .collect();
         for r in results.iter().filter(|r| r.failure.is_none()) {
-            runner_sdk::info(&format!("check {} passed ({})", r.check.name, r.check.describe()));
+            runner_sdk::info(&format!(
+                "check {} passed ({})",
+                r.check.name,
+                r.check.describe()
+            ));
         }
         if !failed.is_empty() {
             return Err(Error::Failed(format!(
@@ -201,8 +229,11 @@ impl Guest for IntegrationTest {
                 failed.join("; ")
             )));
         }
-        Ok(runner_sdk::outcome(format!("{} checks passed against {base_url}", results.len()))
-            .with_output("passed", results.len().to_string()))
+        Ok(runner_sdk::outcome(format!(
+            "{} checks passed against {base_url}",
+            results.len()
+        ))
+        .with_output("passed", results.len().to_string()))
     }
 }
 

@@ -111,7 +111,9 @@ impl Drop for ScopeGuard {
 fn with_scope<T>(f: impl FnOnce(&mut Scope) -> T) -> Result<T, FuncError> {
     SCOPE.with(|s| match s.borrow_mut().as_mut() {
         Some(scope) => Ok(f(scope)),
-        None => Err(FuncError::Generic("template function called outside a render".into())),
+        None => Err(FuncError::Generic(
+            "template function called outside a render".into(),
+        )),
     })
 }
 
@@ -155,20 +157,30 @@ fn parse(text: &str) -> Result<Template, RenderError> {
         ("ls", ls as gtmpl::Func),
         ("tree", tree as gtmpl::Func),
     ]);
-    template.parse(text).map_err(|e| RenderError::Parse(e.to_string()))?;
+    template
+        .parse(text)
+        .map_err(|e| RenderError::Parse(e.to_string()))?;
     Ok(template)
 }
 
 fn string_arg(name: &str, args: &[Value], i: usize) -> Result<String, FuncError> {
     match args.get(i) {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => Err(FuncError::Generic(format!("{name}: argument {} must be a string, got {other}", i + 1))),
+        Some(other) => Err(FuncError::Generic(format!(
+            "{name}: argument {} must be a string, got {other}",
+            i + 1
+        ))),
         None => Err(FuncError::AtLeastXArgs(name.into(), i + 1)),
     }
 }
 
 fn obj(fields: Vec<(&str, Value)>) -> Value {
-    Value::Object(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    Value::Object(
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
 }
 
 fn instance_value(i: &Instance) -> Value {
@@ -177,8 +189,14 @@ fn instance_value(i: &Instance) -> Value {
         ("Name", Value::from(i.name.clone())),
         ("Address", Value::from(i.address.clone())),
         ("Port", Value::from(u64::from(i.port))),
-        ("Tags", Value::Array(i.tags.iter().cloned().map(Value::from).collect())),
-        ("Status", Value::from(if i.healthy { "passing" } else { "critical" })),
+        (
+            "Tags",
+            Value::Array(i.tags.iter().cloned().map(Value::from).collect()),
+        ),
+        (
+            "Status",
+            Value::from(if i.healthy { "passing" } else { "critical" }),
+        ),
     ])
 }
 
@@ -222,7 +240,12 @@ fn services(_args: &[Value]) -> Result<Value, FuncError> {
         Some(names) => Value::Array(
             names
                 .iter()
-                .map(|n| obj(vec![("Name", Value::from(n.clone())), ("Tags", Value::Array(vec![]))]))
+                .map(|n| {
+                    obj(vec![
+                        ("Name", Value::from(n.clone())),
+                        ("Tags", Value::Array(vec![])),
+                    ])
+                })
                 .collect(),
         ),
         None => {
@@ -266,7 +289,10 @@ fn key_or_default(args: &[Value]) -> Result<Value, FuncError> {
 }
 
 fn key_exists(args: &[Value]) -> Result<Value, FuncError> {
-    Ok(Value::Bool(matches!(lookup_key("keyExists", args)?, (_, Some(Some(_))))))
+    Ok(Value::Bool(matches!(
+        lookup_key("keyExists", args)?,
+        (_, Some(Some(_)))
+    )))
 }
 
 fn pairs(name: &str, args: &[Value], top_level_only: bool) -> Result<Value, FuncError> {
@@ -283,12 +309,16 @@ fn pairs(name: &str, args: &[Value], top_level_only: bool) -> Result<Value, Func
                 .filter_map(|e| {
                     let rel = e.key.strip_prefix(&base)?;
                     // Folder markers (`dir/`) are not pairs, as in Consul.
-                    if rel.is_empty() || rel.ends_with('/') || (top_level_only && rel.contains('/')) {
+                    if rel.is_empty() || rel.ends_with('/') || (top_level_only && rel.contains('/'))
+                    {
                         return None;
                     }
                     Some(obj(vec![
                         ("Key", Value::from(rel.to_string())),
-                        ("Value", Value::from(String::from_utf8_lossy(&e.value).into_owned())),
+                        (
+                            "Value",
+                            Value::from(String::from_utf8_lossy(&e.value).into_owned()),
+                        ),
                     ]))
                 })
                 .collect(),
@@ -325,10 +355,17 @@ mod tests {
         async fn fetch(&self, dep: &Dependency, into: &mut Snapshot) -> Result<(), PluginError> {
             match dep {
                 Dependency::Service(s) => {
-                    into.services.insert(s.clone(), self.instances.get(s).cloned().unwrap_or_default());
+                    into.services.insert(
+                        s.clone(),
+                        self.instances.get(s).cloned().unwrap_or_default(),
+                    );
                 }
                 Dependency::Key(k) => {
-                    let v = self.kv.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone().into_bytes());
+                    let v = self
+                        .kv
+                        .iter()
+                        .find(|(kk, _)| kk == k)
+                        .map(|(_, v)| v.clone().into_bytes());
                     into.keys.insert(k.clone(), v);
                 }
                 Dependency::Prefix(p) => {
@@ -365,7 +402,10 @@ mod tests {
     }
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     /// The seed's `nginx-upstreams-blue.ctmpl`, unchanged. Go's text/template
@@ -377,10 +417,19 @@ mod tests {
         let mut src = MapSource::default();
         src.instances.insert(
             "books-ms-blue".into(),
-            vec![inst("books-ms-blue", "prod:books-ms-blue:8080", 32769, false, &[])],
+            vec![inst(
+                "books-ms-blue",
+                "prod:books-ms-blue:8080",
+                32769,
+                false,
+                &[],
+            )],
         );
         let out = block_on(render(seed, &src)).unwrap();
-        assert_eq!(out, "upstream books-ms {\n \n server 10.100.198.201:32769;\n \n}\n");
+        assert_eq!(
+            out,
+            "upstream books-ms {\n \n server 10.100.198.201:32769;\n \n}\n"
+        );
     }
 
     #[test]
@@ -388,10 +437,17 @@ mod tests {
         let mut src = MapSource::default();
         src.instances.insert(
             "web".into(),
-            vec![inst("web", "a", 1, true, &["v1"]), inst("web", "b", 2, false, &["v1"]), inst("web", "c", 3, true, &["v2"])],
+            vec![
+                inst("web", "a", 1, true, &["v1"]),
+                inst("web", "b", 2, false, &["v1"]),
+                inst("web", "c", 3, true, &["v2"]),
+            ],
         );
         let t = "{{range service \"web\"}}{{.ID}} {{end}}|{{range service \"v1.web\" \"any\"}}{{.ID}} {{end}}|{{range service \"web\" \"any\"}}{{.Port}}{{range .Tags}}[{{.}}]{{end}} {{end}}";
-        assert_eq!(block_on(render(t, &src)).unwrap(), "a c |a b |1[v1] 2[v1] 3[v2] ");
+        assert_eq!(
+            block_on(render(t, &src)).unwrap(),
+            "a c |a b |1[v1] 2[v1] 3[v2] "
+        );
     }
 
     #[test]
@@ -414,8 +470,13 @@ mod tests {
 
     #[test]
     fn missing_key_is_an_error_naming_the_key_and_the_fix() {
-        let err = block_on(render("{{key \"app/none\"}}", &MapSource::default())).unwrap_err().to_string();
-        assert!(err.contains("app/none") && err.contains("keyOrDefault"), "{err}");
+        let err = block_on(render("{{key \"app/none\"}}", &MapSource::default()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("app/none") && err.contains("keyOrDefault"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -440,9 +501,14 @@ mod tests {
             .map(|n| {
                 std::thread::spawn(move || {
                     let mut src = MapSource::default();
-                    src.instances.insert("s".into(), vec![inst("s", "x", n, true, &[])]);
+                    src.instances
+                        .insert("s".into(), vec![inst("s", "x", n, true, &[])]);
                     for _ in 0..50 {
-                        assert_eq!(block_on(render("{{range service \"s\"}}{{.Port}}{{end}}", &src)).unwrap(), n.to_string());
+                        assert_eq!(
+                            block_on(render("{{range service \"s\"}}{{.Port}}{{end}}", &src))
+                                .unwrap(),
+                            n.to_string()
+                        );
                     }
                 })
             })

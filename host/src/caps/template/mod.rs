@@ -47,7 +47,8 @@ impl TemplateCap {
     fn source_text(&self, source: template::Source) -> Result<String, PluginError> {
         match source {
             template::Source::Inline(text) => Ok(text),
-            template::Source::File(path) => output::read_inside(&self.sources, Path::new(&path)).map_err(|e| file_error(e, "--allow-dir DIR")),
+            template::Source::File(path) => output::read_inside(&self.sources, Path::new(&path))
+                .map_err(|e| file_error(e, "--allow-dir DIR")),
         }
     }
 
@@ -55,7 +56,9 @@ impl TemplateCap {
         bounded("template.render", self.timeout, async {
             render_text(text, self).await.map_err(|e| match e {
                 RenderErrorOrDenied::Fetch(e) => e,
-                RenderErrorOrDenied::Render(e) => PluginError::InvalidConfig(format!("template: {e}")),
+                RenderErrorOrDenied::Render(e) => {
+                    PluginError::InvalidConfig(format!("template: {e}"))
+                }
             })
         })
         .await
@@ -67,10 +70,15 @@ fn file_error(e: FileError, grant: &str) -> PluginError {
         FileError::NotFound(_) => PluginError::NotFound(format!("template: {e}")),
         FileError::Io { .. } => PluginError::Failed(format!("template: {e}")),
         FileError::NotGranted { ref path, .. } => {
-            let dir = path.parent().map(|p| p.display().to_string()).unwrap_or_default();
+            let dir = path
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             denied("template", &e, grant.replace("DIR", &dir))
         }
-        FileError::ParentComponent(_) | FileError::Escapes(_) => PluginError::Denied(format!("template: {e}")),
+        FileError::ParentComponent(_) | FileError::Escapes(_) => {
+            PluginError::Denied(format!("template: {e}"))
+        }
     }
 }
 
@@ -91,7 +99,12 @@ impl DataSource for TemplateCap {
                 if !self.kv.allows_key(key) {
                     return Err(self.kv.deny("template read", key));
                 }
-                let value = self.registry.kv_get(key).await.map_err(reg)?.map(|e| e.value);
+                let value = self
+                    .registry
+                    .kv_get(key)
+                    .await
+                    .map_err(reg)?
+                    .map(|e| e.value);
                 into.keys.insert(key.clone(), value);
             }
             Dependency::Prefix(prefix) => {
@@ -103,7 +116,12 @@ impl DataSource for TemplateCap {
             }
             Dependency::Services => {
                 let names = self.registry.services().await.map_err(reg)?;
-                into.service_names = Some(names.into_iter().filter(|n| self.services.allows(n)).collect());
+                into.service_names = Some(
+                    names
+                        .into_iter()
+                        .filter(|n| self.services.allows(n))
+                        .collect(),
+                );
             }
         }
         Ok(())
@@ -111,7 +129,11 @@ impl DataSource for TemplateCap {
 }
 
 impl template::Host for TemplateCap {
-    async fn render(&mut self, source: template::Source, destination: String) -> Result<template::Rendered, PluginError> {
+    async fn render(
+        &mut self,
+        source: template::Source,
+        destination: String,
+    ) -> Result<template::Rendered, PluginError> {
         // Check the destination before doing any work.
         if self.outputs.is_empty() {
             return Err(denied(
@@ -122,14 +144,19 @@ impl template::Host for TemplateCap {
         }
         let text = self.source_text(source)?;
         let content = TemplateCap::render(self, &text).await?;
-        let changed = output::write_if_changed(&self.outputs, Path::new(&destination), content.as_bytes())
-            .map_err(|e| file_error(e, "--allow-template-out DIR"))?;
+        let changed =
+            output::write_if_changed(&self.outputs, Path::new(&destination), content.as_bytes())
+                .map_err(|e| file_error(e, "--allow-template-out DIR"))?;
         if changed {
             tracing::info!(target: "plugin", "template: wrote {destination}");
         } else {
             tracing::debug!(target: "plugin", "template: {destination} unchanged");
         }
-        Ok(template::Rendered { destination, changed, content })
+        Ok(template::Rendered {
+            destination,
+            changed,
+            content,
+        })
     }
 
     async fn render_string(&mut self, source: template::Source) -> Result<String, PluginError> {

@@ -18,7 +18,10 @@ pub enum FileError {
     #[error("path \"{0}\" does not exist")]
     NotFound(PathBuf),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A directory the plugin was granted, opened once with cap-std.
@@ -52,16 +55,24 @@ fn list(dirs: &[GrantedDir]) -> String {
     if dirs.is_empty() {
         "none granted".into()
     } else {
-        dirs.iter().map(|d| d.root.display().to_string()).collect::<Vec<_>>().join(", ")
+        dirs.iter()
+            .map(|d| d.root.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> FileError {
     // cap-std reports an escape as PermissionDenied ("a path led outside of the filesystem").
     match e.kind() {
-        std::io::ErrorKind::PermissionDenied if e.to_string().contains("outside") => FileError::Escapes(path.into()),
+        std::io::ErrorKind::PermissionDenied if e.to_string().contains("outside") => {
+            FileError::Escapes(path.into())
+        }
         std::io::ErrorKind::NotFound => FileError::NotFound(path.into()),
-        _ => FileError::Io { path: path.into(), source: e },
+        _ => FileError::Io {
+            path: path.into(),
+            source: e,
+        },
     }
 }
 
@@ -76,7 +87,8 @@ fn locate(dirs: &[GrantedDir], path: &Path) -> Result<(Dir, PathBuf), FileError>
             if rel.as_os_str().is_empty() {
                 continue;
             }
-            let handle = Dir::open_ambient_dir(&dir.root, ambient_authority()).map_err(|e| io_error(&dir.root, e))?;
+            let handle = Dir::open_ambient_dir(&dir.root, ambient_authority())
+                .map_err(|e| io_error(&dir.root, e))?;
             return Ok((handle, rel.to_path_buf()));
         }
     }
@@ -94,7 +106,11 @@ pub fn read_inside(dirs: &[GrantedDir], path: &Path) -> Result<String, FileError
 
 /// Write `content` to `path` inside one of `dirs`, atomically (temp file,
 /// fsync, rename) and only when it differs. Returns whether it changed.
-pub fn write_if_changed(dirs: &[GrantedDir], path: &Path, content: &[u8]) -> Result<bool, FileError> {
+pub fn write_if_changed(
+    dirs: &[GrantedDir],
+    path: &Path,
+    content: &[u8],
+) -> Result<bool, FileError> {
     let (dir, rel) = locate(dirs, path)?;
     match dir.read(&rel) {
         Ok(existing) if existing == content => return Ok(false),
@@ -147,7 +163,10 @@ mod tests {
         assert!(write_if_changed(&dirs, &target, b"a").unwrap());
         let before = std::fs::metadata(&target).unwrap().modified().unwrap();
         assert!(!write_if_changed(&dirs, &target, b"a").unwrap());
-        assert_eq!(std::fs::metadata(&target).unwrap().modified().unwrap(), before);
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().modified().unwrap(),
+            before
+        );
         assert!(write_if_changed(&dirs, &target, b"b").unwrap());
         assert_eq!(std::fs::read(&target).unwrap(), b"b");
         let leftovers: Vec<_> = std::fs::read_dir(d.path().join("sub")).unwrap().collect();
@@ -157,7 +176,8 @@ mod tests {
     #[test]
     fn parent_components_are_refused() {
         let d = tempfile::tempdir().unwrap();
-        let err = write_if_changed(&granted(d.path()), &d.path().join("../x.conf"), b"a").unwrap_err();
+        let err =
+            write_if_changed(&granted(d.path()), &d.path().join("../x.conf"), b"a").unwrap_err();
         assert!(matches!(err, FileError::ParentComponent(_)), "{err}");
         assert!(!d.path().parent().unwrap().join("x.conf").exists());
     }
@@ -167,7 +187,8 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let d = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), d.path().join("link")).unwrap();
-        let err = write_if_changed(&granted(d.path()), &d.path().join("link/x.conf"), b"a").unwrap_err();
+        let err =
+            write_if_changed(&granted(d.path()), &d.path().join("link/x.conf"), b"a").unwrap_err();
         assert!(matches!(err, FileError::Escapes(_)), "{err}");
         assert!(!outside.path().join("x.conf").exists());
     }

@@ -16,7 +16,8 @@ impl Guest for Probe {
         match cfg.require("mode")? {
             "noop" => Ok(runner_sdk::outcome("ok")),
             "echo" => {
-                let mut out = runner_sdk::outcome(format!("service={} stage={}", ctx.service, ctx.stage));
+                let mut out =
+                    runner_sdk::outcome(format!("service={} stage={}", ctx.service, ctx.stage));
                 out.outputs.extend(ctx.config.iter().cloned());
                 out.outputs.extend(ctx.inputs.iter().cloned());
                 Ok(out)
@@ -43,16 +44,20 @@ impl Guest for Probe {
             "env" => {
                 let vars = std::env::vars().count();
                 let args = std::env::args().count();
-                Ok(runner_sdk::outcome("env").with_output("vars", vars.to_string()).with_output("args", args.to_string()))
+                Ok(runner_sdk::outcome("env")
+                    .with_output("vars", vars.to_string())
+                    .with_output("args", args.to_string()))
             }
             "read-file" => {
                 let path = arg(&ctx, "path")?;
-                let text = std::fs::read_to_string(path).map_err(|e| Error::Failed(format!("read {path}: {e}")))?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Failed(format!("read {path}: {e}")))?;
                 Ok(runner_sdk::outcome("read").with_output("content", text))
             }
             "write-file" => {
                 let path = arg(&ctx, "path")?;
-                std::fs::write(path, b"written").map_err(|e| Error::Failed(format!("write {path}: {e}")))?;
+                std::fs::write(path, b"written")
+                    .map_err(|e| Error::Failed(format!("write {path}: {e}")))?;
                 Ok(runner_sdk::outcome("written"))
             }
             "kv-get" => {
@@ -80,7 +85,12 @@ impl Guest for Probe {
                 for _ in 0..n {
                     loop {
                         let (current, index) = match kv::get(key)? {
-                            Some(e) => (String::from_utf8_lossy(&e.value).parse::<u64>().unwrap_or(0), e.modify_index),
+                            Some(e) => (
+                                String::from_utf8_lossy(&e.value)
+                                    .parse::<u64>()
+                                    .unwrap_or(0),
+                                e.modify_index,
+                            ),
                             None => (0, 0),
                         };
                         if kv::cas(key, (current + 1).to_string().as_bytes(), index)? {
@@ -89,7 +99,8 @@ impl Guest for Probe {
                         conflicts += 1;
                     }
                 }
-                Ok(runner_sdk::outcome("incremented").with_output("conflicts", conflicts.to_string()))
+                Ok(runner_sdk::outcome("incremented")
+                    .with_output("conflicts", conflicts.to_string()))
             }
             "cas" => {
                 let index = cfg.u64("index", 0)?;
@@ -113,7 +124,8 @@ impl Guest for Probe {
                     &template::Source::Inline(arg(&ctx, "text")?.into()),
                     arg(&ctx, "dest")?,
                 )?;
-                Ok(runner_sdk::outcome("rendered").with_output("changed", rendered.changed.to_string()))
+                Ok(runner_sdk::outcome("rendered")
+                    .with_output("changed", rendered.changed.to_string()))
             }
             other => Err(Error::InvalidConfig(format!("unknown mode {other}"))),
         }

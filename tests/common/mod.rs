@@ -1,0 +1,158 @@
+//! Shared helpers for the end-to-end tests: the built plugins, a runner
+//! command with its own state and cache, and a local HTTP server.
+#![allow(dead_code)]
+
+use assert_cmd::Command;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `<cargo target dir>/plugins/NAME.wasm`, built by `scripts/build-plugins`.
+pub fn plugin(name: &str) -> PathBuf {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir");
+    let path = target.join("plugins").join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first with scripts/build-plugins",
+        path.display()
+    );
+    path
+}
+
+/// A scratch directory with its own state dir and artifact cache.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// `runner` with this env's state and cache, a hard timeout so a broken
+    /// deadline fails the test instead of hanging it, and no colour.
+    pub fn runner(&self) -> Command {
+        let mut cmd = Command::cargo_bin("runner").expect("runner binary");
+        cmd.current_dir(self.dir.path())
+            .env("RUNNER_STATE_DIR", self.state_dir())
+            .env("RUNNER_CACHE_DIR", self.cache_dir())
+            .env_remove("RUST_LOG")
+            .timeout(Duration::from_secs(120));
+        cmd
+    }
+
+    /// `runner exec --plugin <probe> --config mode=MODE`.
+    pub fn probe(&self, mode: &str) -> Command {
+        let mut cmd = self.runner();
+        cmd.arg("exec")
+            .arg("--plugin")
+            .arg(plugin("sandbox-probe"))
+            .args(["--config", &format!("mode={mode}")]);
+        cmd
+    }
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("running runner");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl Output {
+    /// Assert the exit code, showing everything on mismatch.
+    pub fn expect_code(self, code: i32) -> Self {
+        assert_eq!(
+            self.code, code,
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn stderr_has(self, needle: &str) -> Self {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
+        self
+    }
+
+    pub fn output(&self, key: &str) -> Option<String> {
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_string))
+    }
+}
+
+/// A local HTTP server on 127.0.0.1 answering with `handler`, on its own thread.
+pub struct HttpServer {
+    pub port: u16,
+    server: Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub type Reply = (u16, Vec<(String, String)>, String);
+
+impl HttpServer {
+    pub fn start(handler: impl Fn(&str, &str) -> Reply + Send + 'static) -> Self {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1"));
+        let port = server.server_addr().to_ip().expect("ip addr").port();
+        let srv = server.clone();
+        let thread = std::thread::spawn(move || {
+            for request in srv.incoming_requests() {
+                let (status, headers, body) = handler(request.method().as_str(), request.url());
+                let mut response = tiny_http::Response::from_string(body).with_status_code(status);
+                for (k, v) in headers {
+                    response.add_header(
+                        tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("header"),
+                    );
+                }
+                let _ = request.respond(response);
+            }
+        });
+        Self {
+            port,
+            server,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The shipped plugins, run by `runner exec` as users run them: the Rust
+//! integration-test stage and the Python color stage.
+
+mod common;
+
+use common::{Env, HttpServer, plugin, run};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+fn books_service() -> HttpServer {
+    HttpServer::start(|method, url| match (method, url) {
+        ("GET", "/health") => (200, vec![], "ok".into()),
+        ("GET", "/api/v1/books") => (
+            200,
+            vec![],
+            r#"[{"_id":1,"title":"Continuous Deployment"}]"#.into(),
+        ),
+        ("GET", "/broken") => (500, vec![], "boom".into()),
+        _ => (404, vec![], "not found".into()),
+    })
+}
+
+fn integration_test(env: &Env, server: &HttpServer) -> assert_cmd::Command {
+    let mut cmd = env.runner();
+    cmd.arg("exec")
+        .arg("--plugin")
+        .arg(plugin("integration-test"))
+        .args([
+            "--allow-http",
+            &server.url(),
+            "-c",
+            &format!("base_url={}", server.url()),
+        ]);
+    cmd
+}
+
+/// (tests, failures, [(name, failed)]) from a JUnit report, validating its shape.
+fn junit(path: &std::path::Path) -> (u32, u32, Vec<(String, bool)>) {
+    let xml = std::fs::read_to_string(path).unwrap();
+    let doc = roxmltree::Document::parse(&xml).expect("report is well-formed XML");
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "testsuites");
+    let suite = root
+        .children()
+        .find(|n| n.has_tag_name("testsuite"))
+        .expect("a testsuite");
+    let attr = |n: &str| {
+        suite
+            .attribute(n)
+            .unwrap_or_else(|| panic!("testsuite@{n}"))
+            .parse::<u32>()
+            .unwrap()
+    };
+    let cases = suite
+        .children()
+        .filter(|n| n.has_tag_name("testcase"))
+        .map(|c| {
+            (
+                c.attribute("name").unwrap().to_string(),
+                c.children().any(|f| f.has_tag_name("failure")),
+            )
+        })
+        .collect();
+    (attr("tests"), attr("failures"), cases)
+}
+
+#[test]
+fn integration_test_passes_against_a_healthy_service_and_writes_junit() {
+    let env = Env::new();
+    let server = books_service();
+    let reports = env.path().join("reports");
+    std::fs::create_dir(&reports).unwrap();
+    let out = run(integration_test(&env, &server)
+        .args(["--allow-dir", &format!("{}:/reports:rw", reports.display())])
+        .args([
+            "-c",
+            "check.health=GET /health 200",
+            "-c",
+            "check.books=GET /api/v1/books 200 \"Continuous Deployment\"",
+        ])
+        .args(["-c", "report=/reports/junit.xml"]))
+    .expect_code(0)
+    .stderr_has("2 checks passed");
+    assert_eq!(out.output("passed").as_deref(), Some("2"));
+    let (tests, failures, cases) = junit(&reports.join("junit.xml"));
+    assert_eq!((tests, failures), (2, 0));
+    assert_eq!(
+        cases,
+        vec![("health".to_string(), false), ("books".to_string(), false)]
+    );
+}
+
+#[test]
+fn integration_test_fails_naming_the_check_and_reports_it() {
+    let env = Env::new();
+    let server = books_service();
+    let reports = env.path().join("reports");
+    std::fs::create_dir(&reports).unwrap();
+    run(integration_test(&env, &server)
+        .args(["--allow-dir", &format!("{}:/reports:rw", reports.display())])
+        .args([
+            "-c",
+            "check.health=GET /health 200",
+            "-c",
+            "check.broken=GET /broken 200",
+            "-c",
+            "check.title=GET /api/v1/books 200 nope",
+        ])
+        .args([
+            "-c",
+            "retry_for=300ms",
+            "-c",
+            "interval=50ms",
+            "-c",
+            "report=/reports/junit.xml",
+        ]))
+    .expect_code(1)
+    .stderr_has("2 of 3 checks failed")
+    .stderr_has("broken (GET /broken")
+    .stderr_has("expected status 200, got 500")
+    .stderr_has("title (GET /api/v1/books")
+    .stderr_has("does not contain \"nope\"");
+    let (tests, failures, cases) = junit(&reports.join("junit.xml"));
+    assert_eq!((tests, failures), (3, 2));
+    assert_eq!(
+        cases,
+        vec![
+            ("health".to_string(), false),
+            ("broken".to_string(), true),
+            ("title".to_string(), true)
+        ]
+    );
+}
+
+#[test]
+fn integration_test_retries_until_the_service_is_up() {
+    let env = Env::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    // Fails its first three health checks, as a container still starting would.
+    let server = HttpServer::start(move |_, _| {
+        if counter.fetch_add(1, Ordering::SeqCst) < 3 {
+            (503, vec![], "starting".into())
+        } else {
+            (200, vec![], "ok".into())
+        }
+    });
+    run(integration_test(&env, &server).args([
+        "-c",
+        "check.health=GET /health 200",
+        "-c",
+        "interval=20ms",
+        "-c",
+        "retry_for=20s",
+    ]))
+    .expect_code(0);
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn integration_test_config_errors_name_the_setting() {
+    let env = Env::new();
+    let server = books_service();
+    run(env
+        .runner()
+        .arg("exec")
+        .arg("--plugin")
+        .arg(plugin("integration-test")))
+    .expect_code(1)
+    .stderr_has("invalid config: missing setting `base_url`");
+    run(&mut integration_test(&env, &server))
+        .expect_code(1)
+        .stderr_has("no checks configured");
+    run(integration_test(&env, &server).args(["-c", "check.x=GET health 200"]))
+        .expect_code(1)
+        .stderr_has("the path must start with /");
+}
+
+#[test]
+fn integration_test_without_the_http_grant_is_denied() {
+    let env = Env::new();
+    let server = books_service();
+    run(env
+        .runner()
+        .arg("exec")
+        .arg("--plugin")
+        .arg(plugin("integration-test"))
+        .args([
+            "-c",
+            &format!("base_url={}", server.url()),
+            "-c",
+            "check.h=GET /health 200",
+            "-c",
+            "retry_for=100ms",
+        ]))
+    .expect_code(1)
+    .stderr_has("denied: http: origin");
+}
+
+fn color(env: &Env, commit: bool) -> common::Output {
+    let mut cmd = env.runner();
+    cmd.arg("exec").arg("--plugin").arg(plugin("color")).args([
+        "--service",
+        "books-ms",
+        "--allow-kv",
+        "books-ms/",
+    ]);
+    if commit {
+        cmd.args(["-c", "commit=true"]);
+    }
+    run(&mut cmd)
+}
+
+#[test]
+fn python_color_stage_alternates_blue_green_and_commits_with_cas() {
+    let env = Env::new();
+    let first = color(&env, false).expect_code(0);
+    assert_eq!(first.output("next").as_deref(), Some("blue"));
+    assert_eq!(first.output("current").as_deref(), Some(""));
+    run(env.runner().args(["kv", "get", "books-ms/color"])).expect_code(1);
+
+    for expected in ["blue", "green", "blue"] {
+        let out = color(&env, true).expect_code(0);
+        assert_eq!(out.output("next").as_deref(), Some(expected));
+        assert_eq!(
+            run(env.runner().args(["kv", "get", "books-ms/color"]))
+                .stdout
+                .trim(),
+            expected
+        );
+    }
+}
+
+#[test]
+fn python_color_stage_errors_are_typed() {
+    let env = Env::new();
+    run(env
+        .runner()
+        .arg("exec")
+        .arg("--plugin")
+        .arg(plugin("color"))
+        .args(["--service", "books-ms"]))
+    .expect_code(1)
+    .stderr_has("denied: kv: get of key \"books-ms/color\"")
+    .stderr_has("--allow-kv books-ms/");
+    run(env.runner().args(["kv", "put", "books-ms/color", "purple"])).expect_code(0);
+    color(&env, true)
+        .expect_code(1)
+        .stderr_has("invalid config: books-ms/color holds 'purple'");
+    assert_eq!(
+        run(env.runner().args(["kv", "get", "books-ms/color"]))
+            .stdout
+            .trim(),
+        "purple"
+    );
+}

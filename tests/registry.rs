@@ -1,0 +1,193 @@
+//! The embedded registry across processes: persistence, CAS, concurrency,
+//! and the catalog data templates render from.
+
+mod common;
+
+use common::{Env, run};
+use runner::registry::{EmbeddedRegistry, Instance, Registry};
+use std::time::Duration;
+
+#[test]
+fn kv_persists_across_processes() {
+    let env = Env::new();
+    run(env.runner().args(["kv", "put", "books-ms/color", "blue"])).expect_code(0);
+    let out = run(env.probe("kv-get").args([
+        "--allow-kv",
+        "books-ms/",
+        "--config",
+        "key=books-ms/color",
+    ]))
+    .expect_code(0);
+    assert_eq!(out.output("value").as_deref(), Some("blue"));
+    run(env.probe("kv-put").args([
+        "--allow-kv",
+        "books-ms/",
+        "--config",
+        "key=books-ms/color",
+        "--config",
+        "value=green",
+    ]))
+    .expect_code(0);
+    let out = run(env.runner().args(["kv", "get", "books-ms/color"])).expect_code(0);
+    assert_eq!(out.stdout, "green\n");
+    let out = run(env.runner().args(["kv", "list", "books-ms/"])).expect_code(0);
+    assert_eq!(out.stdout, "books-ms/color\tgreen\n");
+    run(env.runner().args(["kv", "get", "books-ms/none"]))
+        .expect_code(1)
+        .stderr_has("does not exist");
+}
+
+#[test]
+fn cas_conflicts_are_reported() {
+    let env = Env::new();
+    run(env.runner().args(["kv", "put", "app/k", "1"])).expect_code(0);
+    let detailed = run(env.runner().args(["kv", "get", "--detailed", "app/k"]))
+        .expect_code(0)
+        .stdout;
+    let index: u64 = detailed
+        .lines()
+        .find_map(|l| l.strip_prefix("modify_index\t"))
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let stale = (index + 7).to_string();
+    let out = run(env.probe("cas").args([
+        "--allow-kv",
+        "app/",
+        "-c",
+        "key=app/k",
+        "-c",
+        "value=2",
+        "-c",
+        &format!("index={stale}"),
+    ]))
+    .expect_code(0);
+    assert_eq!(out.output("swapped").as_deref(), Some("false"));
+    let out = run(env.probe("cas").args([
+        "--allow-kv",
+        "app/",
+        "-c",
+        "key=app/k",
+        "-c",
+        "value=2",
+        "-c",
+        &format!("index={index}"),
+    ]))
+    .expect_code(0);
+    assert_eq!(out.output("swapped").as_deref(), Some("true"));
+
+    run(env
+        .runner()
+        .args(["kv", "put", "--cas", &index.to_string(), "app/k", "3"]))
+    .expect_code(1)
+    .stderr_has("was not written: its modify index is not");
+    assert_eq!(run(env.runner().args(["kv", "get", "app/k"])).stdout, "2\n");
+}
+
+#[test]
+fn two_processes_incrementing_at_once_lose_nothing() {
+    let env = Env::new();
+    let per_process = 150;
+    let spawn = || {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("runner"));
+        cmd.current_dir(env.path())
+            .env("RUNNER_STATE_DIR", env.state_dir())
+            .env("RUNNER_CACHE_DIR", env.cache_dir())
+            .args([
+                "exec",
+                "--allow-kv",
+                "counter/",
+                "-c",
+                "mode=cas-increment",
+                "-c",
+                "key=counter/n",
+            ])
+            .args(["-c", &format!("n={per_process}")])
+            .arg("--plugin")
+            .arg(common::plugin("sandbox-probe"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    // Warm the artifact cache so both processes spend their time writing.
+    run(&mut env.probe("noop")).expect_code(0);
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = run(env.runner().args(["kv", "get", "counter/n"])).expect_code(0);
+    assert_eq!(out.stdout.trim(), (2 * per_process).to_string());
+}
+
+#[tokio::test]
+async fn catalog_list_shows_registered_instances() {
+    let env = Env::new();
+    let registry = EmbeddedRegistry::open(&env.state_dir(), Duration::from_secs(5)).unwrap();
+    registry
+        .register(&Instance {
+            id: "prod:books-ms-blue:8080".into(),
+            name: "books-ms-blue".into(),
+            address: "127.0.0.1".into(),
+            port: 32769,
+            tags: vec!["v1".into()],
+            healthy: true,
+        })
+        .await
+        .unwrap();
+    let out = run(env.runner().args(["catalog", "list"])).expect_code(0);
+    assert!(
+        out.stdout
+            .contains("books-ms-blue\tprod:books-ms-blue:8080\t127.0.0.1:32769\tpassing\tv1"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// The seed's upstream template, rendered by a plugin from catalog data the
+/// registry holds, byte for byte as consul-template writes it.
+#[tokio::test]
+async fn seed_template_renders_from_the_catalog_through_a_plugin() {
+    let env = Env::new();
+    let registry = EmbeddedRegistry::open(&env.state_dir(), Duration::from_secs(5)).unwrap();
+    registry
+        .register(&Instance {
+            id: "prod:books-ms-blue:8080".into(),
+            name: "books-ms-blue".into(),
+            address: "10.100.198.201".into(),
+            port: 32769,
+            tags: vec![],
+            healthy: false,
+        })
+        .await
+        .unwrap();
+    drop(registry);
+    let out_dir = env.path().join("upstreams");
+    std::fs::create_dir(&out_dir).unwrap();
+    let seed = "upstream books-ms {\n {{range service \"books-ms-blue\" \"any\"}}\n server {{.Address}}:{{.Port}};\n {{end}}\n}\n";
+    let dest = out_dir.join("books-ms.conf");
+    let mut cmd = env.probe("template");
+    cmd.args(["--allow-template-out"]).arg(&out_dir);
+    cmd.args([
+        "-c",
+        &format!("text={seed}"),
+        "-c",
+        &format!("dest={}", dest.display()),
+    ]);
+
+    // The template reads the catalog: without the service grant it is denied.
+    run(&mut cmd)
+        .expect_code(1)
+        .stderr_has("grant it with --allow-service books-ms-blue");
+    cmd.args(["--allow-service", "books-ms-*"]);
+    run(&mut cmd).expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(&dest).unwrap(),
+        "upstream books-ms {\n \n server 10.100.198.201:32769;\n \n}\n"
+    );
+}
