@@ -366,3 +366,59 @@ fn inspect_lists_world_imports_and_grants() {
     .expect_code(0);
     assert!(out.stdout.contains("not a runner stage"), "{}", out.stdout);
 }
+
+/// A server that answers only after `delay`, to hold a plugin inside a host call.
+fn slow_server(delay: std::time::Duration) -> HttpServer {
+    HttpServer::start(move |_, _| {
+        std::thread::sleep(delay);
+        (200, vec![], "late".into())
+    })
+}
+
+#[test]
+fn a_slow_host_call_returns_timeout_to_the_plugin() {
+    let env = Env::new();
+    let slow = slow_server(std::time::Duration::from_secs(3));
+    run(env.probe("http-get").args([
+        "--allow-http",
+        &slow.url(),
+        "--host-call-timeout",
+        "300ms",
+        "--config",
+        &format!("url={}/", slow.url()),
+    ]))
+    .expect_code(1)
+    .stderr_has("timeout: http:")
+    .stderr_has("did not answer within 300ms");
+}
+
+#[test]
+fn the_deadline_holds_while_the_plugin_waits_in_a_host_call() {
+    let env = Env::new();
+    let slow = slow_server(std::time::Duration::from_secs(4));
+    run(env.probe("http-get").args([
+        "--allow-http",
+        &slow.url(),
+        "--deadline",
+        "1s",
+        "--config",
+        &format!("url={}/", slow.url()),
+    ]))
+    .expect_code(3)
+    .stderr_has("plugin sandbox-probe ran past its deadline (1s)");
+}
+
+#[test]
+fn stages_that_never_touch_the_registry_leave_no_state_behind() {
+    let env = Env::new();
+    run(&mut env.probe("noop")).expect_code(0);
+    assert!(
+        !env.state_dir().exists(),
+        "state dir created by a stage that used no registry"
+    );
+    run(env
+        .probe("kv-put")
+        .args(["--allow-kv", "a/", "-c", "key=a/b", "-c", "value=c"]))
+    .expect_code(0);
+    assert!(env.state_dir().join("registry.sqlite3").exists());
+}

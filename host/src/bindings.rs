@@ -13,7 +13,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use runner::plugin::types::Error as PluginError;
+pub use self::runner::plugin::types::Error as PluginError;
 
 /// A readable one-line form of a plugin error: `denied: kv: ...`. (The
 /// generated `Display` prints the variant's debug form.)

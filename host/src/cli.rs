@@ -50,7 +50,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one stage plugin once.
-    Exec(ExecArgs),
+    Exec(Box<ExecArgs>),
     /// Work with plugin files.
     #[command(subcommand)]
     Plugin(PluginCommand),

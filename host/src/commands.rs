@@ -5,7 +5,7 @@ use crate::bindings::{Context as StageContext, PluginError};
 use crate::caps::{Capabilities, HostServices};
 use crate::cli::{CatalogCommand, Cli, Command, ExecArgs, KvCommand, PluginCommand};
 use crate::grants::{GrantError, GrantsSpec};
-use crate::registry::{EmbeddedRegistry, Registry, RegistryError};
+use crate::registry::{EmbeddedRegistry, LazyRegistry, Registry, RegistryError};
 use crate::runtime::{ArtifactCache, Fault, Limits, LoadError, Runtime, RuntimeConfig};
 use std::io::Write;
 use std::sync::Arc;
@@ -106,7 +106,10 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
         .unwrap_or_else(|| plugin.name().to_string());
 
     let services = HostServices {
-        registry: open_registry(cli, limits.host_call_timeout)?,
+        registry: Arc::new(LazyRegistry::new(
+            cli.state_dir.clone(),
+            limits.host_call_timeout,
+        )),
         host_call_timeout: limits.host_call_timeout,
         http_max_body: args.limits.http_max_body,
     };

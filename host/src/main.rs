@@ -6,6 +6,11 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
+// Loading a precompiled component is dominated by small allocations while
+// decoding its metadata; mimalloc makes plugin start measurably faster.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = runner::cli::Cli::parse();
     let verbose = cli.verbose;

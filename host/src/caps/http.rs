@@ -47,10 +47,11 @@ impl OriginPattern {
         if host.is_empty() {
             return Err(format!("\"{text}\" has an empty host; {example}"));
         }
-        if host.contains('*')
-            && host != "*"
-            && !(host.starts_with("*.") && !host[2..].contains('*'))
-        {
+        let wildcard_ok = match host.strip_prefix("*.") {
+            Some(domain) => !domain.contains('*'),
+            None => host == "*" || !host.contains('*'),
+        };
+        if !wildcard_ok {
             return Err(format!(
                 "\"{text}\": a host wildcard must be `*` or `*.domain`; {example}"
             ));

@@ -8,6 +8,7 @@
 
 use super::{Instance, KvEntry, Registry, RegistryError};
 use async_trait::async_trait;
+use backon::{BlockingRetryable, ExponentialBuilder};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -64,12 +65,20 @@ impl EmbeddedRegistry {
         let conn = Connection::open(&path).map_err(|e| unavailable(&path, e))?;
         conn.busy_timeout(busy_timeout)
             .map_err(|e| unavailable(&path, e))?;
-        // WAL: readers never block writers; FULL: a committed write survives power loss.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| unavailable(&path, e))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| unavailable(&path, e))?;
-        conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
+        // Switching a new database to WAL answers "locked" at once, without the
+        // busy handler, while another process does the same: retry until the
+        // busy timeout, as every other statement waits.
+        let retry = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(2))
+            .with_max_delay(Duration::from_millis(100))
+            .with_total_delay(Some(busy_timeout))
+            .without_max_times()
+            .with_jitter();
+        (|| initialize(&conn))
+            .retry(retry)
+            .sleep(std::thread::sleep)
+            .when(is_busy)
+            .call()
             .map_err(|e| unavailable(&path, e))?;
         Ok(Self {
             path,
@@ -90,12 +99,7 @@ impl EmbeddedRegistry {
             .lock()
             .map_err(|_| RegistryError::Backend("registry connection poisoned".into()))?;
         f(&mut conn).map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(ref code, _)
-                if matches!(
-                    code.code,
-                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                ) =>
-            {
+            ref busy if is_busy(busy) => {
                 unavailable(&self.path, format!("{e} (another runner holds the lock)"))
             }
             other => RegistryError::Backend(format!("{}: {other}", self.path.display())),
@@ -127,6 +131,21 @@ impl EmbeddedRegistry {
             }
         })
     }
+}
+
+/// WAL (readers never block writers), FULL sync (a committed write survives
+/// power loss), and the schema.
+fn initialize(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KvEntry> {
@@ -353,6 +372,28 @@ mod tests {
         assert_eq!(reg.services().await.unwrap(), ["web-blue"]);
         assert!(reg.deregister("web-blue", "n:c:80").await.unwrap());
         assert!(reg.instances("web-blue").await.unwrap().is_empty());
+    }
+
+    /// Several runners opening a fresh state dir at the same moment: SQLite
+    /// refuses concurrent switches to WAL without waiting, so `open` retries.
+    #[test]
+    fn concurrent_first_opens_all_succeed() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+            let handles: Vec<_> = (0..6)
+                .map(|_| {
+                    let (path, barrier) = (dir.path().to_path_buf(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        EmbeddedRegistry::open(&path, Duration::from_secs(10)).map(|_| ())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+        }
     }
 
     #[tokio::test]

@@ -2,8 +2,10 @@
 //! one trait so the embedded store and Consul are interchangeable.
 
 mod embedded;
+mod lazy;
 
 pub use embedded::EmbeddedRegistry;
+pub use lazy::LazyRegistry;
 
 use async_trait::async_trait;
 

@@ -200,18 +200,29 @@ impl Runtime {
 
     /// Read, compile (or load precompiled) and type-check a plugin.
     pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
-        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        let read_error = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::NotFound => LoadError::NotFound(path.into()),
             _ => LoadError::Read {
                 path: path.into(),
                 source: e,
             },
-        })?;
+        };
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "plugin".into());
-        self.load_bytes(&name, path, &bytes)
+        let meta = std::fs::metadata(path).map_err(read_error)?;
+        if let Some(component) = self.cache.load_by_identity(&self.engine, &meta) {
+            return Ok(Plugin {
+                name: Arc::from(name),
+                pre: self.link(path, &component)?,
+                cache: CacheOutcome::Hit,
+            });
+        }
+        let bytes = std::fs::read(path).map_err(read_error)?;
+        let plugin = self.load_bytes(&name, path, &bytes)?;
+        self.cache.remember_identity(&self.engine, &meta, &bytes);
+        Ok(plugin)
     }
 
     /// As [`Runtime::load`], from bytes already in memory.
@@ -343,7 +354,7 @@ impl Runtime {
 pub fn format_bytes(bytes: u64) -> String {
     const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
     for (unit, size) in UNITS {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{} {unit}", bytes / size);
         }
     }

@@ -21,6 +21,7 @@
 
 /// The generated bindings; everything useful is re-exported at the crate root.
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments)] // generated code
 pub mod bindings {
     wit_bindgen::generate!({
         world: "stage",

@@ -1,0 +1,67 @@
+//! Open the embedded registry on first use, so a stage that never touches
+//! KV or the catalog creates no state directory and takes no lock.
+
+use super::{EmbeddedRegistry, Instance, KvEntry, Registry, RegistryError};
+use async_trait::async_trait;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub struct LazyRegistry {
+    state_dir: PathBuf,
+    busy_timeout: Duration,
+    // The outcome of the first open, error included: a broken state dir is
+    // reported the same way on every call instead of retried per call.
+    opened: OnceLock<Result<EmbeddedRegistry, String>>,
+}
+
+impl LazyRegistry {
+    pub fn new(state_dir: PathBuf, busy_timeout: Duration) -> Self {
+        Self {
+            state_dir,
+            busy_timeout,
+            opened: OnceLock::new(),
+        }
+    }
+
+    fn get(&self) -> Result<&EmbeddedRegistry, RegistryError> {
+        self.opened
+            .get_or_init(|| {
+                EmbeddedRegistry::open(&self.state_dir, self.busy_timeout)
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| RegistryError::Unavailable(e.clone()))
+    }
+}
+
+#[async_trait]
+impl Registry for LazyRegistry {
+    async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, RegistryError> {
+        self.get()?.kv_get(key).await
+    }
+    async fn kv_put(&self, key: &str, value: &[u8]) -> Result<u64, RegistryError> {
+        self.get()?.kv_put(key, value).await
+    }
+    async fn kv_cas(&self, key: &str, value: &[u8], expected: u64) -> Result<bool, RegistryError> {
+        self.get()?.kv_cas(key, value, expected).await
+    }
+    async fn kv_delete(&self, key: &str) -> Result<bool, RegistryError> {
+        self.get()?.kv_delete(key).await
+    }
+    async fn kv_list(&self, prefix: &str) -> Result<Vec<KvEntry>, RegistryError> {
+        self.get()?.kv_list(prefix).await
+    }
+    async fn instances(&self, service: &str) -> Result<Vec<Instance>, RegistryError> {
+        self.get()?.instances(service).await
+    }
+    async fn services(&self) -> Result<Vec<String>, RegistryError> {
+        self.get()?.services().await
+    }
+    async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
+        self.get()?.register(instance).await
+    }
+    async fn deregister(&self, service: &str, id: &str) -> Result<bool, RegistryError> {
+        self.get()?.deregister(service, id).await
+    }
+}
