@@ -51,31 +51,17 @@ fn cas_conflicts_are_reported() {
         .parse()
         .unwrap();
 
-    let stale = (index + 7).to_string();
-    let out = run(env.probe("cas").args([
-        "--allow-kv",
-        "app/",
-        "-c",
-        "key=app/k",
-        "-c",
-        "value=2",
-        "-c",
-        &format!("index={stale}"),
-    ]))
-    .expect_code(0);
-    assert_eq!(out.output("swapped").as_deref(), Some("false"));
-    let out = run(env.probe("cas").args([
-        "--allow-kv",
-        "app/",
-        "-c",
-        "key=app/k",
-        "-c",
-        "value=2",
-        "-c",
-        &format!("index={index}"),
-    ]))
-    .expect_code(0);
-    assert_eq!(out.output("swapped").as_deref(), Some("true"));
+    let cas = |expected: u64| {
+        let out = run(env
+            .probe("cas")
+            .args(["--allow-kv", "app/", "-c", "key=app/k", "-c", "value=2"])
+            .args(["-c", &format!("index={expected}")]))
+        .expect_code(0);
+        out.output("swapped")
+    };
+    assert_eq!(cas(index + 7).as_deref(), Some("false"));
+    assert_eq!(run(env.runner().args(["kv", "get", "app/k"])).stdout, "1\n");
+    assert_eq!(cas(index).as_deref(), Some("true"));
 
     run(env
         .runner()

@@ -8,7 +8,7 @@
 use runner::bindings::Context;
 use runner::caps::{Capabilities, HostServices};
 use runner::grants::{Grants, GrantsSpec};
-use runner::registry::{EmbeddedRegistry, Registry as _};
+use runner::registry::EmbeddedRegistry;
 use runner::runtime::{ArtifactCache, Limits, Plugin, RunRequest, Runtime, RuntimeConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -89,6 +89,25 @@ impl Bench {
         }
     }
 
+    /// Load `path` from the artifact cache and run it, `n` times: the
+    /// (load + run, load only) timings.
+    async fn start_from_cache(
+        &self,
+        path: &Path,
+        config: &[(&str, &str)],
+        n: usize,
+    ) -> (Stats, Stats) {
+        let (mut start, mut load) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let t = Instant::now();
+            let plugin = self.runtime.load(path).expect("load from cache");
+            load.push(t.elapsed());
+            self.run(&plugin, config).await;
+            start.push(t.elapsed());
+        }
+        (stats(start), stats(load))
+    }
+
     async fn run(&self, plugin: &Plugin, config: &[(&str, &str)]) {
         let request = RunRequest {
             context: Context {
@@ -158,7 +177,7 @@ fn main() {
         if let Some(plugin) = plugin {
             argv.extend(["exec".as_ref(), "--plugin".as_ref(), plugin.as_os_str()]);
         }
-        argv.extend(args.iter().map(|a| std::ffi::OsStr::new(a)));
+        argv.extend(args.iter().map(std::ffi::OsStr::new));
         spawn(&argv); // warm the artifact cache
         let mut samples = Vec::new();
         for _ in 0..if quick { 5 } else { 30 } {
@@ -184,23 +203,17 @@ fn main() {
 
         // 1. Rust plugin: start from the cache (read + hash + mmap artifact +
         //    type-check/link) + instantiate + trivial run.
-        let mut cold = Vec::new();
-        let mut load_only = Vec::new();
-        for _ in 0..iters {
-            let t = Instant::now();
-            let plugin = bench.runtime.load(&probe).expect("load");
-            load_only.push(t.elapsed());
-            bench.run(&plugin, &[("mode", "noop")]).await;
-            cold.push(t.elapsed());
-        }
+        let (start, load) = bench
+            .start_from_cache(&probe, &[("mode", "noop")], iters)
+            .await;
         report(
             "rust plugin: load from cache + instantiate + run",
-            &stats(cold),
+            &start,
             Some(Duration::from_micros(100)),
         );
         report(
-            "  of which load from cache (hash + mmap + link)",
-            &stats(load_only),
+            "  of which load from cache (stat + mmap + link)",
+            &load,
             None,
         );
 
@@ -252,23 +265,17 @@ fn main() {
         );
 
         // 4. Python plugin (componentize-py, ~18 MB): start from cache + run.
-        let mut py = Vec::new();
-        let mut py_load = Vec::new();
-        for _ in 0..(iters / 5).max(10) {
-            let t = Instant::now();
-            let plugin = bench.runtime.load(&color).expect("load color");
-            py_load.push(t.elapsed());
-            bench.run(&plugin, &[]).await;
-            py.push(t.elapsed());
-        }
+        let (start, load) = bench
+            .start_from_cache(&color, &[], (iters / 5).max(10))
+            .await;
         report(
             "python plugin: load from cache + instantiate + run",
-            &stats(py),
+            &start,
             Some(Duration::from_millis(5)),
         );
         report(
-            "  of which load from cache (hash + mmap + link)",
-            &stats(py_load),
+            "  of which load from cache (stat + mmap + link)",
+            &load,
             None,
         );
 
