@@ -304,7 +304,7 @@ fn grants_file_is_read_and_merged_with_flags() {
     let env = Env::new();
     let file = env.path().join("grants.toml");
     std::fs::write(&file, "[grants]\nkv = [\"books-ms/\"]\n").unwrap();
-    run(env.probe("kv-put").arg("--grants").arg(&file).args([
+    run(env.probe("kv-put").arg("-f").arg(&file).args([
         "--config",
         "key=books-ms/color",
         "--config",
@@ -312,9 +312,9 @@ fn grants_file_is_read_and_merged_with_flags() {
     ]))
     .expect_code(0);
     std::fs::write(&file, "[grants]\nkvv = []\n").unwrap();
-    run(env.probe("noop").arg("--grants").arg(&file))
+    run(env.probe("noop").arg("--file").arg(&file))
         .expect_code(2)
-        .stderr_has("grants file")
+        .stderr_has("runner file")
         .stderr_has("kvv");
 }
 

@@ -82,6 +82,8 @@ impl Bench {
             .expect("runtime"),
             services: HostServices {
                 registry: Arc::new(registry),
+                docker: runner::caps::docker::DockerEngine::new(None),
+                hooks: None,
                 host_call_timeout: Duration::from_secs(30),
                 http_max_body: 10 << 20,
             },

@@ -9,6 +9,9 @@ wasmtime::component::bindgen!({
         "runner:plugin/catalog": async,
         "runner:plugin/http": async,
         "runner:plugin/template": async,
+        "runner:plugin/docker": async,
+        "runner:plugin/proxy": async,
+        "runner:plugin/hooks": async,
     },
     exports: { default: async },
 });
@@ -21,6 +24,7 @@ pub fn describe(error: &PluginError) -> String {
     let (kind, message) = match error {
         PluginError::Denied(m) => ("denied", m),
         PluginError::NotFound(m) => ("not found", m),
+        PluginError::Conflict(m) => ("conflict", m),
         PluginError::InvalidConfig(m) => ("invalid config", m),
         PluginError::Failed(m) => ("failed", m),
         PluginError::Timeout(m) => ("timeout", m),

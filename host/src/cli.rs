@@ -98,14 +98,19 @@ pub struct ExecArgs {
     /// Print the outcome as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+
+    /// The Docker engine: `unix:///var/run/docker.sock` or `tcp://host:2375`.
+    #[arg(long, env = "DOCKER_HOST", value_name = "URL")]
+    pub docker_host: Option<String>,
 }
 
 /// Everything is denied unless granted here or in a grants file.
 #[derive(Debug, Args, Default)]
 #[command(next_help_heading = "Grants (default: nothing)")]
 pub struct GrantArgs {
-    /// Read a `[grants]` table from a TOML file; flags add to it.
-    #[arg(long = "grants", value_name = "FILE")]
+    /// The runner file (TOML): `[grants]`, `[proxies.NAME]`, `[hooks.NAME]`;
+    /// flags add to its grants.
+    #[arg(long = "file", short = 'f', value_name = "FILE")]
     pub file: Option<PathBuf>,
 
     /// Allow KV keys under PREFIX (`books-ms/`), or `*` for all.
@@ -127,6 +132,30 @@ pub struct GrantArgs {
     /// Allow templates to render files into DIR.
     #[arg(long = "allow-template-out", value_name = "DIR")]
     pub template_out: Vec<String>,
+
+    /// Allow running and managing containers whose names match PATTERN (`books-ms-*`).
+    #[arg(long = "allow-container", value_name = "PATTERN")]
+    pub containers: Vec<String>,
+
+    /// Allow images matching PATTERN (`books-ms:*`) to be pulled, run, tagged.
+    #[arg(long = "allow-image", value_name = "PATTERN")]
+    pub images: Vec<String>,
+
+    /// Allow building images (the context must be inside an --allow-dir).
+    #[arg(long = "allow-build")]
+    pub build: bool,
+
+    /// Allow pushing granted images.
+    #[arg(long = "allow-push")]
+    pub push: bool,
+
+    /// Allow reloading proxy NAME, defined as [proxies.NAME] in the runner file.
+    #[arg(long = "allow-proxy", value_name = "NAME")]
+    pub proxies: Vec<String>,
+
+    /// Allow running hook NAME, defined as [hooks.NAME] in the runner file.
+    #[arg(long = "allow-hook", value_name = "NAME")]
+    pub hooks: Vec<String>,
 }
 
 #[derive(Debug, Args)]

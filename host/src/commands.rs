@@ -1,12 +1,17 @@
 //! The behaviour behind each CLI command. Returns typed errors; `main.rs`
 //! turns them into exit codes.
 
-use crate::bindings::{Context as StageContext, PluginError};
+use crate::bindings::runner::plugin::hooks::HookOutcome;
+use crate::bindings::{Context as StageContext, PluginError, describe};
+use crate::caps::docker::DockerEngine;
+use crate::caps::hooks::HookRunner;
 use crate::caps::{Capabilities, HostServices};
 use crate::cli::{CatalogCommand, Cli, Command, ExecArgs, KvCommand, PluginCommand};
 use crate::grants::{GrantError, GrantsSpec};
 use crate::registry::{EmbeddedRegistry, LazyRegistry, Registry, RegistryError};
-use crate::runtime::{ArtifactCache, Fault, Limits, LoadError, Runtime, RuntimeConfig};
+use crate::runfile::{HookDef, RunnerFile};
+use crate::runtime::{ArtifactCache, Fault, Limits, LoadError, Plugin, Runtime, RuntimeConfig};
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -79,25 +84,33 @@ fn runtime(cli: &Cli) -> Result<Runtime, CommandError> {
 }
 
 async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
-    let mut spec = match &args.grants.file {
-        Some(path) => GrantsSpec::from_file(path)?,
-        None => GrantsSpec::default(),
+    let runfile = match &args.grants.file {
+        Some(path) => RunnerFile::load(path)?,
+        None => RunnerFile::default(),
     };
+    let g = &args.grants;
+    let mut spec = runfile.grants.clone();
     spec.merge(GrantsSpec {
-        kv: args.grants.kv.clone(),
-        services: args.grants.services.clone(),
-        http: args.grants.http.clone(),
-        dirs: args.grants.dirs.clone(),
-        template_out: args.grants.template_out.clone(),
+        kv: g.kv.clone(),
+        services: g.services.clone(),
+        http: g.http.clone(),
+        dirs: g.dirs.clone(),
+        template_out: g.template_out.clone(),
+        containers: g.containers.clone(),
+        images: g.images.clone(),
+        build: g.build,
+        push: g.push,
+        proxies: g.proxies.clone(),
+        hooks: g.hooks.clone(),
     });
-    let grants = spec.validate()?;
+    let grants = spec.validate_with(&runfile.proxies, &runfile.hook_names())?;
     let limits = Limits {
         memory_bytes: args.limits.memory,
         deadline: args.limits.deadline,
         host_call_timeout: args.limits.host_call_timeout,
     };
 
-    let runtime = runtime(cli)?;
+    let runtime = Arc::new(runtime(cli)?);
     let plugin = runtime.load(&args.plugin)?;
     tracing::debug!(plugin = plugin.name(), cache = ?plugin.cache_outcome(), "plugin loaded");
     let stage = args
@@ -105,14 +118,38 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
         .clone()
         .unwrap_or_else(|| plugin.name().to_string());
 
-    let services = HostServices {
+    let mut services = HostServices {
         registry: Arc::new(LazyRegistry::new(
             cli.state_dir.clone(),
             limits.host_call_timeout,
         )),
+        docker: DockerEngine::new(args.docker_host.clone()),
+        hooks: None,
         host_call_timeout: limits.host_call_timeout,
         http_max_body: args.limits.http_max_body,
     };
+    if !grants.docker.is_empty() {
+        // The catalog may list containers stopped behind runner's back.
+        match crate::caps::docker::reconcile(&services.docker, &*services.registry).await {
+            Ok((0, 0)) => {}
+            Ok((dropped, added)) => {
+                tracing::info!("catalog reconciled: {dropped} gone, {added} added")
+            }
+            Err(e) => tracing::warn!(
+                "cannot reconcile the catalog with the engine: {}",
+                describe(&e)
+            ),
+        }
+    }
+    if !runfile.hooks.is_empty() {
+        services.hooks = Some(Arc::new(Hooks {
+            runtime: runtime.clone(),
+            services: services.clone(),
+            service: args.service.clone(),
+            defs: runfile.hooks.clone(),
+            loaded: tokio::sync::Mutex::new(HashMap::new()),
+        }));
+    }
     let request = crate::runtime::RunRequest {
         context: StageContext {
             service: args.service.clone(),
@@ -154,6 +191,73 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
         }
     }
     Ok(())
+}
+
+/// Runs `[hooks.*]` for the stage being executed: each hook is loaded once,
+/// then run in its own store under its own grants and limits, on its own task
+/// (never nested inside the calling plugin's execution).
+struct Hooks {
+    runtime: Arc<Runtime>,
+    /// Services for hook runs (without hooks: they do not nest).
+    services: HostServices,
+    service: String,
+    defs: Vec<HookDef>,
+    loaded: tokio::sync::Mutex<HashMap<String, Arc<Plugin>>>,
+}
+
+#[async_trait::async_trait]
+impl HookRunner for Hooks {
+    async fn run_hook(
+        &self,
+        name: &str,
+        config: Vec<(String, String)>,
+    ) -> Result<HookOutcome, PluginError> {
+        let def = self.defs.iter().find(|d| d.name == name).ok_or_else(|| {
+            PluginError::NotFound(format!("hooks: no [hooks.{name}] in the runner file"))
+        })?;
+        let plugin = {
+            let mut loaded = self.loaded.lock().await;
+            match loaded.get(name) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = Arc::new(
+                        self.runtime
+                            .load(&def.plugin)
+                            .map_err(|e| PluginError::Failed(format!("hook {name}: {e}")))?,
+                    );
+                    loaded.insert(name.to_string(), p.clone());
+                    p
+                }
+            }
+        };
+        let mut settings = def.config.clone();
+        settings.extend(config);
+        let request = crate::runtime::RunRequest {
+            context: StageContext {
+                service: self.service.clone(),
+                stage: name.to_string(),
+                config: settings,
+                inputs: vec![],
+            },
+            capabilities: Capabilities::new(name, &def.grants, &self.services),
+            dirs: def.grants.dirs.clone(),
+            limits: def.limits,
+        };
+        tracing::info!("running hook {name} ({})", def.plugin.display());
+        let runtime = self.runtime.clone();
+        let run = tokio::spawn(async move { runtime.run(&plugin, request).await });
+        match run.await {
+            Ok(Ok(Ok(outcome))) => Ok(HookOutcome {
+                outputs: outcome.outputs,
+                message: outcome.message,
+            }),
+            Ok(Ok(Err(error))) => Err(error),
+            Ok(Err(fault)) => Err(PluginError::Failed(format!("hook {name}: {fault}"))),
+            Err(join) => Err(PluginError::Failed(format!(
+                "hook {name} did not complete: {join}"
+            ))),
+        }
+    }
 }
 
 fn inspect(cli: &Cli, path: &std::path::Path) -> Result<(), CommandError> {

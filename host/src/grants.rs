@@ -6,8 +6,10 @@
 //! of its own grant type; this module only gathers them.
 
 use crate::caps::catalog::ServiceGrant;
+use crate::caps::docker::DockerGrant;
 use crate::caps::http::HttpGrant;
 use crate::caps::kv::KvGrant;
+use crate::caps::proxy::ProxyConfig;
 use crate::caps::template::GrantedDir;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -31,13 +33,24 @@ pub struct GrantsSpec {
     /// Directories templates may render into.
     #[serde(default)]
     pub template_out: Vec<String>,
-}
-
-/// A file holding a `[grants]` table (and in time, more settings).
-#[derive(Debug, Deserialize)]
-struct GrantsFile {
+    /// Container names, glob patterns allowed (`books-ms-*`).
     #[serde(default)]
-    grants: GrantsSpec,
+    pub containers: Vec<String>,
+    /// Image references, glob patterns allowed (`books-ms:*`).
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// Building images from granted directories.
+    #[serde(default)]
+    pub build: bool,
+    /// Pushing granted images.
+    #[serde(default)]
+    pub push: bool,
+    /// Proxies (defined in `[proxies.NAME]`) the plugin may reload.
+    #[serde(default)]
+    pub proxies: Vec<String>,
+    /// Hooks (defined in `[hooks.NAME]`) the plugin may run.
+    #[serde(default)]
+    pub hooks: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,13 +61,21 @@ pub enum GrantError {
         value: String,
         reason: String,
     },
-    #[error("cannot read grants file {path}: {source}")]
+    #[error("cannot read runner file {path}: {source}")]
     ReadFile {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("grants file {path} is not valid: {message}")]
+    #[error("runner file {path} is not valid: {message}")]
     ParseFile { path: PathBuf, message: String },
+    #[error(
+        "--allow-{kind} {name}: no [{table}.{name}] is defined; define it in the runner file (-f FILE)"
+    )]
+    Undefined {
+        kind: &'static str,
+        table: &'static str,
+        name: String,
+    },
 }
 
 /// A directory preopened into the guest's WASI filesystem.
@@ -74,25 +95,36 @@ pub struct Grants {
     pub http: HttpGrant,
     pub dirs: Vec<DirGrant>,
     pub template_out: Vec<GrantedDir>,
+    pub docker: DockerGrant,
+    pub proxies: Vec<ProxyConfig>,
+    pub hooks: Vec<String>,
 }
 
 impl GrantsSpec {
-    /// Read the `[grants]` table of a TOML file.
-    pub fn from_file(path: &Path) -> Result<Self, GrantError> {
-        let text = std::fs::read_to_string(path).map_err(|source| GrantError::ReadFile {
-            path: path.into(),
-            source,
-        })?;
-        Self::from_toml(&text).map_err(|message| GrantError::ParseFile {
-            path: path.into(),
-            message,
-        })
-    }
-
+    /// Read just the `[grants]` table of TOML text (tests, simple files).
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str::<GrantsFile>(text)
+        #[derive(Deserialize)]
+        struct Only {
+            #[serde(default)]
+            grants: GrantsSpec,
+        }
+        toml::from_str::<Only>(text)
             .map(|f| f.grants)
             .map_err(|e| e.to_string())
+    }
+
+    /// Make relative directory grants relative to `base` (a runner file's directory).
+    pub fn rebase(&mut self, base: &Path) {
+        for d in &mut self.dirs {
+            if let Some(host) = d.split(':').next().filter(|h| Path::new(h).is_relative()) {
+                *d = format!("{}{}", base.join(host).display(), &d[host.len()..]);
+            }
+        }
+        for d in &mut self.template_out {
+            if Path::new(d.as_str()).is_relative() {
+                *d = base.join(d.as_str()).display().to_string();
+            }
+        }
     }
 
     /// Add `other`'s grants to these (flags add to a file's grants).
@@ -102,10 +134,21 @@ impl GrantsSpec {
         self.http.extend(other.http);
         self.dirs.extend(other.dirs);
         self.template_out.extend(other.template_out);
+        self.containers.extend(other.containers);
+        self.images.extend(other.images);
+        self.build |= other.build;
+        self.push |= other.push;
+        self.proxies.extend(other.proxies);
+        self.hooks.extend(other.hooks);
     }
 
-    /// Validate every grant; directories must exist.
-    pub fn validate(&self) -> Result<Grants, GrantError> {
+    /// Validate every grant; directories must exist, and granted proxies and
+    /// hooks must be defined (`proxies` holds the runner file's definitions).
+    pub fn validate_with(
+        &self,
+        proxies: &[ProxyConfig],
+        hooks: &[String],
+    ) -> Result<Grants, GrantError> {
         let invalid = |flag: &'static str, value: &str, reason: String| GrantError::Invalid {
             flag,
             value: value.to_string(),
@@ -122,18 +165,58 @@ impl GrantsSpec {
             .iter()
             .map(|d| parse_dir(d).map_err(|r| invalid("--allow-dir", d, r)))
             .collect::<Result<_, _>>()?;
-        let template_out = self
+        let mut template_out: Vec<GrantedDir> = self
             .template_out
             .iter()
             .map(|d| existing_dir(Path::new(d)).map_err(|r| invalid("--allow-template-out", d, r)))
             .collect::<Result<_, _>>()?;
+        let docker = DockerGrant::parse(&self.containers, &self.images, self.build, self.push)
+            .map_err(|r| {
+                invalid(
+                    "--allow-container/--allow-image",
+                    &[self.containers.clone(), self.images.clone()]
+                        .concat()
+                        .join(","),
+                    r,
+                )
+            })?;
+        let mut granted_proxies = Vec::new();
+        for name in &self.proxies {
+            let proxy =
+                proxies
+                    .iter()
+                    .find(|p| &p.name == name)
+                    .ok_or_else(|| GrantError::Undefined {
+                        kind: "proxy",
+                        table: "proxies",
+                        name: name.clone(),
+                    })?;
+            // Rendering the proxy's config is what the proxy grant is for.
+            template_out.push(proxy.config_dir.clone());
+            granted_proxies.push(proxy.clone());
+        }
+        if let Some(name) = self.hooks.iter().find(|h| !hooks.contains(h)) {
+            return Err(GrantError::Undefined {
+                kind: "hook",
+                table: "hooks",
+                name: name.clone(),
+            });
+        }
         Ok(Grants {
             kv,
             services,
             http,
             dirs,
             template_out,
+            docker,
+            proxies: granted_proxies,
+            hooks: self.hooks.clone(),
         })
+    }
+
+    /// Validate grants that name no proxies or hooks.
+    pub fn validate(&self) -> Result<Grants, GrantError> {
+        self.validate_with(&[], &[])
     }
 }
 

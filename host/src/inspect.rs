@@ -14,6 +14,11 @@ fn grant_for(import: &str) -> Option<&'static str> {
         "runner:plugin/catalog" => "--allow-service PATTERN",
         "runner:plugin/http" => "--allow-http ORIGIN",
         "runner:plugin/template" => "--allow-template-out DIR (data: --allow-service, --allow-kv)",
+        "runner:plugin/docker" => {
+            "--allow-container PATTERN, --allow-image PATTERN (--allow-build, --allow-push)"
+        }
+        "runner:plugin/proxy" => "--allow-proxy NAME",
+        "runner:plugin/hooks" => "--allow-hook NAME",
         i if i.starts_with("wasi:filesystem/") => {
             "--allow-dir HOST[:GUEST][:MODE] (no directories otherwise)"
         }
@@ -89,7 +94,9 @@ mod tests {
 
     #[test]
     fn every_runner_interface_maps_to_a_grant() {
-        for iface in ["types", "log", "kv", "catalog", "http", "template"] {
+        for iface in [
+            "types", "log", "kv", "catalog", "http", "template", "docker", "proxy", "hooks",
+        ] {
             assert!(
                 grant_for(&format!("runner:plugin/{iface}@0.1.0")).is_some(),
                 "{iface}"

@@ -17,4 +17,5 @@ pub mod commands;
 pub mod grants;
 pub mod inspect;
 pub mod registry;
+pub mod runfile;
 pub mod runtime;

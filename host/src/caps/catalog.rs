@@ -1,48 +1,28 @@
 //! `catalog`: instances of services, limited to granted service names.
 
+use super::globs::Globs;
 use super::{HostServices, bounded, denied, registry_error};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::catalog;
 use crate::registry::{Instance, Registry};
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Service names a plugin may read and register (`--allow-service`, globs).
-#[derive(Debug, Clone)]
-pub struct ServiceGrant {
-    patterns: Vec<String>,
-    set: GlobSet,
-}
-
-impl Default for ServiceGrant {
-    fn default() -> Self {
-        Self {
-            patterns: Vec::new(),
-            set: GlobSet::empty(),
-        }
-    }
-}
+#[derive(Debug, Clone, Default)]
+pub struct ServiceGrant(Globs);
 
 impl ServiceGrant {
     pub fn parse(patterns: &[String]) -> Result<Self, String> {
-        let mut builder = GlobSetBuilder::new();
-        for p in patterns {
-            builder.add(Glob::new(p).map_err(|e| format!("pattern \"{p}\": {e}"))?);
-        }
-        let set = builder.build().map_err(|e| e.to_string())?;
-        Ok(Self {
-            patterns: patterns.to_vec(),
-            set,
-        })
+        Globs::parse(patterns).map(Self)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
+        self.0.is_empty()
     }
 
     pub fn allows(&self, service: &str) -> bool {
-        self.set.is_match(service)
+        self.0.matches(service)
     }
 
     pub fn deny(&self, op: &str, service: &str) -> PluginError {

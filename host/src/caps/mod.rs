@@ -6,9 +6,13 @@
 //! call. The runtime only sees [`Capabilities`] and [`add_to_linker`].
 
 pub mod catalog;
+pub mod docker;
+mod globs;
+pub mod hooks;
 pub mod http;
 pub mod kv;
 pub mod log;
+pub mod proxy;
 pub mod template;
 
 use crate::bindings::PluginError;
@@ -23,6 +27,10 @@ use wasmtime::component::{HasSelf, Linker};
 #[derive(Clone)]
 pub struct HostServices {
     pub registry: Arc<dyn Registry>,
+    /// The Docker engine (connected on first use).
+    pub docker: docker::DockerEngine,
+    /// Runs `[hooks.*]`; `None` inside a hook (hooks do not nest).
+    pub hooks: Option<Arc<dyn hooks::HookRunner>>,
     /// Upper bound on every awaited host call (registry, HTTP).
     pub host_call_timeout: Duration,
     /// Largest HTTP response body a plugin may receive.
@@ -36,6 +44,9 @@ pub struct Capabilities {
     pub catalog: catalog::CatalogCap,
     pub http: http::HttpCap,
     pub template: template::TemplateCap,
+    pub docker: docker::DockerCap,
+    pub proxy: proxy::ProxyCap,
+    pub hooks: hooks::HooksCap,
 }
 
 impl Capabilities {
@@ -47,6 +58,9 @@ impl Capabilities {
             catalog: catalog::CatalogCap::new(grants.services.clone(), services),
             http: http::HttpCap::new(grants.http.clone(), services),
             template: template::TemplateCap::new(grants, services),
+            docker: docker::DockerCap::new(grants, services),
+            proxy: proxy::ProxyCap::new(grants.proxies.clone(), services),
+            hooks: hooks::HooksCap::new(grants.hooks.clone(), services.hooks.clone()),
         }
     }
 }
@@ -70,6 +84,15 @@ pub fn add_to_linker<T: CapabilitiesView + 'static>(
     wit::http::add_to_linker::<T, HasSelf<http::HttpCap>>(linker, |t| &mut t.capabilities().http)?;
     wit::template::add_to_linker::<T, HasSelf<template::TemplateCap>>(linker, |t| {
         &mut t.capabilities().template
+    })?;
+    wit::docker::add_to_linker::<T, HasSelf<docker::DockerCap>>(linker, |t| {
+        &mut t.capabilities().docker
+    })?;
+    wit::proxy::add_to_linker::<T, HasSelf<proxy::ProxyCap>>(linker, |t| {
+        &mut t.capabilities().proxy
+    })?;
+    wit::hooks::add_to_linker::<T, HasSelf<hooks::HooksCap>>(linker, |t| {
+        &mut t.capabilities().hooks
     })?;
     Ok(())
 }

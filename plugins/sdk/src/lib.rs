@@ -31,7 +31,7 @@ pub mod bindings {
     });
 }
 
-pub use bindings::runner::plugin::{catalog, http, kv, log, template};
+pub use bindings::runner::plugin::{catalog, docker, hooks, http, kv, log, proxy, template};
 pub use bindings::{Context, Error, Guest, Outcome, export};
 
 use std::time::Duration;
@@ -57,6 +57,7 @@ pub fn describe(error: &Error) -> String {
     let (kind, m) = match error {
         Error::Denied(m) => ("denied", m),
         Error::NotFound(m) => ("not found", m),
+        Error::Conflict(m) => ("conflict", m),
         Error::InvalidConfig(m) => ("invalid config", m),
         Error::Failed(m) => ("failed", m),
         Error::Timeout(m) => ("timeout", m),

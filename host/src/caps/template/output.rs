@@ -44,6 +44,11 @@ impl GrantedDir {
         &self.root
     }
 
+    /// Whether the symlink-resolved `path` lies inside this directory.
+    pub fn contains(&self, canonical: &Path) -> bool {
+        canonical.starts_with(&self.canonical)
+    }
+
     fn relative<'a>(&self, path: &'a Path) -> Option<&'a Path> {
         path.strip_prefix(&self.root)
             .or_else(|_| path.strip_prefix(&self.canonical))

@@ -1,0 +1,142 @@
+//! The books service from the seeds: `GET /api/v1/books`, `PUT /api/v1/books`
+//! (`{_id, title, author, description}`), and `GET /health`, with the version
+//! from `VERSION` in an `X-Version` header and in every JSON body.
+//!
+//! Configured by environment, as in the seeds: `PORT` (default 8080),
+//! `VERSION` (default `dev`). For failure tests, `BROKEN=health` makes
+//! `/health` answer 500, `BROKEN=books` makes `/api/v1/books` answer 500, and
+//! `BROKEN=proxied` makes `/api/v1/books` answer 500 only when reached through
+//! a proxy (a `Host` other than an address): it passes tests against its own
+//! address and fails behind nginx.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use tiny_http::{Header, Method, Request, Response, Server};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Book {
+    #[serde(rename = "_id")]
+    id: String,
+    title: String,
+    #[serde(default)]
+    author: String,
+    #[serde(default)]
+    description: String,
+}
+
+struct App {
+    version: String,
+    broken: String,
+    books: Mutex<BTreeMap<String, Book>>,
+}
+
+fn json(status: u16, version: &str, body: serde_json::Value) -> Response<std::io::Cursor<Vec<u8>>> {
+    let mut response = Response::from_string(body.to_string()).with_status_code(status);
+    for (k, v) in [("Content-Type", "application/json"), ("X-Version", version)] {
+        if let Ok(h) = Header::from_bytes(k.as_bytes(), v.as_bytes()) {
+            response.add_header(h);
+        }
+    }
+    response
+}
+
+impl App {
+    fn handle(&self, request: &mut Request) -> Response<std::io::Cursor<Vec<u8>>> {
+        let v = self.version.as_str();
+        let path = request.url().split('?').next().unwrap_or("").to_string();
+        match (request.method(), path.as_str()) {
+            (Method::Get, "/health") if self.broken == "health" => json(
+                500,
+                v,
+                serde_json::json!({"status": "broken", "version": v}),
+            ),
+            (Method::Get, "/health") => {
+                json(200, v, serde_json::json!({"status": "ok", "version": v}))
+            }
+            (_, "/api/v1/books")
+                if self.broken == "books" || (self.broken == "proxied" && proxied(request)) =>
+            {
+                json(
+                    500,
+                    v,
+                    serde_json::json!({"error": "broken on purpose", "version": v}),
+                )
+            }
+            (Method::Get, "/api/v1/books") => {
+                let books: Vec<Book> = self
+                    .books
+                    .lock()
+                    .map(|b| b.values().cloned().collect())
+                    .unwrap_or_default();
+                json(200, v, serde_json::json!({"version": v, "books": books}))
+            }
+            (Method::Put, "/api/v1/books") => {
+                let mut body = String::new();
+                if request.as_reader().read_to_string(&mut body).is_err() {
+                    return json(400, v, serde_json::json!({"error": "unreadable body"}));
+                }
+                match serde_json::from_str::<Book>(&body) {
+                    Ok(book) => {
+                        if let Ok(mut books) = self.books.lock() {
+                            books.insert(book.id.clone(), book.clone());
+                        }
+                        json(200, v, serde_json::json!({"version": v, "book": book}))
+                    }
+                    Err(e) => json(400, v, serde_json::json!({"error": e.to_string()})),
+                }
+            }
+            _ => json(404, v, serde_json::json!({"error": "not found"})),
+        }
+    }
+}
+
+/// Whether the request came through a proxy: its Host is a name, not an address.
+fn proxied(request: &Request) -> bool {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Host"))
+        .map(|h| {
+            let host = h.value.as_str();
+            !(host.starts_with("127.") || host.starts_with("localhost") || host.starts_with('['))
+        })
+        .unwrap_or(false)
+}
+
+fn main() {
+    if let Err(e) = ctrlc::set_handler(|| std::process::exit(0)) {
+        eprintln!("books-service: cannot handle SIGTERM: {e}");
+    }
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
+    let app = App {
+        version: std::env::var("VERSION").unwrap_or_else(|_| "dev".into()),
+        broken: std::env::var("BROKEN").unwrap_or_default(),
+        books: Mutex::new(BTreeMap::new()),
+    };
+    let server = match Server::http(format!("0.0.0.0:{port}")) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("books-service: cannot listen on port {port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    eprintln!("books-service {} listening on :{port}", app.version);
+    let app = std::sync::Arc::new(app);
+    let server = std::sync::Arc::new(server);
+    // A few workers so a slow client never stalls the health checks.
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (server, app) = (server.clone(), app.clone());
+            std::thread::spawn(move || {
+                for mut request in server.incoming_requests() {
+                    let response = app.handle(&mut request);
+                    let _ = request.respond(response);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.join();
+    }
+}

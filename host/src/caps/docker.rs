@@ -1,0 +1,876 @@
+//! `docker`: the Docker engine through bollard, limited to granted container
+//! names and images, plus the registration service.
+//!
+//! Registration is third-party, as Registrator does it (seed 002): when a
+//! plugin runs a container for a service, the host registers the instance
+//! (127.0.0.1 and the published host port) and deregisters it when the
+//! container is stopped or removed through runner. [`reconcile`] at the start
+//! of a run drops instances whose container stopped behind runner's back.
+
+use super::globs::{Globs, glob_matcher};
+use super::template::GrantedDir;
+use super::{HostServices, bounded, denied, registry_error};
+use crate::bindings::PluginError;
+use crate::bindings::runner::plugin::docker;
+use crate::registry::{Instance, Registry};
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, HostConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    BuildImageOptions, CreateContainerOptions, CreateImageOptions, InspectContainerOptions,
+    KillContainerOptions, ListContainersOptions, LogsOptions, PushImageOptions,
+    RemoveContainerOptions, StartContainerOptions, StopContainerOptions, TagImageOptions,
+};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Labels runner puts on every container it runs.
+pub const LABEL_MANAGED: &str = "runner.managed";
+const LABEL_SERVICE: &str = "runner.service";
+const LABEL_SERVICE_PORT: &str = "runner.service-port";
+const LABEL_TAGS: &str = "runner.service-tags";
+/// Catalog ids of instances runner registered: `runner:<container>:<port>`.
+const REGISTRATION_PREFIX: &str = "runner:";
+
+/// What a plugin may do with the engine.
+#[derive(Debug, Clone, Default)]
+pub struct DockerGrant {
+    /// Container names (`--allow-container`).
+    pub containers: Globs,
+    /// Image references (`--allow-image`).
+    pub images: Globs,
+    /// `--allow-build`: build images from granted directories.
+    pub build: bool,
+    /// `--allow-push`: push granted images.
+    pub push: bool,
+}
+
+impl DockerGrant {
+    pub fn parse(
+        containers: &[String],
+        images: &[String],
+        build: bool,
+        push: bool,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            containers: Globs::parse(containers)?,
+            images: Globs::parse(images)?,
+            build,
+            push,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty() && self.images.is_empty() && !self.build && !self.push
+    }
+
+    fn container(&self, op: &str, name: &str) -> Result<(), PluginError> {
+        if self.containers.matches(name) {
+            Ok(())
+        } else {
+            Err(denied(
+                "docker",
+                format_args!("{op} of container \"{name}\" is not granted"),
+                format_args!("--allow-container {name}"),
+            ))
+        }
+    }
+
+    fn image(&self, op: &str, image: &str) -> Result<(), PluginError> {
+        if self.images.matches(image) {
+            Ok(())
+        } else {
+            Err(denied(
+                "docker",
+                format_args!("{op} of image \"{image}\" is not granted"),
+                format_args!("--allow-image {image}"),
+            ))
+        }
+    }
+}
+
+/// The engine connection, shared by every run in the process and opened on
+/// first use (a stage that never calls Docker never needs an engine).
+#[derive(Clone)]
+pub struct DockerEngine {
+    host: String,
+    client: Arc<tokio::sync::OnceCell<Docker>>,
+}
+
+impl DockerEngine {
+    /// `host` overrides `DOCKER_HOST`; the default is the local unix socket.
+    pub fn new(host: Option<String>) -> Self {
+        let host = host
+            .or_else(|| std::env::var("DOCKER_HOST").ok())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        Self {
+            host,
+            client: Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Connect and agree on an API version the engine speaks (engines older
+    /// than bollard's default version refuse it otherwise).
+    pub async fn client(&self) -> Result<&Docker, PluginError> {
+        self.client
+            .get_or_try_init(|| async {
+                let unreachable = |e: bollard::errors::Error| {
+                    PluginError::Unavailable(format!(
+                        "docker: cannot reach the engine at {}: {e}; start Docker or point DOCKER_HOST / --docker-host at it",
+                        self.host
+                    ))
+                };
+                let docker = Docker::connect_with_host(&self.host).map_err(unreachable)?;
+                docker.negotiate_version().await.map_err(unreachable)
+            })
+            .await
+    }
+}
+
+/// A Docker error as the plugin sees it: typed, with the engine's message.
+fn engine_error(op: &str, target: &str, host: &str, e: bollard::errors::Error) -> PluginError {
+    use bollard::errors::Error as E;
+    match e {
+        E::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } => PluginError::NotFound(format!("docker {op} {target}: {message}")),
+        E::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } => PluginError::Conflict(format!("docker {op} {target}: {message}")),
+        E::DockerResponseServerError {
+            status_code,
+            message,
+        } => PluginError::Failed(format!(
+            "docker {op} {target}: {message} (engine status {status_code})"
+        )),
+        E::DockerStreamError { error } => {
+            PluginError::Failed(format!("docker {op} {target}: {error}"))
+        }
+        E::RequestTimeoutError => PluginError::Timeout(format!(
+            "docker {op} {target}: the engine did not answer in time"
+        )),
+        E::JsonDataError { .. } | E::JsonSerdeError { .. } | E::StrParseError { .. } => {
+            PluginError::Failed(format!(
+                "docker {op} {target}: unexpected answer from the engine: {e}"
+            ))
+        }
+        other => PluginError::Unavailable(format!(
+            "docker {op} {target}: cannot reach the engine at {host}: {other}"
+        )),
+    }
+}
+
+pub struct DockerCap {
+    grant: DockerGrant,
+    /// `--allow-service`: a container may be registered only under a granted service.
+    services: super::catalog::ServiceGrant,
+    /// Where build contexts may come from (`--allow-dir`).
+    build_dirs: Vec<GrantedDir>,
+    engine: DockerEngine,
+    registry: Arc<dyn Registry>,
+    timeout: Duration,
+}
+
+impl DockerCap {
+    pub fn new(grants: &crate::grants::Grants, services: &HostServices) -> Self {
+        Self {
+            grant: grants.docker.clone(),
+            services: grants.services.clone(),
+            build_dirs: grants.dirs.iter().map(|d| d.granted.clone()).collect(),
+            engine: services.docker.clone(),
+            registry: services.registry.clone(),
+            timeout: services.host_call_timeout,
+        }
+    }
+
+    /// Image operations (pull, build, push) move megabytes: allow them longer.
+    fn image_timeout(&self) -> Duration {
+        self.timeout.max(Duration::from_secs(600))
+    }
+
+    fn err(&self, op: &str, target: &str) -> impl Fn(bollard::errors::Error) -> PluginError {
+        let (op, target, host) = (
+            op.to_string(),
+            target.to_string(),
+            self.engine.host().to_string(),
+        );
+        move |e| engine_error(&op, &target, &host, e)
+    }
+
+    async fn inspect_raw(&self, name: &str) -> Result<ContainerInspectResponse, PluginError> {
+        let docker = self.engine.client().await?;
+        docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .map_err(self.err("inspect", name))
+    }
+
+    /// Register the container if it was run for a service.
+    async fn register(&self, info: &ContainerInspectResponse) -> Result<(), PluginError> {
+        if let Some(instance) = registration(info) {
+            self.registry
+                .register(&instance)
+                .await
+                .map_err(|e| registry_error("docker registration", e))?;
+            tracing::info!(
+                "registered {} as {} at {}:{}",
+                container_name(info),
+                instance.name,
+                instance.address,
+                instance.port
+            );
+        }
+        Ok(())
+    }
+
+    async fn deregister(&self, info: &ContainerInspectResponse) -> Result<(), PluginError> {
+        let labels = labels(info);
+        if let (Some(service), Some(port)) =
+            (labels.get(LABEL_SERVICE), labels.get(LABEL_SERVICE_PORT))
+        {
+            let id = registration_id(&container_name(info), port);
+            if self
+                .registry
+                .deregister(service, &id)
+                .await
+                .map_err(|e| registry_error("docker registration", e))?
+            {
+                tracing::info!("deregistered {id} from {service}");
+            }
+        }
+        Ok(())
+    }
+
+    async fn build_context(&self, context_dir: &str) -> Result<Vec<u8>, PluginError> {
+        let path = std::path::absolute(context_dir).map_err(|e| {
+            PluginError::InvalidConfig(format!("docker build: context \"{context_dir}\": {e}"))
+        })?;
+        let canonical = path.canonicalize().map_err(|e| {
+            PluginError::NotFound(format!("docker build: context \"{context_dir}\": {e}"))
+        })?;
+        if !self.build_dirs.iter().any(|d| d.contains(&canonical)) {
+            return Err(denied(
+                "docker",
+                format_args!("build context \"{context_dir}\" is outside the granted directories"),
+                format_args!("--allow-dir {context_dir}"),
+            ));
+        }
+        tokio::task::spawn_blocking(move || {
+            let mut archive = tar::Builder::new(Vec::new());
+            // Symlinks go in as links: a context cannot smuggle in files from outside.
+            archive.follow_symlinks(false);
+            archive.append_dir_all(".", &canonical)?;
+            archive.into_inner()
+        })
+        .await
+        .map_err(|e| PluginError::Failed(format!("docker build: packing the context: {e}")))?
+        .map_err(|e| {
+            PluginError::Failed(format!(
+                "docker build: packing the context {context_dir}: {e}"
+            ))
+        })
+    }
+}
+
+fn container_name(info: &ContainerInspectResponse) -> String {
+    info.name
+        .as_deref()
+        .unwrap_or_default()
+        .trim_start_matches('/')
+        .to_string()
+}
+
+fn labels(info: &ContainerInspectResponse) -> HashMap<String, String> {
+    info.config
+        .as_ref()
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default()
+}
+
+fn registration_id(container: &str, container_port: &str) -> String {
+    format!("{REGISTRATION_PREFIX}{container}:{container_port}")
+}
+
+fn published_ports(info: &ContainerInspectResponse) -> Vec<docker::PortBinding> {
+    let mut ports: Vec<docker::PortBinding> = info
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .flat_map(|(key, bindings)| {
+            let container_port = key
+                .split('/')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            bindings.iter().flatten().filter_map(move |b| {
+                Some(docker::PortBinding {
+                    container_port,
+                    host_ip: b.host_ip.clone().unwrap_or_default(),
+                    host_port: b.host_port.as_deref()?.parse().ok()?,
+                })
+            })
+        })
+        .collect();
+    ports.sort_by_key(|p| (p.container_port, p.host_port));
+    ports
+}
+
+/// The catalog instance for a running container that was run for a service.
+fn registration(info: &ContainerInspectResponse) -> Option<Instance> {
+    let running = info.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+    let labels = labels(info);
+    let (service, port) = (labels.get(LABEL_SERVICE)?, labels.get(LABEL_SERVICE_PORT)?);
+    let container_port: u16 = port.parse().ok()?;
+    let binding = published_ports(info)
+        .into_iter()
+        .find(|p| p.container_port == container_port)?;
+    running.then(|| Instance {
+        id: registration_id(&container_name(info), port),
+        name: service.clone(),
+        address: "127.0.0.1".into(),
+        port: binding.host_port,
+        tags: labels
+            .get(LABEL_TAGS)
+            .map(|t| {
+                t.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        healthy: true,
+    })
+}
+
+fn to_wit(info: &ContainerInspectResponse) -> docker::Container {
+    let state = info.state.as_ref();
+    let running = state.and_then(|s| s.running).unwrap_or(false);
+    let mut labels: Vec<(String, String)> = labels(info).into_iter().collect();
+    labels.sort();
+    docker::Container {
+        id: info.id.clone().unwrap_or_default(),
+        name: container_name(info),
+        image: info
+            .config
+            .as_ref()
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default(),
+        state: state
+            .and_then(|s| s.status)
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        running,
+        exit_code: if running {
+            None
+        } else {
+            state.and_then(|s| s.exit_code)
+        },
+        health: state
+            .and_then(|s| s.health.as_ref())
+            .and_then(|h| h.status)
+            .map(|s| s.to_string())
+            .filter(|s| !s.is_empty() && s != "none"),
+        ports: published_ports(info),
+        labels,
+    }
+}
+
+/// Drop catalog instances runner registered whose container no longer runs
+/// (stopped or removed behind runner's back), and register running service
+/// containers missing from the catalog. Returns (deregistered, registered).
+pub async fn reconcile(
+    engine: &DockerEngine,
+    registry: &dyn Registry,
+) -> Result<(usize, usize), PluginError> {
+    let docker = engine.client().await?;
+    let reg = |e| registry_error("docker reconcile", e);
+    let err = |e| engine_error("list", "containers", engine.host(), e);
+    let mut running: HashMap<String, Instance> = HashMap::new();
+    let filters = HashMap::from([("label".to_string(), vec![LABEL_SERVICE.to_string()])]);
+    let summaries = docker
+        .list_containers(Some(ListContainersOptions {
+            all: false,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .map_err(err)?;
+    for summary in summaries {
+        let Some(id) = summary.id else { continue };
+        let info = docker
+            .inspect_container(&id, None::<InspectContainerOptions>)
+            .await;
+        if let Some(instance) = info.ok().as_ref().and_then(registration) {
+            running.insert(instance.id.clone(), instance);
+        }
+    }
+    let mut dropped = 0;
+    for service in registry.services().await.map_err(reg)? {
+        for instance in registry.instances(&service).await.map_err(reg)? {
+            if instance.id.starts_with(REGISTRATION_PREFIX)
+                && running.remove(&instance.id).is_none()
+            {
+                registry
+                    .deregister(&service, &instance.id)
+                    .await
+                    .map_err(reg)?;
+                tracing::info!(
+                    "reconcile: {} no longer runs; deregistered from {service}",
+                    instance.id
+                );
+                dropped += 1;
+            }
+        }
+    }
+    let added = running.len();
+    for instance in running.into_values() {
+        registry.register(&instance).await.map_err(reg)?;
+        tracing::info!(
+            "reconcile: registered running {} in {}",
+            instance.id,
+            instance.name
+        );
+    }
+    Ok((dropped, added))
+}
+
+impl docker::Host for DockerCap {
+    async fn pull(&mut self, image: String) -> Result<(), PluginError> {
+        self.grant.image("pull", &image)?;
+        let docker = self.engine.client().await?;
+        let err = self.err("pull", &image);
+        bounded("docker.pull", self.image_timeout(), async {
+            let mut progress = docker.create_image(
+                Some(CreateImageOptions {
+                    from_image: Some(image.clone()),
+                    ..Default::default()
+                }),
+                None,
+                None,
+            );
+            while let Some(step) = progress.next().await {
+                step.map_err(&err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn build(
+        &mut self,
+        context_dir: String,
+        dockerfile: Option<String>,
+        tag: String,
+        build_args: Vec<(String, String)>,
+    ) -> Result<String, PluginError> {
+        if !self.grant.build {
+            return Err(denied(
+                "docker",
+                "building images is not granted",
+                "--allow-build",
+            ));
+        }
+        self.grant.image("build", &tag)?;
+        let context = self.build_context(&context_dir).await?;
+        let docker = self.engine.client().await?;
+        let err = self.err("build", &tag);
+        bounded("docker.build", self.image_timeout(), async {
+            let options = BuildImageOptions {
+                dockerfile: dockerfile.unwrap_or_else(|| "Dockerfile".into()),
+                t: Some(tag.clone()),
+                rm: true,
+                buildargs: Some(build_args.into_iter().collect()),
+                labels: Some(HashMap::from([(
+                    LABEL_MANAGED.to_string(),
+                    "true".to_string(),
+                )])),
+                ..Default::default()
+            };
+            let mut output =
+                docker.build_image(options, None, Some(bollard::body_full(context.into())));
+            let mut log = String::new();
+            while let Some(step) = output.next().await {
+                let step = step.map_err(&err)?;
+                if let Some(detail) = step.error_detail.and_then(|d| d.message) {
+                    return Err(PluginError::Failed(format!(
+                        "docker build {tag}: {detail}\n{log}"
+                    )));
+                }
+                if let Some(line) = step.stream {
+                    log.push_str(&line);
+                }
+            }
+            let image = docker.inspect_image(&tag).await.map_err(&err)?;
+            Ok(image.id.unwrap_or_default())
+        })
+        .await
+    }
+
+    async fn tag(&mut self, source: String, target: String) -> Result<(), PluginError> {
+        self.grant.image("tag", &source)?;
+        self.grant.image("tag", &target)?;
+        let (repo, tag) = match target.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+            Some((r, t)) => (r.to_string(), t.to_string()),
+            None => (target.clone(), "latest".to_string()),
+        };
+        let docker = self.engine.client().await?;
+        bounded("docker.tag", self.timeout, async {
+            docker
+                .tag_image(
+                    &source,
+                    Some(TagImageOptions {
+                        repo: Some(repo),
+                        tag: Some(tag),
+                    }),
+                )
+                .await
+                .map_err(self.err("tag", &source))
+        })
+        .await
+    }
+
+    async fn push(&mut self, image: String) -> Result<(), PluginError> {
+        if !self.grant.push {
+            return Err(denied(
+                "docker",
+                "pushing images is not granted",
+                "--allow-push",
+            ));
+        }
+        self.grant.image("push", &image)?;
+        let (name, tag) = match image.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+            Some((n, t)) => (n.to_string(), Some(t.to_string())),
+            None => (image.clone(), None),
+        };
+        let docker = self.engine.client().await?;
+        let err = self.err("push", &image);
+        bounded("docker.push", self.image_timeout(), async {
+            let mut progress = docker.push_image(
+                &name,
+                Some(PushImageOptions {
+                    tag,
+                    ..Default::default()
+                }),
+                None,
+            );
+            while let Some(step) = progress.next().await {
+                let step = step.map_err(&err)?;
+                if let Some(message) = step.error_detail.and_then(|d| d.message) {
+                    return Err(PluginError::Failed(format!(
+                        "docker push {image}: {message}"
+                    )));
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn run(&mut self, spec: docker::RunSpec) -> Result<docker::Container, PluginError> {
+        self.grant.container("run", &spec.name)?;
+        self.grant.image("run", &spec.image)?;
+        if let Some(service) = &spec.service {
+            if !self.services.allows(service) {
+                return Err(self.services.deny("register", service));
+            }
+            if spec.ports.is_empty() {
+                return Err(PluginError::InvalidConfig(format!(
+                    "docker run {}: registering it as service \"{service}\" needs a published port in `ports`",
+                    spec.name
+                )));
+            }
+        }
+        let mut labels: HashMap<String, String> = spec.labels.into_iter().collect();
+        labels.insert(LABEL_MANAGED.into(), "true".into());
+        if let (Some(service), Some(port)) = (&spec.service, spec.ports.first()) {
+            labels.insert(LABEL_SERVICE.into(), service.clone());
+            labels.insert(LABEL_SERVICE_PORT.into(), port.to_string());
+            labels.insert(LABEL_TAGS.into(), spec.tags.join(","));
+        }
+        // Published on loopback only, on a random host port each.
+        let port_bindings = spec
+            .ports
+            .iter()
+            .map(|p| {
+                (
+                    format!("{p}/tcp"),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some(String::new()),
+                    }]),
+                )
+            })
+            .collect();
+        let restart = match spec.restart {
+            docker::RestartPolicy::No => RestartPolicyNameEnum::NO,
+            docker::RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+            docker::RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+            docker::RestartPolicy::Always => RestartPolicyNameEnum::ALWAYS,
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            cmd: spec.command.clone(),
+            labels: Some(labels),
+            exposed_ports: Some(spec.ports.iter().map(|p| format!("{p}/tcp")).collect()),
+            host_config: Some(HostConfig {
+                port_bindings: Some(port_bindings),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(restart),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let docker = self.engine.client().await?;
+        let name = spec.name.clone();
+        let info = bounded("docker.run", self.timeout, async {
+            docker
+                .create_container(
+                    Some(CreateContainerOptions {
+                        name: Some(name.clone()),
+                        ..Default::default()
+                    }),
+                    body,
+                )
+                .await
+                .map_err(self.err("create", &name))?;
+            docker
+                .start_container(&name, None::<StartContainerOptions>)
+                .await
+                .map_err(self.err("start", &name))?;
+            self.inspect_raw(&name).await
+        })
+        .await?;
+        self.register(&info).await?;
+        Ok(to_wit(&info))
+    }
+
+    async fn start(&mut self, name: String) -> Result<docker::Container, PluginError> {
+        self.grant.container("start", &name)?;
+        let docker = self.engine.client().await?;
+        let info = bounded("docker.start", self.timeout, async {
+            match docker
+                .start_container(&name, None::<StartContainerOptions>)
+                .await
+            {
+                // 304: already running, which is what was asked.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 304, ..
+                })
+                | Ok(()) => {}
+                Err(e) => return Err(self.err("start", &name)(e)),
+            }
+            self.inspect_raw(&name).await
+        })
+        .await?;
+        self.register(&info).await?;
+        Ok(to_wit(&info))
+    }
+
+    async fn stop(&mut self, name: String, timeout_secs: u32) -> Result<(), PluginError> {
+        self.grant.container("stop", &name)?;
+        let docker = self.engine.client().await?;
+        let limit = self
+            .timeout
+            .max(Duration::from_secs(u64::from(timeout_secs) + 10));
+        let info = bounded("docker.stop", limit, async {
+            let options = StopContainerOptions {
+                t: Some(i32::try_from(timeout_secs).unwrap_or(i32::MAX)),
+                signal: None,
+            };
+            match docker.stop_container(&name, Some(options)).await {
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 304, ..
+                })
+                | Ok(()) => {}
+                Err(e) => return Err(self.err("stop", &name)(e)),
+            }
+            self.inspect_raw(&name).await
+        })
+        .await?;
+        self.deregister(&info).await
+    }
+
+    async fn remove(&mut self, name: String, force: bool) -> Result<(), PluginError> {
+        self.grant.container("remove", &name)?;
+        let info = self.inspect_raw(&name).await?;
+        let docker = self.engine.client().await?;
+        bounded("docker.remove", self.timeout, async {
+            docker
+                .remove_container(
+                    &name,
+                    Some(RemoveContainerOptions {
+                        force,
+                        v: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .map_err(self.err("remove", &name))
+        })
+        .await?;
+        self.deregister(&info).await
+    }
+
+    async fn kill(&mut self, name: String, signal: String) -> Result<(), PluginError> {
+        self.grant.container("kill", &name)?;
+        let docker = self.engine.client().await?;
+        bounded("docker.kill", self.timeout, async {
+            docker
+                .kill_container(
+                    &name,
+                    Some(KillContainerOptions {
+                        signal: signal.clone(),
+                    }),
+                )
+                .await
+                .map_err(self.err("kill", &name))
+        })
+        .await?;
+        // A signal that ends the container ends its registration too.
+        let info = self.inspect_raw(&name).await?;
+        if !info.state.as_ref().and_then(|s| s.running).unwrap_or(false) {
+            self.deregister(&info).await?;
+        }
+        Ok(())
+    }
+
+    async fn inspect(&mut self, name: String) -> Result<docker::Container, PluginError> {
+        self.grant.container("inspect", &name)?;
+        bounded("docker.inspect", self.timeout, async {
+            self.inspect_raw(&name).await.map(|i| to_wit(&i))
+        })
+        .await
+    }
+
+    async fn list(
+        &mut self,
+        name_pattern: Option<String>,
+        label: Option<String>,
+    ) -> Result<Vec<docker::Container>, PluginError> {
+        let pattern = name_pattern
+            .as_deref()
+            .map(glob_matcher)
+            .transpose()
+            .map_err(|e| PluginError::InvalidConfig(format!("docker list: {e}")))?;
+        let docker = self.engine.client().await?;
+        bounded("docker.list", self.timeout, async {
+            let filters = label.map(|l| HashMap::from([("label".to_string(), vec![l])]));
+            let summaries = docker
+                .list_containers(Some(ListContainersOptions {
+                    all: true,
+                    filters,
+                    ..Default::default()
+                }))
+                .await
+                .map_err(self.err("list", "containers"))?;
+            let mut containers = Vec::new();
+            for summary in summaries {
+                let Some(name) = summary
+                    .names
+                    .as_ref()
+                    .and_then(|n| n.first())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                else {
+                    continue;
+                };
+                let wanted = pattern.as_ref().is_none_or(|p| p.is_match(&name));
+                if wanted && self.grant.containers.matches(&name) {
+                    match self.inspect_raw(&name).await {
+                        Ok(info) => containers.push(to_wit(&info)),
+                        // Removed between the list and the inspect.
+                        Err(PluginError::NotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            containers.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(containers)
+        })
+        .await
+    }
+
+    async fn logs(&mut self, name: String, tail: u32) -> Result<String, PluginError> {
+        self.grant.container("logs", &name)?;
+        let docker = self.engine.client().await?;
+        bounded("docker.logs", self.timeout, async {
+            let mut stream = docker.logs(
+                &name,
+                Some(LogsOptions {
+                    stdout: true,
+                    stderr: true,
+                    tail: tail.to_string(),
+                    ..Default::default()
+                }),
+            );
+            let mut text = String::new();
+            while let Some(chunk) = stream.next().await {
+                text.push_str(&chunk.map_err(self.err("logs", &name))?.to_string());
+            }
+            Ok(text)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_deny_ungranted_names_images_and_builds() {
+        let g = DockerGrant::parse(&["books-ms-*".into()], &["books-ms:*".into()], false, false)
+            .unwrap();
+        assert!(g.container("run", "books-ms-blue").is_ok());
+        let Err(PluginError::Denied(msg)) = g.container("run", "payments") else {
+            panic!()
+        };
+        assert!(msg.contains("--allow-container payments"), "{msg}");
+        assert!(g.image("run", "books-ms:v2").is_ok());
+        assert!(g.image("run", "evil:latest").is_err());
+        assert!(DockerGrant::default().is_empty());
+    }
+
+    #[test]
+    fn engine_errors_are_typed() {
+        let e = |status_code| bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message: "msg".into(),
+        };
+        assert!(matches!(
+            engine_error("inspect", "x", "h", e(404)),
+            PluginError::NotFound(_)
+        ));
+        assert!(matches!(
+            engine_error("create", "x", "h", e(409)),
+            PluginError::Conflict(_)
+        ));
+        assert!(matches!(
+            engine_error("create", "x", "h", e(500)),
+            PluginError::Failed(_)
+        ));
+        assert!(matches!(
+            engine_error(
+                "ping",
+                "x",
+                "h",
+                bollard::errors::Error::RequestTimeoutError
+            ),
+            PluginError::Timeout(_)
+        ));
+    }
+}

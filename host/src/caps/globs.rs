@@ -1,0 +1,71 @@
+//! Name patterns for grants (`books-ms-*`): a list of globs, default deny.
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+#[derive(Debug, Clone)]
+pub struct Globs {
+    patterns: Vec<String>,
+    set: GlobSet,
+}
+
+impl Default for Globs {
+    fn default() -> Self {
+        Self {
+            patterns: Vec::new(),
+            set: GlobSet::empty(),
+        }
+    }
+}
+
+impl Globs {
+    pub fn parse(patterns: &[String]) -> Result<Self, String> {
+        let mut builder = GlobSetBuilder::new();
+        for p in patterns {
+            // `/` is not special: image references contain it (`registry:5000/app:v1`).
+            let glob = globset::GlobBuilder::new(p)
+                .literal_separator(false)
+                .build()
+                .map_err(|e| format!("pattern \"{p}\": {e}"))?;
+            builder.add(glob);
+        }
+        let set = builder.build().map_err(|e| e.to_string())?;
+        Ok(Self {
+            patterns: patterns.to_vec(),
+            set,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.set.is_match(name)
+    }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+}
+
+/// A single glob, for filters a plugin passes (not grants).
+pub fn glob_matcher(pattern: &str) -> Result<globset::GlobMatcher, String> {
+    Glob::new(pattern)
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("pattern \"{pattern}\": {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_names_and_image_references() {
+        let g = Globs::parse(&["books-ms-*".into(), "localhost:5000/books-ms:*".into()]).unwrap();
+        assert!(g.matches("books-ms-blue"));
+        assert!(g.matches("localhost:5000/books-ms:v2"));
+        assert!(!g.matches("payments-blue"));
+        assert!(!Globs::default().matches("anything"));
+        assert!(Globs::parse(&["[".into()]).is_err());
+    }
+}

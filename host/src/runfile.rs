@@ -1,0 +1,244 @@
+//! The runner file (`-f runner.toml`): what an operator sets up once for a
+//! service: grants, proxies and hooks. Relative paths in it are relative to
+//! the file, so a deployment directory can be moved or checked out anywhere.
+//!
+//! ```toml
+//! [grants]
+//! kv = ["books-ms/"]
+//! proxies = ["nginx"]
+//!
+//! [proxies.nginx]
+//! config_dir = "nginx/upstreams"
+//! check = ["nginx", "-t", "-p", "nginx", "-c", "nginx.conf"]
+//! reload = ["nginx", "-s", "reload", "-p", "nginx", "-c", "nginx.conf"]
+//!
+//! [hooks.pre-integration]
+//! plugin = "plugins/integration-test.wasm"
+//! config = { "check.health" = "GET /health 200" }
+//! grants = { http = ["http://127.0.0.1:*"] }
+//! limits = { deadline = "2m" }
+//! ```
+
+use crate::caps::proxy::{ProxyConfig, ProxySpec};
+use crate::grants::{GrantError, Grants, GrantsSpec};
+use crate::runtime::Limits;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerFileSpec {
+    #[serde(default)]
+    pub grants: GrantsSpec,
+    #[serde(default)]
+    pub proxies: BTreeMap<String, ProxySpec>,
+    #[serde(default)]
+    pub hooks: BTreeMap<String, HookSpec>,
+}
+
+/// A hook as written: a plugin with its own grants, limits and settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookSpec {
+    pub plugin: String,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    #[serde(default)]
+    pub grants: GrantsSpec,
+    #[serde(default)]
+    pub limits: LimitsSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    pub memory: Option<String>,
+    pub deadline: Option<String>,
+    pub host_call_timeout: Option<String>,
+}
+
+/// A validated hook.
+#[derive(Debug, Clone)]
+pub struct HookDef {
+    pub name: String,
+    pub plugin: PathBuf,
+    pub config: Vec<(String, String)>,
+    pub grants: Grants,
+    pub limits: Limits,
+}
+
+/// The validated runner file.
+#[derive(Debug, Default)]
+pub struct RunnerFile {
+    /// `[grants]`, paths already relative to the file.
+    pub grants: GrantsSpec,
+    pub proxies: Vec<ProxyConfig>,
+    pub hooks: Vec<HookDef>,
+}
+
+fn invalid(path: &Path, message: impl Into<String>) -> GrantError {
+    GrantError::ParseFile {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+impl LimitsSpec {
+    fn resolve(&self, defaults: Limits) -> Result<Limits, String> {
+        let duration = |v: &Option<String>, d: Duration| match v {
+            Some(t) => humantime::parse_duration(t).map_err(|e| format!("\"{t}\": {e}")),
+            None => Ok(d),
+        };
+        Ok(Limits {
+            memory_bytes: match &self.memory {
+                Some(m) => m
+                    .parse::<bytesize::ByteSize>()
+                    .map_err(|e| format!("memory \"{m}\": {e}"))?
+                    .as_u64(),
+                None => defaults.memory_bytes,
+            },
+            deadline: duration(&self.deadline, defaults.deadline)?,
+            host_call_timeout: duration(&self.host_call_timeout, defaults.host_call_timeout)?,
+        })
+    }
+}
+
+impl RunnerFile {
+    pub fn load(path: &Path) -> Result<Self, GrantError> {
+        let text = std::fs::read_to_string(path).map_err(|source| GrantError::ReadFile {
+            path: path.into(),
+            source,
+        })?;
+        let spec: RunnerFileSpec =
+            toml::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Self::from_spec(spec, base).map_err(|m| invalid(path, m))
+    }
+
+    pub fn from_spec(spec: RunnerFileSpec, base: &Path) -> Result<Self, String> {
+        let proxies = spec
+            .proxies
+            .iter()
+            .map(|(name, p)| {
+                p.validate(name, base)
+                    .map_err(|e| format!("[proxies.{name}]: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let names: Vec<String> = spec.hooks.keys().cloned().collect();
+        let mut hooks = Vec::new();
+        for (name, hook) in &spec.hooks {
+            let mut grants = hook.grants.clone();
+            grants.rebase(base);
+            let grants = grants
+                .validate_with(&proxies, &names)
+                .map_err(|e| format!("[hooks.{name}.grants]: {e}"))?;
+            let plugin = base.join(&hook.plugin);
+            if !plugin.is_file() {
+                return Err(format!(
+                    "[hooks.{name}]: plugin {} does not exist",
+                    plugin.display()
+                ));
+            }
+            hooks.push(HookDef {
+                name: name.clone(),
+                plugin,
+                config: hook.config.clone().into_iter().collect(),
+                grants,
+                limits: hook
+                    .limits
+                    .resolve(Limits::default())
+                    .map_err(|e| format!("[hooks.{name}.limits]: {e}"))?,
+            });
+        }
+        let mut grants = spec.grants;
+        grants.rebase(base);
+        Ok(Self {
+            grants,
+            proxies,
+            hooks,
+        })
+    }
+
+    pub fn hook_names(&self) -> Vec<String> {
+        self.hooks.iter().map(|h| h.name.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_relative_to_the_file_and_grants_resolve_definitions() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("nginx/upstreams")).unwrap();
+        std::fs::write(dir.path().join("hook.wasm"), b"").unwrap();
+        let file = dir.path().join("runner.toml");
+        std::fs::write(
+            &file,
+            r#"
+            [grants]
+            kv = ["books-ms/"]
+            proxies = ["nginx"]
+            hooks = ["pre"]
+
+            [proxies.nginx]
+            config_dir = "nginx/upstreams"
+            reload = ["true"]
+
+            [hooks.pre]
+            plugin = "hook.wasm"
+            config = { "check.health" = "GET /health 200" }
+            grants = { http = ["http://127.0.0.1:*"] }
+            limits = { deadline = "2m" }
+            "#,
+        )
+        .unwrap();
+        let rf = RunnerFile::load(&file).unwrap();
+        assert_eq!(rf.hooks[0].plugin, dir.path().join("hook.wasm"));
+        assert_eq!(rf.hooks[0].limits.deadline, Duration::from_secs(120));
+        let grants = rf
+            .grants
+            .validate_with(&rf.proxies, &rf.hook_names())
+            .unwrap();
+        assert_eq!(grants.proxies.len(), 1);
+        assert!(
+            grants.template_out[0]
+                .contains(&dir.path().join("nginx/upstreams").canonicalize().unwrap())
+        );
+
+        let undefined = GrantsSpec {
+            proxies: vec!["haproxy".into()],
+            ..Default::default()
+        };
+        let err = undefined
+            .validate_with(&rf.proxies, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[proxies.haproxy]"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_plugins_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("runner.toml");
+        std::fs::write(&file, "[hooks.pre]\nplugin = \"missing.wasm\"\n").unwrap();
+        let err = RunnerFile::load(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("missing.wasm") && err.contains("does not exist"),
+            "{err}"
+        );
+        std::fs::write(&file, "[proxy.nginx]\n").unwrap();
+        assert!(
+            RunnerFile::load(&file)
+                .unwrap_err()
+                .to_string()
+                .contains("proxy")
+        );
+    }
+}
