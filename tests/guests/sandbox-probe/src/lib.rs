@@ -2,7 +2,7 @@
 //! calls that fail return their error from the stage, so the test sees
 //! exactly what the host told the guest.
 
-use runner_sdk::{Context, Error, Guest, Outcome, config, http, kv, template};
+use runner_sdk::{Context, Error, Guest, Outcome, config, docker, http, kv, template};
 
 struct Probe;
 
@@ -126,6 +126,18 @@ impl Guest for Probe {
                 )?;
                 Ok(runner_sdk::outcome("rendered")
                     .with_output("changed", rendered.changed.to_string()))
+            }
+            "docker-build" => {
+                let id = docker::build(arg(&ctx, "context")?, None, arg(&ctx, "tag")?, &[])?;
+                Ok(runner_sdk::outcome("built").with_output("id", id))
+            }
+            "docker-tag" => {
+                docker::tag(arg(&ctx, "source")?, arg(&ctx, "target")?)?;
+                Ok(runner_sdk::outcome("tagged"))
+            }
+            "docker-push" => {
+                docker::push(arg(&ctx, "image")?)?;
+                Ok(runner_sdk::outcome("pushed"))
             }
             other => Err(Error::InvalidConfig(format!("unknown mode {other}"))),
         }
