@@ -69,6 +69,7 @@ impl Deployment {
             ("v1", "v1", ""),
             ("v2", "v2", ""),
             ("badhealth", "v3", "health"),
+            ("badbooks", "v5", "books"),
             ("badpost", "v4", "proxied"),
         ] {
             sh(
@@ -358,6 +359,23 @@ fn blue_green_deploys_fail_safely_roll_back_and_switch_without_dropping_requests
         "the failed container is stopped"
     );
     assert_eq!(d.catalog(), [green.as_str()]);
+
+    // Healthy but failing the pre-integration tests: stopped, never switched,
+    // the failed check named.
+    d.deploy("badbooks")
+        .expect_code(1)
+        .stderr_has("1 of 2 checks failed: books (GET /api/v1/books")
+        .stderr_has("expected status 200, got 500")
+        .stderr_has("proxy and color untouched")
+        .stderr_has("books-service v5 listening");
+    assert_eq!(
+        (d.serving(), d.color()),
+        ("v2".to_string(), "green".to_string())
+    );
+    assert_eq!(
+        d.containers(),
+        [(blue.clone(), false), (green.clone(), true)]
+    );
 
     // A version failing only behind the proxy: switched, tested, switched back.
     d.deploy("badpost")

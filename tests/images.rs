@@ -1,5 +1,5 @@
 //! Image operations through the `docker` capability on the real engine:
-//! build from a granted directory, tag, and push to a real local registry
+//! build from a granted directory, tag, push to and pull from a real local registry
 //! (Debian's docker-registry on 127.0.0.1), each refused without its grant.
 
 mod common;

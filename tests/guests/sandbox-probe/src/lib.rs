@@ -135,6 +135,10 @@ impl Guest for Probe {
                 docker::tag(arg(&ctx, "source")?, arg(&ctx, "target")?)?;
                 Ok(runner_sdk::outcome("tagged"))
             }
+            "docker-pull" => {
+                docker::pull(arg(&ctx, "image")?)?;
+                Ok(runner_sdk::outcome("pulled"))
+            }
             "docker-push" => {
                 docker::push(arg(&ctx, "image")?)?;
                 Ok(runner_sdk::outcome("pushed"))
