@@ -111,21 +111,26 @@ fn two_processes_incrementing_at_once_lose_nothing() {
     assert_eq!(out.stdout.trim(), (2 * per_process).to_string());
 }
 
-#[tokio::test]
-async fn catalog_list_shows_registered_instances() {
-    let env = Env::new();
+/// Register the seed's `books-ms-blue` instance (port 32769) in `env`'s state.
+async fn register_blue(env: &Env, address: &str, tags: &[&str], healthy: bool) {
     let registry = EmbeddedRegistry::open(&env.state_dir(), Duration::from_secs(5)).unwrap();
     registry
         .register(&Instance {
             id: "prod:books-ms-blue:8080".into(),
             name: "books-ms-blue".into(),
-            address: "127.0.0.1".into(),
+            address: address.into(),
             port: 32769,
-            tags: vec!["v1".into()],
-            healthy: true,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            healthy,
         })
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn catalog_list_shows_registered_instances() {
+    let env = Env::new();
+    register_blue(&env, "127.0.0.1", &["v1"], true).await;
     let out = run(env.runner().args(["catalog", "list"])).expect_code(0);
     assert!(
         out.stdout
@@ -140,19 +145,7 @@ async fn catalog_list_shows_registered_instances() {
 #[tokio::test]
 async fn seed_template_renders_from_the_catalog_through_a_plugin() {
     let env = Env::new();
-    let registry = EmbeddedRegistry::open(&env.state_dir(), Duration::from_secs(5)).unwrap();
-    registry
-        .register(&Instance {
-            id: "prod:books-ms-blue:8080".into(),
-            name: "books-ms-blue".into(),
-            address: "10.100.198.201".into(),
-            port: 32769,
-            tags: vec![],
-            healthy: false,
-        })
-        .await
-        .unwrap();
-    drop(registry);
+    register_blue(&env, "10.100.198.201", &[], false).await;
     let out_dir = env.path().join("upstreams");
     std::fs::create_dir(&out_dir).unwrap();
     let seed = "upstream books-ms {\n {{range service \"books-ms-blue\" \"any\"}}\n server {{.Address}}:{{.Port}};\n {{end}}\n}\n";

@@ -282,6 +282,17 @@ impl DockerCap {
     }
 }
 
+/// The engine answers 304 to starting a running or stopping a stopped
+/// container: the state asked for already holds, which is success.
+fn already_done(result: Result<(), bollard::errors::Error>) -> Result<(), bollard::errors::Error> {
+    match result {
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 304, ..
+        }) => Ok(()),
+        other => other,
+    }
+}
+
 fn container_name(info: &ContainerInspectResponse) -> String {
     info.name
         .as_deref()
@@ -663,17 +674,12 @@ impl docker::Host for DockerCap {
         self.grant.container("start", &name)?;
         let docker = self.engine.client().await?;
         let info = bounded("docker.start", self.timeout, async {
-            match docker
-                .start_container(&name, None::<StartContainerOptions>)
-                .await
-            {
-                // 304: already running, which is what was asked.
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 304, ..
-                })
-                | Ok(()) => {}
-                Err(e) => return Err(self.err("start", &name)(e)),
-            }
+            already_done(
+                docker
+                    .start_container(&name, None::<StartContainerOptions>)
+                    .await,
+            )
+            .map_err(self.err("start", &name))?;
             self.inspect_raw(&name).await
         })
         .await?;
@@ -692,13 +698,8 @@ impl docker::Host for DockerCap {
                 t: Some(i32::try_from(timeout_secs).unwrap_or(i32::MAX)),
                 signal: None,
             };
-            match docker.stop_container(&name, Some(options)).await {
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 304, ..
-                })
-                | Ok(()) => {}
-                Err(e) => return Err(self.err("stop", &name)(e)),
-            }
+            already_done(docker.stop_container(&name, Some(options)).await)
+                .map_err(self.err("stop", &name))?;
             self.inspect_raw(&name).await
         })
         .await?;
