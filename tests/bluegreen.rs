@@ -43,6 +43,8 @@ fn free_port() -> u16 {
 /// One isolated deployment: its own service name, images, nginx and state.
 struct Deployment {
     env: Env,
+    /// The Consul test server when the Consul backend is under test.
+    consul: Option<common::consul::ConsulServer>,
     work: PathBuf,
     port: u16,
     service: String,
@@ -50,7 +52,7 @@ struct Deployment {
 }
 
 impl Deployment {
-    fn start(name: &str) -> Self {
+    fn start(name: &str, consul: bool) -> Self {
         let service = format!("{name}-{}", std::process::id());
         let label = format!("runner.test={service}");
         let env = Env::new();
@@ -59,6 +61,7 @@ impl Deployment {
         let plugins = plugin("bluegreen").parent().unwrap().to_path_buf();
         let deployment = Self {
             env,
+            consul: consul.then(|| common::consul::ConsulServer::start(None)),
             work,
             port,
             service,
@@ -90,6 +93,9 @@ impl Deployment {
     fn runner(&self) -> assert_cmd::Command {
         let mut cmd = self.env.runner();
         cmd.current_dir(&self.work);
+        if let Some(consul) = &self.consul {
+            cmd.env("CONSUL_HTTP_ADDR", consul.url());
+        }
         cmd
     }
 
@@ -280,7 +286,21 @@ fn load(
 
 #[test]
 fn blue_green_deploys_fail_safely_roll_back_and_switch_without_dropping_requests() {
-    let d = Deployment::start("bgtest");
+    scenario(&Deployment::start("bgtest", false));
+}
+
+/// The same deploys with Consul (the API-faithful test server) as the registry.
+#[test]
+fn blue_green_with_the_consul_backend() {
+    let d = Deployment::start("bgconsul", true);
+    scenario(&d);
+    assert!(
+        !d.env.state_dir().exists(),
+        "the embedded store was not used"
+    );
+}
+
+fn scenario(d: &Deployment) {
     let (blue, green) = (d.name("blue"), d.name("green"));
 
     // First deploy: blue serves v1.

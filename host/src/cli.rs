@@ -31,6 +31,21 @@ pub struct Cli {
     )]
     pub state_dir: PathBuf,
 
+    /// Use Consul as the registry (KV, catalog) instead of the embedded one,
+    /// e.g. http://127.0.0.1:8500.
+    #[arg(long, global = true, env = "CONSUL_HTTP_ADDR", value_name = "URL")]
+    pub consul: Option<String>,
+
+    /// Consul ACL token, sent with every Consul request.
+    #[arg(
+        long,
+        global = true,
+        env = "CONSUL_HTTP_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub consul_token: Option<String>,
+
     /// Where precompiled plugins are cached [default: $XDG_CACHE_HOME/runner/components].
     #[arg(long, global = true, env = "RUNNER_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,

@@ -8,7 +8,7 @@ use crate::caps::hooks::HookRunner;
 use crate::caps::{Capabilities, HostServices};
 use crate::cli::{CatalogCommand, Cli, Command, ExecArgs, KvCommand, PluginCommand};
 use crate::grants::{GrantError, GrantsSpec};
-use crate::registry::{EmbeddedRegistry, LazyRegistry, Registry, RegistryError};
+use crate::registry::{ConsulRegistry, EmbeddedRegistry, LazyRegistry, Registry, RegistryError};
 use crate::runfile::{HookDef, RunnerFile};
 use crate::runtime::{ArtifactCache, Fault, Limits, LoadError, Plugin, Runtime, RuntimeConfig};
 use std::collections::HashMap;
@@ -23,7 +23,7 @@ pub enum CommandError {
     NotFound(String),
     #[error(transparent)]
     Grant(#[from] GrantError),
-    #[error("{0}; check --state-dir")]
+    #[error("{0}; check --state-dir (embedded) or --consul (Consul)")]
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Load(#[from] LoadError),
@@ -64,11 +64,22 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
     }
 }
 
+/// The registry backend: Consul when configured, else the embedded store
+/// (opened eagerly for the kv/catalog commands, lazily for stages).
 fn open_registry(
     cli: &Cli,
     timeout: std::time::Duration,
+    lazy: bool,
 ) -> Result<Arc<dyn Registry>, CommandError> {
-    Ok(Arc::new(EmbeddedRegistry::open(&cli.state_dir, timeout)?))
+    Ok(match &cli.consul {
+        Some(address) => Arc::new(ConsulRegistry::new(
+            address,
+            cli.consul_token.clone(),
+            timeout,
+        )?),
+        None if lazy => Arc::new(LazyRegistry::new(cli.state_dir.clone(), timeout)),
+        None => Arc::new(EmbeddedRegistry::open(&cli.state_dir, timeout)?),
+    })
 }
 
 fn runtime(cli: &Cli) -> Result<Runtime, CommandError> {
@@ -119,10 +130,7 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
         .unwrap_or_else(|| plugin.name().to_string());
 
     let mut services = HostServices {
-        registry: Arc::new(LazyRegistry::new(
-            cli.state_dir.clone(),
-            limits.host_call_timeout,
-        )),
+        registry: open_registry(cli, limits.host_call_timeout, true)?,
         docker: DockerEngine::new(args.docker_host.clone()),
         hooks: None,
         host_call_timeout: limits.host_call_timeout,
@@ -276,7 +284,7 @@ fn inspect(cli: &Cli, path: &std::path::Path) -> Result<(), CommandError> {
 }
 
 async fn kv(cli: &Cli, cmd: &KvCommand) -> Result<(), CommandError> {
-    let registry = open_registry(cli, std::time::Duration::from_secs(30))?;
+    let registry = open_registry(cli, std::time::Duration::from_secs(30), false)?;
     let mut out = std::io::stdout().lock();
     match cmd {
         KvCommand::Get { key, detailed } => {
@@ -332,7 +340,7 @@ async fn kv(cli: &Cli, cmd: &KvCommand) -> Result<(), CommandError> {
 }
 
 async fn catalog(cli: &Cli, cmd: &CatalogCommand) -> Result<(), CommandError> {
-    let registry = open_registry(cli, std::time::Duration::from_secs(30))?;
+    let registry = open_registry(cli, std::time::Duration::from_secs(30), false)?;
     let CatalogCommand::List { service } = cmd;
     let names = match service {
         Some(s) => vec![s.clone()],

@@ -2,6 +2,8 @@
 //! command with its own state and cache, and a local HTTP server.
 #![allow(dead_code)]
 
+pub mod consul;
+
 use assert_cmd::Command;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,9 +1,11 @@
 //! The registry: a KV store with modify indexes and a service catalog, behind
 //! one trait so the embedded store and Consul are interchangeable.
 
+mod consul;
 mod embedded;
 mod lazy;
 
+pub use consul::ConsulRegistry;
 pub use embedded::EmbeddedRegistry;
 pub use lazy::LazyRegistry;
 
@@ -37,6 +39,9 @@ pub enum RegistryError {
     /// The backend answered but the operation failed.
     #[error("registry error: {0}")]
     Backend(String),
+    /// The backend refused the caller's credentials (Consul ACL).
+    #[error("registry denied: {0}")]
+    Denied(String),
 }
 
 /// KV + catalog operations every backend provides.

@@ -200,11 +200,19 @@ fn instance_value(i: &Instance) -> Value {
     ])
 }
 
-/// `service "[tag.]name" ["any"|"passing"]`: healthy instances by default,
-/// every instance with "any" (consul-template's health filter).
+/// `service "[tag.]name" ["any"|"passing"]` (or `"name|any"`): healthy
+/// instances by default, every instance with "any" (consul-template's filter).
 fn service(args: &[Value]) -> Result<Value, FuncError> {
     let query = string_arg("service", args, 0)?;
-    let any = match args.get(1) {
+    // `service "name|any"` is consul-template's inline form of the filter.
+    let (query, inline_filter) = match query.split_once('|') {
+        Some((q, f)) => (q.to_string(), Some(f.to_string())),
+        None => (query, None),
+    };
+    let filter = inline_filter
+        .map(Value::from)
+        .or_else(|| args.get(1).cloned());
+    let any = match filter.as_ref() {
         None => false,
         Some(Value::String(f)) if f == "any" => true,
         Some(Value::String(f)) if f == "passing" => false,

@@ -1,0 +1,400 @@
+//! The Consul backend: the same KV and catalog semantics as the embedded
+//! registry, over Consul's HTTP API (`consul-http-api.md`), so runner drops
+//! into the seeds' stack: same keys, same service names, same templates.
+//!
+//! Every request has a timeout; connection errors and 5xx answers are retried
+//! a bounded number of times with backoff; a 403 (ACL) becomes `Denied`
+//! naming the key or service.
+
+use super::{Instance, KvEntry, Registry, RegistryError};
+use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
+use base64::Engine as _;
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use std::time::Duration;
+use url::Url;
+
+pub struct ConsulRegistry {
+    base: Url,
+    token: Option<String>,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for ConsulRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulRegistry")
+            .field("base", &self.base.as_str())
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct KvPair {
+    key: String,
+    value: Option<String>,
+    create_index: u64,
+    modify_index: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthEntry {
+    node: HealthNode,
+    service: HealthService,
+    #[serde(default)]
+    checks: Vec<HealthCheck>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthNode {
+    #[serde(default)]
+    address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthService {
+    #[serde(rename = "ID")]
+    id: String,
+    service: String,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    address: String,
+    port: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthCheck {
+    status: String,
+}
+
+/// A request failure worth retrying: the server was unreachable or answered 5xx.
+enum Attempt {
+    Retry(RegistryError),
+    Final(RegistryError),
+}
+
+impl ConsulRegistry {
+    /// `address` is Consul's HTTP address (`http://127.0.0.1:8500`); `timeout`
+    /// bounds each request.
+    pub fn new(
+        address: &str,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, RegistryError> {
+        let base = Url::parse(address)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| {
+                RegistryError::Unavailable(format!(
+                    "\"{address}\" is not a Consul address; give one like http://127.0.0.1:8500 (--consul or CONSUL_HTTP_ADDR)"
+                ))
+            })?;
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .no_proxy()
+            .build()
+            .map_err(|e| RegistryError::Unavailable(format!("consul client: {e}")))?;
+        Ok(Self {
+            base,
+            token,
+            client,
+        })
+    }
+
+    fn url(&self, path: &str, query: &[(&str, String)]) -> Url {
+        let mut url = self.base.clone();
+        url.set_path(path);
+        if !query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                if v.is_empty() {
+                    pairs.append_key_only(k);
+                } else {
+                    pairs.append_pair(k, v);
+                }
+            }
+        }
+        url
+    }
+
+    /// Send with bounded retries; `what` names the key or service for errors.
+    /// Returns (status, body) for any non-5xx answer.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+        what: &str,
+    ) -> Result<(StatusCode, bytes::Bytes), RegistryError> {
+        let attempt = || async {
+            let mut request = self.client.request(method.clone(), url.clone());
+            if let Some(token) = &self.token {
+                request = request.header("X-Consul-Token", token);
+            }
+            if let Some(body) = &body {
+                request = request.body(body.clone());
+            }
+            let response = request.send().await.map_err(|e| {
+                Attempt::Retry(RegistryError::Unavailable(format!(
+                    "consul at {}: {e}",
+                    self.base
+                )))
+            })?;
+            let status = response.status();
+            let bytes = response.bytes().await.map_err(|e| {
+                Attempt::Retry(RegistryError::Unavailable(format!(
+                    "consul at {}: {e}",
+                    self.base
+                )))
+            })?;
+            if status.is_server_error() {
+                return Err(Attempt::Retry(RegistryError::Unavailable(format!(
+                    "consul at {} answered {status} for {what}: {}",
+                    self.base,
+                    String::from_utf8_lossy(&bytes).trim()
+                ))));
+            }
+            if status == StatusCode::FORBIDDEN {
+                return Err(Attempt::Final(RegistryError::Denied(format!(
+                    "consul ACL denied access to {what}; check the token (--consul-token or CONSUL_HTTP_TOKEN)"
+                ))));
+            }
+            Ok((status, bytes))
+        };
+        attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(50))
+                    .with_max_delay(Duration::from_secs(1))
+                    .with_max_times(3),
+            )
+            .when(|e| matches!(e, Attempt::Retry(_)))
+            .await
+            .map_err(|e| match e {
+                Attempt::Retry(e) | Attempt::Final(e) => e,
+            })
+    }
+
+    fn kv_path(key: &str) -> String {
+        format!("/v1/kv/{}", key.trim_start_matches('/'))
+    }
+
+    fn unexpected(what: &str, status: StatusCode, body: &[u8]) -> RegistryError {
+        RegistryError::Backend(format!(
+            "consul answered {status} for {what}: {}",
+            String::from_utf8_lossy(body).trim()
+        ))
+    }
+
+    fn decode(pair: KvPair) -> Result<KvEntry, RegistryError> {
+        let value = match pair.value {
+            Some(v) => base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .map_err(|e| {
+                    RegistryError::Backend(format!("consul value of {}: {e}", pair.key))
+                })?,
+            None => Vec::new(),
+        };
+        Ok(KvEntry {
+            key: pair.key,
+            value,
+            create_index: pair.create_index,
+            modify_index: pair.modify_index,
+        })
+    }
+
+    fn boolean(what: &str, status: StatusCode, body: &[u8]) -> Result<bool, RegistryError> {
+        match (status, body.trim_ascii()) {
+            (StatusCode::OK, b"true") => Ok(true),
+            (StatusCode::OK, b"false") => Ok(false),
+            _ => Err(Self::unexpected(what, status, body)),
+        }
+    }
+}
+
+#[async_trait]
+impl Registry for ConsulRegistry {
+    async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, RegistryError> {
+        let what = format!("key \"{key}\"");
+        let (status, body) = self
+            .send(Method::GET, self.url(&Self::kv_path(key), &[]), None, &what)
+            .await?;
+        match status {
+            StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::OK => {
+                let pairs: Vec<KvPair> = serde_json::from_slice(&body).map_err(|e| {
+                    RegistryError::Backend(format!("consul answer for {what}: {e}"))
+                })?;
+                pairs
+                    .into_iter()
+                    .find(|p| p.key == key)
+                    .map(Self::decode)
+                    .transpose()
+            }
+            other => Err(Self::unexpected(&what, other, &body)),
+        }
+    }
+
+    async fn kv_put(&self, key: &str, value: &[u8]) -> Result<u64, RegistryError> {
+        let what = format!("key \"{key}\"");
+        let (status, body) = self
+            .send(
+                Method::PUT,
+                self.url(&Self::kv_path(key), &[]),
+                Some(value.to_vec()),
+                &what,
+            )
+            .await?;
+        if !Self::boolean(&what, status, &body)? {
+            return Err(RegistryError::Backend(format!(
+                "consul did not write {what}"
+            )));
+        }
+        // Consul's PUT answers only true/false: read the new index back.
+        Ok(self.kv_get(key).await?.map(|e| e.modify_index).unwrap_or(0))
+    }
+
+    async fn kv_cas(&self, key: &str, value: &[u8], expected: u64) -> Result<bool, RegistryError> {
+        let what = format!("key \"{key}\"");
+        let url = self.url(&Self::kv_path(key), &[("cas", expected.to_string())]);
+        let (status, body) = self
+            .send(Method::PUT, url, Some(value.to_vec()), &what)
+            .await?;
+        Self::boolean(&what, status, &body)
+    }
+
+    async fn kv_delete(&self, key: &str) -> Result<bool, RegistryError> {
+        let what = format!("key \"{key}\"");
+        // Consul's DELETE answers true either way: delete with CAS on the
+        // index just read, so "existed" is exact even under concurrent writes.
+        loop {
+            let Some(entry) = self.kv_get(key).await? else {
+                return Ok(false);
+            };
+            let url = self.url(
+                &Self::kv_path(key),
+                &[("cas", entry.modify_index.to_string())],
+            );
+            let (status, body) = self.send(Method::DELETE, url, None, &what).await?;
+            if Self::boolean(&what, status, &body)? {
+                return Ok(true);
+            }
+        }
+    }
+
+    async fn kv_list(&self, prefix: &str) -> Result<Vec<KvEntry>, RegistryError> {
+        let what = format!("keys under \"{prefix}\"");
+        let url = self.url(&Self::kv_path(prefix), &[("recurse", String::new())]);
+        let (status, body) = self.send(Method::GET, url, None, &what).await?;
+        match status {
+            StatusCode::NOT_FOUND => Ok(Vec::new()),
+            StatusCode::OK => {
+                let pairs: Vec<KvPair> = serde_json::from_slice(&body).map_err(|e| {
+                    RegistryError::Backend(format!("consul answer for {what}: {e}"))
+                })?;
+                let mut entries = pairs
+                    .into_iter()
+                    .filter(|p| p.key.starts_with(prefix))
+                    .map(Self::decode)
+                    .collect::<Result<Vec<_>, _>>()?;
+                entries.sort_by(|a, b| a.key.cmp(&b.key));
+                Ok(entries)
+            }
+            other => Err(Self::unexpected(&what, other, &body)),
+        }
+    }
+
+    async fn instances(&self, service: &str) -> Result<Vec<Instance>, RegistryError> {
+        let what = format!("service \"{service}\"");
+        let url = self.url(&format!("/v1/health/service/{service}"), &[]);
+        let (status, body) = self.send(Method::GET, url, None, &what).await?;
+        if status != StatusCode::OK {
+            return Err(Self::unexpected(&what, status, &body));
+        }
+        let entries: Vec<HealthEntry> = serde_json::from_slice(&body)
+            .map_err(|e| RegistryError::Backend(format!("consul answer for {what}: {e}")))?;
+        let mut instances: Vec<Instance> = entries
+            .into_iter()
+            .map(|e| Instance {
+                id: e.service.id,
+                name: e.service.service,
+                // An empty service address means the node's address (Consul's rule).
+                address: if e.service.address.is_empty() {
+                    e.node.address
+                } else {
+                    e.service.address
+                },
+                port: e.service.port,
+                tags: e.service.tags.unwrap_or_default(),
+                healthy: e.checks.iter().all(|c| c.status == "passing"),
+            })
+            .collect();
+        instances.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(instances)
+    }
+
+    async fn services(&self) -> Result<Vec<String>, RegistryError> {
+        let (status, body) = self
+            .send(
+                Method::GET,
+                self.url("/v1/catalog/services", &[]),
+                None,
+                "the service list",
+            )
+            .await?;
+        if status != StatusCode::OK {
+            return Err(Self::unexpected("the service list", status, &body));
+        }
+        let services: std::collections::BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(&body)
+                .map_err(|e| RegistryError::Backend(format!("consul service list: {e}")))?;
+        // Consul lists itself; it is not a deployable service.
+        Ok(services.into_keys().filter(|s| s != "consul").collect())
+    }
+
+    async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
+        let what = format!("service \"{}\"", instance.name);
+        // A TCP check on the published port, as Registrator's default.
+        let body = serde_json::json!({
+            "ID": instance.id,
+            "Name": instance.name,
+            "Tags": instance.tags,
+            "Address": instance.address,
+            "Port": instance.port,
+            "Check": {
+                "TCP": format!("{}:{}", instance.address, instance.port),
+                "Interval": "10s",
+                "Timeout": "2s",
+                "DeregisterCriticalServiceAfter": "1m",
+            },
+        });
+        let url = self.url("/v1/agent/service/register", &[]);
+        let (status, response) = self
+            .send(Method::PUT, url, Some(body.to_string().into_bytes()), &what)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(Self::unexpected(&what, status, &response));
+        }
+        Ok(())
+    }
+
+    async fn deregister(&self, service: &str, id: &str) -> Result<bool, RegistryError> {
+        let existed = self.instances(service).await?.iter().any(|i| i.id == id);
+        if !existed {
+            return Ok(false);
+        }
+        let what = format!("instance \"{id}\" of service \"{service}\"");
+        let url = self.url(&format!("/v1/agent/service/deregister/{id}"), &[]);
+        let (status, body) = self.send(Method::PUT, url, None, &what).await?;
+        if status != StatusCode::OK {
+            return Err(Self::unexpected(&what, status, &body));
+        }
+        Ok(true)
+    }
+}

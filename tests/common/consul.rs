@@ -1,0 +1,369 @@
+//! A Consul HTTP API test server for the Consul backend's tests. No Consul
+//! server can be installed on these machines, so this follows the shapes in
+//! `shared/reference/consul-http-api.md` exactly for the endpoints runner
+//! uses: KV (base64 values, an index that increases on every write,
+//! `X-Consul-Index`, `?raw`, `?recurse`, `?keys`, `?cas=`), catalog and
+//! health (checks that tests can flip), agent register/deregister, ACL 403 on
+//! a token mismatch, and injectable faults (500s, down).
+//!
+//! Not implemented yet: blocking queries (`?index=&wait=`) and sessions/locks.
+
+use base64::Engine as _;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Debug)]
+struct Entry {
+    value: Vec<u8>,
+    create_index: u64,
+    modify_index: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Service {
+    id: String,
+    name: String,
+    address: String,
+    port: u16,
+    tags: Vec<String>,
+    status: String,
+}
+
+#[derive(Default)]
+struct State {
+    index: u64,
+    kv: BTreeMap<String, Entry>,
+    services: BTreeMap<String, Service>,
+    token: Option<String>,
+    /// Answer this many requests with 500 before serving normally.
+    failures: usize,
+}
+
+pub struct ConsulServer {
+    pub port: u16,
+    state: Arc<Mutex<State>>,
+    server: Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+type Reply = (u16, String, Vec<(String, String)>);
+
+fn json(status: u16, body: serde_json::Value, index: u64) -> Reply {
+    (
+        status,
+        body.to_string(),
+        vec![("X-Consul-Index".into(), index.to_string())],
+    )
+}
+
+fn text(status: u16, body: &str) -> Reply {
+    (status, body.to_string(), vec![])
+}
+
+impl State {
+    fn bump(&mut self) -> u64 {
+        self.index += 1;
+        self.index
+    }
+
+    fn kv_json(key: &str, e: &Entry) -> serde_json::Value {
+        serde_json::json!({
+            "CreateIndex": e.create_index,
+            "ModifyIndex": e.modify_index,
+            "LockIndex": 0,
+            "Key": key,
+            "Flags": 0,
+            "Value": if e.value.is_empty() { serde_json::Value::Null } else {
+                base64::engine::general_purpose::STANDARD.encode(&e.value).into()
+            },
+        })
+    }
+
+    fn handle(
+        &mut self,
+        method: &str,
+        path: &str,
+        query: &BTreeMap<String, String>,
+        token: Option<String>,
+        body: Vec<u8>,
+    ) -> Reply {
+        if self.failures > 0 {
+            self.failures -= 1;
+            return text(500, "injected fault");
+        }
+        if let Some(expected) = &self.token {
+            let given = token.or_else(|| query.get("token").cloned());
+            if given.as_deref() != Some(expected.as_str()) {
+                return text(403, "Permission denied");
+            }
+        }
+        let index = self.index;
+        if let Some(key) = path.strip_prefix("/v1/kv/") {
+            return self.kv(method, key, query, body);
+        }
+        match (method, path) {
+            ("GET", "/v1/catalog/services") => {
+                let mut all: BTreeMap<String, Vec<String>> =
+                    BTreeMap::from([("consul".to_string(), vec![])]);
+                for s in self.services.values() {
+                    all.entry(s.name.clone())
+                        .or_default()
+                        .extend(s.tags.clone());
+                }
+                json(200, serde_json::json!(all), index)
+            }
+            ("PUT", "/v1/agent/service/register") => {
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                    return text(400, "Request decode failed");
+                };
+                let name = v["Name"].as_str().unwrap_or_default().to_string();
+                let service = Service {
+                    id: v["ID"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| name.clone()),
+                    name,
+                    address: v["Address"].as_str().unwrap_or_default().to_string(),
+                    port: v["Port"].as_u64().unwrap_or(0) as u16,
+                    tags: v["Tags"]
+                        .as_array()
+                        .map(|t| {
+                            t.iter()
+                                .filter_map(|x| x.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    status: "passing".into(),
+                };
+                self.bump();
+                self.services.insert(service.id.clone(), service);
+                text(200, "")
+            }
+            _ => {
+                if let Some(id) = path
+                    .strip_prefix("/v1/agent/service/deregister/")
+                    .filter(|_| method == "PUT")
+                {
+                    if self.services.remove(id).is_none() {
+                        return text(
+                            404,
+                            &format!(
+                                "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
+                            ),
+                        );
+                    }
+                    self.bump();
+                    return text(200, "");
+                }
+                if let Some(name) = path
+                    .strip_prefix("/v1/catalog/service/")
+                    .filter(|_| method == "GET")
+                {
+                    let list: Vec<serde_json::Value> = self
+                        .services
+                        .values()
+                        .filter(|s| s.name == name)
+                        .map(|s| {
+                            serde_json::json!({
+                                "ID": "node-id", "Node": "runner-test", "Address": "127.0.0.1", "Datacenter": "dc1",
+                                "TaggedAddresses": {}, "NodeMeta": {}, "ServiceID": s.id, "ServiceName": s.name,
+                                "ServiceAddress": s.address, "ServiceTags": s.tags, "ServiceMeta": {},
+                                "ServicePort": s.port, "ServiceEnableTagOverride": false,
+                                "CreateIndex": index, "ModifyIndex": index,
+                            })
+                        })
+                        .collect();
+                    return json(200, list.into(), index);
+                }
+                if let Some(name) = path
+                    .strip_prefix("/v1/health/service/")
+                    .filter(|_| method == "GET")
+                {
+                    let passing_only = query.contains_key("passing");
+                    let list: Vec<serde_json::Value> = self
+                        .services
+                        .values()
+                        .filter(|s| s.name == name && (!passing_only || s.status == "passing"))
+                        .map(|s| {
+                            serde_json::json!({
+                                "Node": {"ID": "node-id", "Node": "runner-test", "Address": "127.0.0.1"},
+                                "Service": {"ID": s.id, "Service": s.name, "Tags": s.tags, "Address": s.address, "Port": s.port, "Meta": {}},
+                                "Checks": [
+                                    {"CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing", "Output": "", "ServiceID": "", "ServiceName": ""},
+                                    {"CheckID": format!("service:{}", s.id), "Name": format!("Service '{}' check", s.name), "Status": s.status, "Output": "", "ServiceID": s.id, "ServiceName": s.name},
+                                ],
+                            })
+                        })
+                        .collect();
+                    return json(200, list.into(), index);
+                }
+                text(404, "no such endpoint in the test server")
+            }
+        }
+    }
+
+    fn kv(
+        &mut self,
+        method: &str,
+        key: &str,
+        query: &BTreeMap<String, String>,
+        body: Vec<u8>,
+    ) -> Reply {
+        let index = self.index;
+        match method {
+            "GET" if query.contains_key("keys") => {
+                let keys: Vec<&String> = self.kv.keys().filter(|k| k.starts_with(key)).collect();
+                if keys.is_empty() {
+                    json(404, serde_json::Value::Null, index)
+                } else {
+                    json(200, serde_json::json!(keys), index)
+                }
+            }
+            "GET" if query.contains_key("recurse") => {
+                let list: Vec<serde_json::Value> = self
+                    .kv
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(key))
+                    .map(|(k, e)| Self::kv_json(k, e))
+                    .collect();
+                if list.is_empty() {
+                    json(404, serde_json::Value::Null, index)
+                } else {
+                    json(200, list.into(), index)
+                }
+            }
+            "GET" => match self.kv.get(key) {
+                None => (
+                    404,
+                    String::new(),
+                    vec![("X-Consul-Index".into(), index.to_string())],
+                ),
+                Some(e) if query.contains_key("raw") => (
+                    200,
+                    String::from_utf8_lossy(&e.value).into_owned(),
+                    vec![("X-Consul-Index".into(), index.to_string())],
+                ),
+                Some(e) => json(200, serde_json::json!([Self::kv_json(key, e)]), index),
+            },
+            "PUT" => {
+                if body.len() > 512 * 1024 {
+                    return text(413, "Value exceeds 524288 byte limit");
+                }
+                if let Some(cas) = query.get("cas").and_then(|c| c.parse::<u64>().ok()) {
+                    let current = self.kv.get(key).map(|e| e.modify_index).unwrap_or(0);
+                    if current != cas {
+                        return text(200, "false");
+                    }
+                }
+                let next = self.bump();
+                let create_index = self.kv.get(key).map(|e| e.create_index).unwrap_or(next);
+                self.kv.insert(
+                    key.to_string(),
+                    Entry {
+                        value: body,
+                        create_index,
+                        modify_index: next,
+                    },
+                );
+                text(200, "true")
+            }
+            "DELETE" => {
+                if let Some(cas) = query.get("cas").and_then(|c| c.parse::<u64>().ok()) {
+                    let current = self.kv.get(key).map(|e| e.modify_index).unwrap_or(0);
+                    if current != cas {
+                        return text(200, "false");
+                    }
+                }
+                if query.contains_key("recurse") {
+                    self.kv.retain(|k, _| !k.starts_with(key));
+                } else {
+                    self.kv.remove(key);
+                }
+                self.bump();
+                text(200, "true")
+            }
+            _ => text(405, "method not allowed"),
+        }
+    }
+}
+
+impl ConsulServer {
+    /// Start on a free 127.0.0.1 port; with `token`, requests without it get 403.
+    pub fn start(token: Option<&str>) -> Self {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1"));
+        let port = server.server_addr().to_ip().expect("ip").port();
+        let state = Arc::new(Mutex::new(State {
+            token: token.map(str::to_string),
+            ..Default::default()
+        }));
+        let (srv, st) = (server.clone(), state.clone());
+        let thread = std::thread::spawn(move || {
+            for mut request in srv.incoming_requests() {
+                let url =
+                    url::Url::parse(&format!("http://x{}", request.url())).expect("request url");
+                let query: BTreeMap<String, String> = url
+                    .query_pairs()
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                let token = request
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("X-Consul-Token"))
+                    .map(|h| h.value.as_str().to_string());
+                let mut body = Vec::new();
+                let _ = std::io::Read::read_to_end(request.as_reader(), &mut body);
+                let path = url.path().to_string();
+                let (status, text, headers) = st.lock().unwrap().handle(
+                    request.method().as_str(),
+                    &path,
+                    &query,
+                    token,
+                    body,
+                );
+                let mut response = tiny_http::Response::from_string(text).with_status_code(status);
+                for (k, v) in headers {
+                    response.add_header(
+                        tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap(),
+                    );
+                }
+                let _ = request.respond(response);
+            }
+        });
+        Self {
+            port,
+            state,
+            server,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Answer the next `n` requests with 500.
+    pub fn fail_next(&self, n: usize) {
+        self.state.lock().unwrap().failures = n;
+    }
+
+    /// Set the service check of instance `id` (`passing`, `warning`, `critical`).
+    pub fn set_check(&self, id: &str, status: &str) {
+        if let Some(s) = self.state.lock().unwrap().services.get_mut(id) {
+            s.status = status.to_string();
+        }
+    }
+
+    /// The current raft-like index.
+    pub fn index(&self) -> u64 {
+        self.state.lock().unwrap().index
+    }
+}
+
+impl Drop for ConsulServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
