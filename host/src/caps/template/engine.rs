@@ -459,6 +459,20 @@ mod tests {
     }
 
     #[test]
+    fn inline_any_filter_form() {
+        let mut src = MapSource::default();
+        src.instances.insert(
+            "web".into(),
+            vec![
+                inst("web", "a", 1, true, &[]),
+                inst("web", "b", 2, false, &[]),
+            ],
+        );
+        let t = "{{range service \"web|any\"}}{{.ID}}{{end}} {{range service \"web|passing\"}}{{.ID}}{{end}}";
+        assert_eq!(block_on(render(t, &src)).unwrap(), "ab a");
+    }
+
+    #[test]
     fn key_functions_and_listing() {
         let src = MapSource {
             kv: vec![
