@@ -75,6 +75,17 @@ pub enum Command {
     /// Read the registry's service catalog.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Show or break a service's deploy lock.
+    #[command(subcommand)]
+    Lock(LockCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Who holds the deploy lock of SERVICE (exit 1 when nobody does).
+    Status { service: String },
+    /// Break the deploy lock of SERVICE (Consul; a local file lock is freed by stopping its holder).
+    Release { service: String },
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +124,15 @@ pub struct ExecArgs {
     /// Print the outcome as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+
+    /// Hold the deploy lock of --service for the whole stage (hooks included).
+    /// On by default for stages granted Docker access; one deploy of a service at a time.
+    #[arg(long)]
+    pub lock: bool,
+
+    /// How long to wait for a deploy lock someone else holds before failing.
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub lock_wait: Duration,
 
     /// The Docker engine: `unix:///var/run/docker.sock` or `tcp://host:2375`.
     #[arg(long, env = "DOCKER_HOST", value_name = "URL")]

@@ -6,9 +6,12 @@ use crate::bindings::{Context as StageContext, PluginError, describe};
 use crate::caps::docker::DockerEngine;
 use crate::caps::hooks::HookRunner;
 use crate::caps::{Capabilities, HostServices};
-use crate::cli::{CatalogCommand, Cli, Command, ExecArgs, KvCommand, PluginCommand};
+use crate::cli::{CatalogCommand, Cli, Command, ExecArgs, KvCommand, LockCommand, PluginCommand};
 use crate::grants::{GrantError, GrantsSpec};
-use crate::registry::{ConsulRegistry, EmbeddedRegistry, LazyRegistry, Registry, RegistryError};
+use crate::registry::{
+    ConsulRegistry, EmbeddedRegistry, LazyRegistry, LockAttempt, LockGuard, LockHolder, Registry,
+    RegistryError,
+};
 use crate::runfile::{HookDef, RunnerFile};
 use crate::runtime::{ArtifactCache, Fault, Limits, LoadError, Plugin, Runtime, RuntimeConfig};
 use std::collections::HashMap;
@@ -33,13 +36,27 @@ pub enum CommandError {
     Engine(String),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    #[error("the deploy lock of {service} is still held after {waited}{}; try again later, or see `runner lock status {service}`", holder.as_ref().map(|h| format!(" by {h}")).unwrap_or_default())]
+    Locked {
+        service: String,
+        waited: String,
+        holder: Option<Box<crate::registry::LockHolder>>,
+    },
+    #[error("--lock needs --service: the lock is per service")]
+    LockWithoutService,
+    #[error("interrupted by {0}; the deploy lock was released")]
+    Interrupted(&'static str),
 }
 
 impl CommandError {
     /// 0 success, 1 stage failed, 2 usage or config error, 3 plugin fault.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CommandError::StageFailed { .. } | CommandError::NotFound(_) => 1,
+            CommandError::StageFailed { .. }
+            | CommandError::NotFound(_)
+            | CommandError::Locked { .. } => 1,
+            CommandError::LockWithoutService => 2,
+            CommandError::Interrupted(_) => 130,
             CommandError::Grant(_) | CommandError::Registry(_) | CommandError::Output(_) => 2,
             CommandError::Load(LoadError::NotFound(_)) => 2,
             CommandError::Load(_) | CommandError::Fault(_) | CommandError::Engine(_) => 3,
@@ -61,6 +78,7 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Plugin(PluginCommand::Inspect { ref path }) => inspect(&cli, path),
         Command::Kv(ref cmd) => kv(&cli, cmd).await,
         Command::Catalog(ref cmd) => catalog(&cli, cmd).await,
+        Command::Lock(ref cmd) => lock(&cli, cmd).await,
     }
 }
 
@@ -169,15 +187,30 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
         dirs: grants.dirs.clone(),
         limits,
     };
+    let deploys = !grants.docker.is_empty() && !args.service.is_empty();
+    if args.lock && args.service.is_empty() {
+        return Err(CommandError::LockWithoutService);
+    }
+    let lock = if args.lock || deploys {
+        Some(acquire_lock(&*services.registry, &args.service, &stage, args.lock_wait).await?)
+    } else {
+        None
+    };
     let started = std::time::Instant::now();
-    let outcome =
-        runtime
-            .run(&plugin, request)
-            .await?
-            .map_err(|error| CommandError::StageFailed {
-                stage: stage.clone(),
-                error,
-            })?;
+    // Ctrl-C and SIGTERM end the stage but still release the lock.
+    let result = tokio::select! {
+        result = runtime.run(&plugin, request) => result.map_err(CommandError::from),
+        signal = shutdown_signal() => Err(CommandError::Interrupted(signal)),
+    };
+    if let Some(lock) = lock
+        && let Err(e) = lock.release().await
+    {
+        tracing::warn!("releasing the deploy lock of {}: {e}", args.service);
+    }
+    let outcome = result?.map_err(|error| CommandError::StageFailed {
+        stage: stage.clone(),
+        error,
+    })?;
     tracing::info!(
         "stage {stage} succeeded in {:.1?}: {}",
         started.elapsed(),
@@ -196,6 +229,97 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
     } else {
         for (k, v) in &outcome.outputs {
             writeln!(out, "{k}={v}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Wait (bounded) for the deploy lock of `service`.
+async fn acquire_lock(
+    registry: &dyn Registry,
+    service: &str,
+    stage: &str,
+    wait: std::time::Duration,
+) -> Result<Box<dyn LockGuard>, CommandError> {
+    let holder = LockHolder {
+        host: std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into()),
+        pid: std::process::id(),
+        user: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        version: env!("CARGO_PKG_VERSION").into(),
+        stage: stage.into(),
+        started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    let started = std::time::Instant::now();
+    let mut announced = false;
+    loop {
+        match registry.try_lock(service, &holder).await? {
+            LockAttempt::Acquired(guard) => {
+                tracing::debug!("holding the deploy lock of {service}");
+                return Ok(guard);
+            }
+            LockAttempt::Held(current) => {
+                if started.elapsed() >= wait {
+                    // The holder may have been mid-write a moment ago: ask once more.
+                    let holder = match current {
+                        Some(h) => Some(h),
+                        None => registry.lock_holder(service).await.ok().flatten(),
+                    };
+                    return Err(CommandError::Locked {
+                        service: service.into(),
+                        waited: humantime::format_duration(wait).to_string(),
+                        holder: holder.map(Box::new),
+                    });
+                }
+                // A holder that just took the lock may not have written who it is yet.
+                if !announced
+                    && (current.is_some() || started.elapsed() > std::time::Duration::from_secs(1))
+                {
+                    let by = current.map(|h| format!(" by {h}")).unwrap_or_default();
+                    tracing::info!("waiting for the deploy lock of {service}, held{by}");
+                    announced = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM, naming which.
+async fn shutdown_signal() -> &'static str {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+async fn lock(cli: &Cli, cmd: &LockCommand) -> Result<(), CommandError> {
+    let registry = open_registry(cli, std::time::Duration::from_secs(30), true)?;
+    let nobody = |service: &str| {
+        CommandError::NotFound(format!("nobody holds the deploy lock of {service}"))
+    };
+    match cmd {
+        LockCommand::Status { service } => {
+            let holder = registry
+                .lock_holder(service)
+                .await?
+                .ok_or_else(|| nobody(service))?;
+            writeln!(std::io::stdout().lock(), "{service}: held by {holder}")?;
+        }
+        LockCommand::Release { service } => {
+            let released = registry.force_unlock(service).await.map_err(|e| match e {
+                RegistryError::Refused(m) => CommandError::NotFound(m),
+                e => e.into(),
+            })?;
+            if !released {
+                return Err(nobody(service));
+            }
+            tracing::info!("released the deploy lock of {service}");
         }
     }
     Ok(())

@@ -6,7 +6,11 @@
 //! health (checks that tests can flip), agent register/deregister, ACL 403 on
 //! a token mismatch, and injectable faults (500s, down).
 //!
-//! Not implemented yet: blocking queries (`?index=&wait=`) and sessions/locks.
+//! Sessions (create/renew/destroy, TTL expiry, behavior "release") and KV
+//! `?acquire=`/`?release=` locks are implemented; a test can shorten every
+//! session's TTL to see a dead holder's lock expire quickly.
+//!
+//! Not implemented yet: blocking queries (`?index=&wait=`).
 
 use base64::Engine as _;
 use std::collections::BTreeMap;
@@ -17,6 +21,12 @@ struct Entry {
     value: Vec<u8>,
     create_index: u64,
     modify_index: u64,
+    session: Option<String>,
+}
+
+struct Session {
+    ttl: std::time::Duration,
+    expires: std::time::Instant,
 }
 
 #[derive(Clone, Debug)]
@@ -37,6 +47,10 @@ struct State {
     token: Option<String>,
     /// Answer this many requests with 500 before serving normally.
     failures: usize,
+    sessions: BTreeMap<String, Session>,
+    next_session: u64,
+    /// When set, sessions live this long whatever TTL they ask for.
+    ttl_override: Option<std::time::Duration>,
 }
 
 pub struct ConsulServer {
@@ -66,6 +80,40 @@ impl State {
         self.index
     }
 
+    /// Drop expired sessions, releasing their locks (behavior "release").
+    fn expire_sessions(&mut self) {
+        let now = std::time::Instant::now();
+        let dead: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.expires <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in dead {
+            self.destroy_session(&id);
+        }
+    }
+
+    fn destroy_session(&mut self, id: &str) -> bool {
+        if self.sessions.remove(id).is_none() {
+            return false;
+        }
+        let held: Vec<String> = self
+            .kv
+            .iter()
+            .filter(|(_, e)| e.session.as_deref() == Some(id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in held {
+            let next = self.bump();
+            if let Some(e) = self.kv.get_mut(&key) {
+                e.session = None;
+                e.modify_index = next;
+            }
+        }
+        true
+    }
+
     fn kv_json(key: &str, e: &Entry) -> serde_json::Value {
         serde_json::json!({
             "CreateIndex": e.create_index,
@@ -76,6 +124,7 @@ impl State {
             "Value": if e.value.is_empty() { serde_json::Value::Null } else {
                 base64::engine::general_purpose::STANDARD.encode(&e.value).into()
             },
+            "Session": e.session,
         })
     }
 
@@ -97,6 +146,7 @@ impl State {
                 return text(403, "Permission denied");
             }
         }
+        self.expire_sessions();
         let index = self.index;
         if let Some(key) = path.strip_prefix("/v1/kv/") {
             return self.kv(method, key, query, body);
@@ -111,6 +161,21 @@ impl State {
                         .extend(s.tags.clone());
                 }
                 json(200, serde_json::json!(all), index)
+            }
+            ("PUT", "/v1/session/create") => {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let ttl = v["TTL"]
+                    .as_str()
+                    .and_then(|t| t.strip_suffix('s'))
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .map(std::time::Duration::from_secs)
+                    .unwrap_or(std::time::Duration::from_secs(3600));
+                let ttl = self.ttl_override.unwrap_or(ttl);
+                self.next_session += 1;
+                let id = format!("00000000-0000-0000-0000-{:012}", self.next_session);
+                let expires = std::time::Instant::now() + ttl;
+                self.sessions.insert(id.clone(), Session { ttl, expires });
+                json(200, serde_json::json!({ "ID": id }), index)
             }
             ("PUT", "/v1/agent/service/register") => {
                 let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
@@ -140,6 +205,24 @@ impl State {
                 text(200, "")
             }
             _ => {
+                if let Some(id) = path
+                    .strip_prefix("/v1/session/renew/")
+                    .filter(|_| method == "PUT")
+                {
+                    let Some(session) = self.sessions.get_mut(id) else {
+                        return text(404, &format!("Session id '{id}' not found"));
+                    };
+                    session.expires = std::time::Instant::now() + session.ttl;
+                    let ttl = format!("{}s", session.ttl.as_secs());
+                    return json(200, serde_json::json!([{ "ID": id, "TTL": ttl }]), index);
+                }
+                if let Some(id) = path
+                    .strip_prefix("/v1/session/destroy/")
+                    .filter(|_| method == "PUT")
+                {
+                    self.destroy_session(id);
+                    return text(200, "true");
+                }
                 if let Some(id) = path
                     .strip_prefix("/v1/agent/service/deregister/")
                     .filter(|_| method == "PUT")
@@ -245,6 +328,38 @@ impl State {
                 ),
                 Some(e) => json(200, serde_json::json!([Self::kv_json(key, e)]), index),
             },
+            "PUT" if query.contains_key("acquire") => {
+                let session = query["acquire"].clone();
+                if !self.sessions.contains_key(&session) {
+                    return text(500, &format!("invalid session \"{session}\""));
+                }
+                let holder = self.kv.get(key).and_then(|e| e.session.clone());
+                if holder.is_some_and(|s| s != session) {
+                    return text(200, "false");
+                }
+                let next = self.bump();
+                let create_index = self.kv.get(key).map(|e| e.create_index).unwrap_or(next);
+                let entry = Entry {
+                    value: body,
+                    create_index,
+                    modify_index: next,
+                    session: Some(session),
+                };
+                self.kv.insert(key.to_string(), entry);
+                text(200, "true")
+            }
+            "PUT" if query.contains_key("release") => {
+                let session = query["release"].clone();
+                if self.kv.get(key).and_then(|e| e.session.clone()) != Some(session) {
+                    return text(200, "false");
+                }
+                let next = self.bump();
+                if let Some(e) = self.kv.get_mut(key) {
+                    e.session = None;
+                    e.modify_index = next;
+                }
+                text(200, "true")
+            }
             "PUT" => {
                 if body.len() > 512 * 1024 {
                     return text(413, "Value exceeds 524288 byte limit");
@@ -263,6 +378,7 @@ impl State {
                         value: body,
                         create_index,
                         modify_index: next,
+                        session: self.kv.get(key).and_then(|e| e.session.clone()),
                     },
                 );
                 text(200, "true")
@@ -351,6 +467,11 @@ impl ConsulServer {
         if let Some(s) = self.state.lock().unwrap().services.get_mut(id) {
             s.status = status.to_string();
         }
+    }
+
+    /// Make every session created from now on live `ttl`, whatever it asks.
+    pub fn set_session_ttl(&self, ttl: std::time::Duration) {
+        self.state.lock().unwrap().ttl_override = Some(ttl);
     }
 
     /// The current raft-like index.

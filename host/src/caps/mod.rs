@@ -110,7 +110,9 @@ pub(crate) fn denied(
 pub(crate) fn registry_error(capability: &str, e: RegistryError) -> PluginError {
     match e {
         RegistryError::Unavailable(m) => PluginError::Unavailable(format!("{capability}: {m}")),
-        RegistryError::Backend(m) => PluginError::Failed(format!("{capability}: {m}")),
+        RegistryError::Backend(m) | RegistryError::Refused(m) => {
+            PluginError::Failed(format!("{capability}: {m}"))
+        }
         RegistryError::Denied(m) => PluginError::Denied(format!("{capability}: {m}")),
     }
 }

@@ -6,7 +6,7 @@
 //! a bounded number of times with backoff; a 403 (ACL) becomes `Denied`
 //! naming the key or service.
 
-use super::{Instance, KvEntry, Registry, RegistryError};
+use super::{Instance, KvEntry, LockAttempt, LockGuard, LockHolder, Registry, RegistryError};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use base64::Engine as _;
@@ -15,6 +15,7 @@ use serde::Deserialize;
 use std::time::Duration;
 use url::Url;
 
+#[derive(Clone)]
 pub struct ConsulRegistry {
     base: Url,
     token: Option<String>,
@@ -34,6 +35,8 @@ impl std::fmt::Debug for ConsulRegistry {
 struct KvPair {
     key: String,
     value: Option<String>,
+    #[serde(default)]
+    session: Option<String>,
     create_index: u64,
     modify_index: u64,
 }
@@ -181,6 +184,41 @@ impl ConsulRegistry {
             })
     }
 
+    fn lock_key(service: &str) -> String {
+        format!("{service}/lock")
+    }
+
+    async fn raw_pair(&self, key: &str) -> Result<Option<KvPair>, RegistryError> {
+        let what = format!("key \"{key}\"");
+        let (status, body) = self
+            .send(Method::GET, self.url(&Self::kv_path(key), &[]), None, &what)
+            .await?;
+        match status {
+            StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::OK => {
+                let pairs: Vec<KvPair> = serde_json::from_slice(&body).map_err(|e| {
+                    RegistryError::Backend(format!("consul answer for {what}: {e}"))
+                })?;
+                Ok(pairs.into_iter().find(|p| p.key == key))
+            }
+            other => Err(Self::unexpected(&what, other, &body)),
+        }
+    }
+
+    async fn session_put(
+        &self,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<bytes::Bytes, RegistryError> {
+        let (status, bytes) = self
+            .send(Method::PUT, self.url(path, &[]), body, "a lock session")
+            .await?;
+        if status != StatusCode::OK {
+            return Err(Self::unexpected("a lock session", status, &bytes));
+        }
+        Ok(bytes)
+    }
+
     fn kv_path(key: &str) -> String {
         format!("/v1/kv/{}", key.trim_start_matches('/'))
     }
@@ -218,8 +256,114 @@ impl ConsulRegistry {
     }
 }
 
+/// How long a lock outlives a holder that stops renewing (crashed, cut off).
+const LOCK_TTL: Duration = Duration::from_secs(15);
+
+struct ConsulLock {
+    consul: ConsulRegistry,
+    key: String,
+    session: String,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+#[async_trait]
+impl LockGuard for ConsulLock {
+    async fn release(self: Box<Self>) -> Result<(), RegistryError> {
+        self.renewal.abort();
+        let url = self.consul.url(
+            &ConsulRegistry::kv_path(&self.key),
+            &[("release", self.session.clone())],
+        );
+        let released = self
+            .consul
+            .send(Method::PUT, url, Some(Vec::new()), &self.key)
+            .await;
+        // Destroying the session releases the lock too, whatever happened above.
+        self.consul
+            .session_put(&format!("/v1/session/destroy/{}", self.session), None)
+            .await?;
+        released.map(|_| ())
+    }
+}
+
 #[async_trait]
 impl Registry for ConsulRegistry {
+    async fn try_lock(
+        &self,
+        service: &str,
+        holder: &LockHolder,
+    ) -> Result<LockAttempt, RegistryError> {
+        let key = Self::lock_key(service);
+        let body = serde_json::json!({
+            "Name": format!("runner deploy lock of {service}"),
+            "TTL": format!("{}s", LOCK_TTL.as_secs()),
+            "Behavior": "release",
+            "LockDelay": "0s",
+        });
+        let created = self
+            .session_put("/v1/session/create", Some(body.to_string().into_bytes()))
+            .await?;
+        let session = serde_json::from_slice::<serde_json::Value>(&created)
+            .ok()
+            .and_then(|v| v["ID"].as_str().map(str::to_string))
+            .ok_or_else(|| {
+                RegistryError::Backend("consul session create: no ID in the answer".into())
+            })?;
+        let meta = serde_json::to_vec(holder).map_err(|e| RegistryError::Backend(e.to_string()))?;
+        let url = self.url(&Self::kv_path(&key), &[("acquire", session.clone())]);
+        let (status, answer) = self
+            .send(Method::PUT, url, Some(meta), &format!("key \"{key}\""))
+            .await?;
+        if Self::boolean(&key, status, &answer)? {
+            let consul = self.clone();
+            let id = session.clone();
+            // Renew well inside the TTL; if this process dies, the TTL frees the lock.
+            let renewal = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(LOCK_TTL / 3).await;
+                    if let Err(e) = consul
+                        .session_put(&format!("/v1/session/renew/{id}"), None)
+                        .await
+                    {
+                        tracing::warn!("cannot renew the deploy lock session: {e}");
+                    }
+                }
+            });
+            return Ok(LockAttempt::Acquired(Box::new(ConsulLock {
+                consul: self.clone(),
+                key,
+                session,
+                renewal,
+            })));
+        }
+        self.session_put(&format!("/v1/session/destroy/{session}"), None)
+            .await?;
+        Ok(LockAttempt::Held(self.lock_holder(service).await?))
+    }
+
+    async fn lock_holder(&self, service: &str) -> Result<Option<LockHolder>, RegistryError> {
+        let Some(pair) = self.raw_pair(&Self::lock_key(service)).await? else {
+            return Ok(None);
+        };
+        if pair.session.as_deref().unwrap_or_default().is_empty() {
+            return Ok(None);
+        }
+        let entry = Self::decode(pair)?;
+        Ok(serde_json::from_slice(&entry.value).ok())
+    }
+
+    async fn force_unlock(&self, service: &str) -> Result<bool, RegistryError> {
+        let pair = self.raw_pair(&Self::lock_key(service)).await?;
+        match pair.and_then(|p| p.session).filter(|s| !s.is_empty()) {
+            None => Ok(false),
+            Some(session) => {
+                self.session_put(&format!("/v1/session/destroy/{session}"), None)
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
     async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, RegistryError> {
         let what = format!("key \"{key}\"");
         let (status, body) = self

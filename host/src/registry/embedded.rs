@@ -6,7 +6,7 @@
 //! updates. Modify indexes come from one counter bumped in the same
 //! transaction as the write, as Consul's raft index does.
 
-use super::{Instance, KvEntry, Registry, RegistryError};
+use super::{Instance, KvEntry, LockAttempt, LockHolder, Registry, RegistryError, filelock};
 use async_trait::async_trait;
 use backon::{BlockingRetryable, ExponentialBuilder};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS instances (
 ";
 
 pub struct EmbeddedRegistry {
+    state_dir: PathBuf,
     path: PathBuf,
     conn: Mutex<Connection>,
 }
@@ -81,6 +82,7 @@ impl EmbeddedRegistry {
             .call()
             .map_err(|e| unavailable(&path, e))?;
         Ok(Self {
+            state_dir: state_dir.to_path_buf(),
             path,
             conn: Mutex::new(conn),
         })
@@ -282,6 +284,22 @@ impl Registry for EmbeddedRegistry {
             Ok(Some(()))
         })?;
         Ok(())
+    }
+
+    async fn try_lock(
+        &self,
+        service: &str,
+        holder: &LockHolder,
+    ) -> Result<LockAttempt, RegistryError> {
+        filelock::try_lock(&self.state_dir, service, holder)
+    }
+
+    async fn lock_holder(&self, service: &str) -> Result<Option<LockHolder>, RegistryError> {
+        filelock::holder(&self.state_dir, service)
+    }
+
+    async fn force_unlock(&self, service: &str) -> Result<bool, RegistryError> {
+        filelock::force_unlock(&self.state_dir, service)
     }
 
     async fn deregister(&self, service: &str, id: &str) -> Result<bool, RegistryError> {

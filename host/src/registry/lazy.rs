@@ -1,7 +1,9 @@
 //! Open the embedded registry on first use, so a stage that never touches
 //! KV or the catalog creates no state directory and takes no lock.
 
-use super::{EmbeddedRegistry, Instance, KvEntry, Registry, RegistryError};
+use super::{
+    EmbeddedRegistry, Instance, KvEntry, LockAttempt, LockHolder, Registry, RegistryError, filelock,
+};
 use async_trait::async_trait;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -63,5 +65,19 @@ impl Registry for LazyRegistry {
     }
     async fn deregister(&self, service: &str, id: &str) -> Result<bool, RegistryError> {
         self.get()?.deregister(service, id).await
+    }
+    // Locks are files beside the database: taking one does not open it.
+    async fn try_lock(
+        &self,
+        service: &str,
+        holder: &LockHolder,
+    ) -> Result<LockAttempt, RegistryError> {
+        filelock::try_lock(&self.state_dir, service, holder)
+    }
+    async fn lock_holder(&self, service: &str) -> Result<Option<LockHolder>, RegistryError> {
+        filelock::holder(&self.state_dir, service)
+    }
+    async fn force_unlock(&self, service: &str) -> Result<bool, RegistryError> {
+        filelock::force_unlock(&self.state_dir, service)
     }
 }

@@ -3,6 +3,7 @@
 
 mod consul;
 mod embedded;
+mod filelock;
 mod lazy;
 
 pub use consul::ConsulRegistry;
@@ -42,6 +43,46 @@ pub enum RegistryError {
     /// The backend refused the caller's credentials (Consul ACL).
     #[error("registry denied: {0}")]
     Denied(String),
+    /// The operation cannot be done as asked; the message says what to do instead.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Who holds a deploy lock: shown to whoever waits for it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LockHolder {
+    pub host: String,
+    pub pid: u32,
+    pub user: String,
+    /// The runner version holding it.
+    pub version: String,
+    /// The stage (plugin) that holds it.
+    pub stage: String,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}@{} pid {} (stage {}, runner {}, since {})",
+            self.user, self.host, self.pid, self.stage, self.version, self.started_at
+        )
+    }
+}
+
+/// A held deploy lock; released by `release`, or by the backend when the
+/// holder dies (file lock) or stops renewing (Consul session TTL).
+#[async_trait]
+pub trait LockGuard: Send + Sync {
+    async fn release(self: Box<Self>) -> Result<(), RegistryError>;
+}
+
+pub enum LockAttempt {
+    Acquired(Box<dyn LockGuard>),
+    /// Someone else holds it (when the backend can tell who).
+    Held(Option<LockHolder>),
 }
 
 /// KV + catalog operations every backend provides.
@@ -59,4 +100,15 @@ pub trait Registry: Send + Sync {
     async fn services(&self) -> Result<Vec<String>, RegistryError>;
     async fn register(&self, instance: &Instance) -> Result<(), RegistryError>;
     async fn deregister(&self, service: &str, id: &str) -> Result<bool, RegistryError>;
+
+    /// Try once to take the deploy lock of `service`.
+    async fn try_lock(
+        &self,
+        service: &str,
+        holder: &LockHolder,
+    ) -> Result<LockAttempt, RegistryError>;
+    /// The current holder of `service`'s deploy lock, if any.
+    async fn lock_holder(&self, service: &str) -> Result<Option<LockHolder>, RegistryError>;
+    /// Break `service`'s lock (an operator's decision); returns whether one was held.
+    async fn force_unlock(&self, service: &str) -> Result<bool, RegistryError>;
 }

@@ -22,6 +22,17 @@ impl Guest for Probe {
                 out.outputs.extend(ctx.inputs.iter().cloned());
                 Ok(out)
             }
+            "hold" => {
+                // Report the wall-clock interval this run occupied.
+                let now = || {
+                    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                    since.unwrap_or_default().as_millis()
+                };
+                let start = now();
+                std::thread::sleep(std::time::Duration::from_millis(cfg.u64("ms", 500)?));
+                let held = runner_sdk::outcome("held").with_output("start", start.to_string());
+                Ok(held.with_output("end", now().to_string()))
+            }
             "loop" => {
                 let mut n: u64 = 0;
                 loop {
