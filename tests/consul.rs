@@ -218,3 +218,59 @@ fn acl_denial_and_outages_reach_the_plugin_as_typed_errors() {
         .env("CONSUL_HTTP_ADDR", &url);
     run(&mut cmd).expect_code(1).stderr_has("unavailable: kv:");
 }
+
+/// `runner template render` as `consul-template -template "in:out:cmd" -once`:
+/// the seed's own .ctmpl file renders from Consul data byte for byte, and the
+/// command runs only when the output changed.
+#[tokio::test]
+async fn template_render_command_renders_seed_files_and_runs_the_command_on_change() {
+    let server = ConsulServer::start(None);
+    let consul = ConsulRegistry::new(&server.url(), None, Duration::from_secs(5)).unwrap();
+    consul
+        .register(&Instance {
+            id: "prod:books-ms-blue:8080".into(),
+            name: "books-ms-blue".into(),
+            address: "10.100.198.201".into(),
+            port: 32769,
+            tags: vec![],
+            healthy: true,
+        })
+        .await
+        .unwrap();
+    let env = Env::new();
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/bluegreen/templates/nginx-upstreams-blue.ctmpl");
+    let dest = env.path().join("books-ms.conf");
+    let marker = env.path().join("reloads");
+    let render = || {
+        let mut cmd = env.runner();
+        cmd.env("CONSUL_HTTP_ADDR", server.url())
+            .args(["template", "render"])
+            .arg(&seed)
+            .arg(&dest)
+            .args(["--exec", &format!("echo reload >> {}", marker.display())]);
+        run(&mut cmd)
+    };
+    render().expect_code(0).stderr_has("written");
+    assert_eq!(
+        std::fs::read_to_string(&dest).unwrap(),
+        "upstream books-ms {\n \n server 10.100.198.201:32769;\n \n}\n"
+    );
+    render().expect_code(0).stderr_has("unchanged");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "reload\n",
+        "the command ran once, on the change"
+    );
+
+    let mut failing = env.runner();
+    failing
+        .env("CONSUL_HTTP_ADDR", server.url())
+        .args(["template", "render"])
+        .arg(&seed)
+        .arg(env.path().join("other.conf"));
+    failing.args(["--exec", "exit 3"]);
+    run(&mut failing)
+        .expect_code(1)
+        .stderr_has("`exit 3` exited with exit status: 3");
+}

@@ -78,6 +78,30 @@ pub enum Command {
     /// Show or break a service's deploy lock.
     #[command(subcommand)]
     Lock(LockCommand),
+    /// Render consul-template templates from the registry.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Render SRC to DEST once, like `consul-template -template "SRC:DEST:CMD" -once`:
+    /// DEST is written atomically and only when it changes; CMD runs only then.
+    #[command(after_help = "Example (the seed's upstream):\n  \
+        runner --consul http://127.0.0.1:8500 template render nginx-upstreams-blue.ctmpl \\\n      \
+        /etc/nginx/conf.d/books-ms.conf --exec 'nginx -s reload'")]
+    Render {
+        /// The template file (consul-template syntax).
+        src: PathBuf,
+        /// The file to write.
+        dest: PathBuf,
+        /// A shell command to run when DEST changed (e.g. a proxy reload); must exit 0.
+        #[arg(long, value_name = "CMD")]
+        exec: Option<String>,
+        /// Time limit for --exec.
+        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        exec_timeout: Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]

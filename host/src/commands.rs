@@ -42,6 +42,8 @@ pub enum CommandError {
         waited: String,
         holder: Option<Box<crate::registry::LockHolder>>,
     },
+    #[error("{0}")]
+    Template(String),
     #[error("--lock needs --service: the lock is per service")]
     LockWithoutService,
     #[error("interrupted by {0}; the deploy lock was released")]
@@ -56,6 +58,7 @@ impl CommandError {
             | CommandError::NotFound(_)
             | CommandError::Locked { .. } => 1,
             CommandError::LockWithoutService => 2,
+            CommandError::Template(_) => 1,
             CommandError::Interrupted(_) => 130,
             CommandError::Grant(_) | CommandError::Registry(_) | CommandError::Output(_) => 2,
             CommandError::Load(LoadError::NotFound(_)) => 2,
@@ -79,6 +82,7 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Kv(ref cmd) => kv(&cli, cmd).await,
         Command::Catalog(ref cmd) => catalog(&cli, cmd).await,
         Command::Lock(ref cmd) => lock(&cli, cmd).await,
+        Command::Template(ref cmd) => template(&cli, cmd).await,
     }
 }
 
@@ -320,6 +324,66 @@ async fn lock(cli: &Cli, cmd: &LockCommand) -> Result<(), CommandError> {
                 return Err(nobody(service));
             }
             tracing::info!("released the deploy lock of {service}");
+        }
+    }
+    Ok(())
+}
+
+async fn template(cli: &Cli, cmd: &crate::cli::TemplateCommand) -> Result<(), CommandError> {
+    use crate::caps::template::{
+        GrantedDir, RegistrySource, RenderErrorOrDenied, render_text, write_if_changed,
+    };
+    let crate::cli::TemplateCommand::Render {
+        src,
+        dest,
+        exec,
+        exec_timeout,
+    } = cmd;
+    let text = std::fs::read_to_string(src).map_err(|e| {
+        CommandError::Template(format!("cannot read template {}: {e}", src.display()))
+    })?;
+    let registry = open_registry(cli, std::time::Duration::from_secs(30), false)?;
+    let rendered = render_text(&text, &RegistrySource(&*registry))
+        .await
+        .map_err(|e| match e {
+            RenderErrorOrDenied::Render(e) => {
+                CommandError::Template(format!("{}: {e}", src.display()))
+            }
+            RenderErrorOrDenied::Fetch(e) => {
+                CommandError::Template(format!("{}: {}", src.display(), describe(&e)))
+            }
+        })?;
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let granted = GrantedDir::new(dir)
+        .map_err(|e| CommandError::Template(format!("output directory {}: {e}", dir.display())))?;
+    let changed = write_if_changed(&[granted], dest, rendered.as_bytes())
+        .map_err(|e| CommandError::Template(e.to_string()))?;
+    tracing::info!(
+        "{}: {}",
+        dest.display(),
+        if changed { "written" } else { "unchanged" }
+    );
+    if let (true, Some(command)) = (changed, exec) {
+        let run = tokio::process::Command::new("sh")
+            .args(["-c", command])
+            .kill_on_drop(true)
+            .status();
+        let status = tokio::time::timeout(*exec_timeout, run)
+            .await
+            .map_err(|_| {
+                CommandError::Template(format!(
+                    "`{command}` did not finish within {}",
+                    humantime::format_duration(*exec_timeout)
+                ))
+            })?
+            .map_err(|e| CommandError::Template(format!("cannot run `{command}`: {e}")))?;
+        if !status.success() {
+            return Err(CommandError::Template(format!(
+                "`{command}` exited with {status}"
+            )));
         }
     }
     Ok(())

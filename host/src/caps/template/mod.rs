@@ -4,8 +4,10 @@
 mod engine;
 mod output;
 
-pub use engine::{DataSource, Dependency, RenderError, Snapshot, render as render_text};
-pub use output::{FileError, GrantedDir};
+pub use engine::{
+    DataSource, Dependency, RenderError, RenderErrorOrDenied, Snapshot, render as render_text,
+};
+pub use output::{FileError, GrantedDir, write_if_changed};
 
 use super::catalog::ServiceGrant;
 use super::kv::KvGrant;
@@ -14,7 +16,6 @@ use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::template;
 use crate::grants::Grants;
 use crate::registry::Registry;
-use engine::RenderErrorOrDenied;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,49 +83,62 @@ fn file_error(e: FileError, grant: &str) -> PluginError {
     }
 }
 
+/// Fetch one dependency from the registry, unchecked (callers check grants).
+async fn fetch_from(
+    registry: &dyn Registry,
+    dep: &Dependency,
+    into: &mut Snapshot,
+) -> Result<(), PluginError> {
+    let reg = |e| registry_error("template", e);
+    match dep {
+        Dependency::Service(name) => {
+            into.services
+                .insert(name.clone(), registry.instances(name).await.map_err(reg)?);
+        }
+        Dependency::Key(key) => {
+            let value = registry.kv_get(key).await.map_err(reg)?.map(|e| e.value);
+            into.keys.insert(key.clone(), value);
+        }
+        Dependency::Prefix(prefix) => {
+            into.prefixes
+                .insert(prefix.clone(), registry.kv_list(prefix).await.map_err(reg)?);
+        }
+        Dependency::Services => into.service_names = Some(registry.services().await.map_err(reg)?),
+    }
+    Ok(())
+}
+
 /// Template data comes from the registry under the plugin's own grants: a
 /// template cannot read what the plugin could not read directly.
 impl DataSource for TemplateCap {
     async fn fetch(&self, dep: &Dependency, into: &mut Snapshot) -> Result<(), PluginError> {
-        let reg = |e| registry_error("template", e);
         match dep {
-            Dependency::Service(name) => {
-                if !self.services.allows(name) {
-                    return Err(self.services.deny("template read", name));
-                }
-                let instances = self.registry.instances(name).await.map_err(reg)?;
-                into.services.insert(name.clone(), instances);
+            Dependency::Service(name) if !self.services.allows(name) => {
+                return Err(self.services.deny("template read", name));
             }
-            Dependency::Key(key) => {
-                if !self.kv.allows_key(key) {
-                    return Err(self.kv.deny("template read", key));
-                }
-                let value = self
-                    .registry
-                    .kv_get(key)
-                    .await
-                    .map_err(reg)?
-                    .map(|e| e.value);
-                into.keys.insert(key.clone(), value);
+            Dependency::Key(key) if !self.kv.allows_key(key) => {
+                return Err(self.kv.deny("template read", key));
             }
-            Dependency::Prefix(prefix) => {
-                if !self.kv.allows_prefix(prefix) {
-                    return Err(self.kv.deny("template list", prefix));
-                }
-                let entries = self.registry.kv_list(prefix).await.map_err(reg)?;
-                into.prefixes.insert(prefix.clone(), entries);
+            Dependency::Prefix(prefix) if !self.kv.allows_prefix(prefix) => {
+                return Err(self.kv.deny("template list", prefix));
             }
-            Dependency::Services => {
-                let names = self.registry.services().await.map_err(reg)?;
-                into.service_names = Some(
-                    names
-                        .into_iter()
-                        .filter(|n| self.services.allows(n))
-                        .collect(),
-                );
-            }
+            _ => {}
+        }
+        fetch_from(&*self.registry, dep, into).await?;
+        if let Some(names) = into.service_names.as_mut() {
+            names.retain(|n| self.services.allows(n));
         }
         Ok(())
+    }
+}
+
+/// The operator's own rendering (`runner template render`): everything in the
+/// registry is visible, as it is to consul-template with the operator's token.
+pub struct RegistrySource<'a>(pub &'a dyn Registry);
+
+impl DataSource for RegistrySource<'_> {
+    async fn fetch(&self, dep: &Dependency, into: &mut Snapshot) -> Result<(), PluginError> {
+        fetch_from(self.0, dep, into).await
     }
 }
 
