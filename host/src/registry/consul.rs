@@ -365,24 +365,7 @@ impl Registry for ConsulRegistry {
     }
 
     async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, RegistryError> {
-        let what = format!("key \"{key}\"");
-        let (status, body) = self
-            .send(Method::GET, self.url(&Self::kv_path(key), &[]), None, &what)
-            .await?;
-        match status {
-            StatusCode::NOT_FOUND => Ok(None),
-            StatusCode::OK => {
-                let pairs: Vec<KvPair> = serde_json::from_slice(&body).map_err(|e| {
-                    RegistryError::Backend(format!("consul answer for {what}: {e}"))
-                })?;
-                pairs
-                    .into_iter()
-                    .find(|p| p.key == key)
-                    .map(Self::decode)
-                    .transpose()
-            }
-            other => Err(Self::unexpected(&what, other, &body)),
-        }
+        self.raw_pair(key).await?.map(Self::decode).transpose()
     }
 
     async fn kv_put(&self, key: &str, value: &[u8]) -> Result<u64, RegistryError> {
