@@ -21,6 +21,22 @@ fn consul_env(
     })
 }
 
+/// Register the seed's books-ms-blue instance (10.100.198.201:32769) in `server`.
+async fn register_seed_blue(server: &ConsulServer) {
+    let consul = ConsulRegistry::new(&server.url(), None, Duration::from_secs(5)).unwrap();
+    consul
+        .register(&Instance {
+            id: "prod:books-ms-blue:8080".into(),
+            name: "books-ms-blue".into(),
+            address: "10.100.198.201".into(),
+            port: 32769,
+            tags: vec![],
+            healthy: true,
+        })
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn kv_round_trips_binary_values_with_increasing_indexes_and_cas() {
     let server = ConsulServer::start(None);
@@ -132,18 +148,7 @@ fn plugins_see_the_same_kv_through_consul() {
 #[tokio::test]
 async fn seed_template_renders_from_consul_byte_for_byte() {
     let server = ConsulServer::start(None);
-    let consul = ConsulRegistry::new(&server.url(), None, Duration::from_secs(5)).unwrap();
-    consul
-        .register(&Instance {
-            id: "prod:books-ms-blue:8080".into(),
-            name: "books-ms-blue".into(),
-            address: "10.100.198.201".into(),
-            port: 32769,
-            tags: vec![],
-            healthy: true,
-        })
-        .await
-        .unwrap();
+    register_seed_blue(&server).await;
     server.set_check("prod:books-ms-blue:8080", "critical");
     let (env, with_consul) = consul_env(server.url());
     let out_dir = env.path().join("upstreams");
@@ -225,18 +230,7 @@ fn acl_denial_and_outages_reach_the_plugin_as_typed_errors() {
 #[tokio::test]
 async fn template_render_command_renders_seed_files_and_runs_the_command_on_change() {
     let server = ConsulServer::start(None);
-    let consul = ConsulRegistry::new(&server.url(), None, Duration::from_secs(5)).unwrap();
-    consul
-        .register(&Instance {
-            id: "prod:books-ms-blue:8080".into(),
-            name: "books-ms-blue".into(),
-            address: "10.100.198.201".into(),
-            port: 32769,
-            tags: vec![],
-            healthy: true,
-        })
-        .await
-        .unwrap();
+    register_seed_blue(&server).await;
     let env = Env::new();
     let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/bluegreen/templates/nginx-upstreams-blue.ctmpl");
