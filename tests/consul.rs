@@ -215,6 +215,23 @@ fn acl_denial_and_outages_reach_the_plugin_as_typed_errors() {
         .stderr_has("unavailable: kv:")
         .stderr_has("500");
 
+    // A slow Consul: the plugin gets `timeout` within the host-call timeout.
+    server.set_delay(Duration::from_millis(1500));
+    let mut slow = env.probe("kv-get");
+    slow.args([
+        "--allow-kv",
+        "books-ms/",
+        "-c",
+        "key=books-ms/color",
+        "--host-call-timeout",
+        "300ms",
+    ]);
+    slow.env("CONSUL_HTTP_TOKEN", "s3cret");
+    run(with_consul(&mut slow))
+        .expect_code(1)
+        .stderr_has("timeout: kv.get did not finish within the host-call timeout (300ms)");
+    server.set_delay(Duration::ZERO);
+
     // Consul down.
     let url = server.url();
     drop(server);

@@ -4,7 +4,7 @@
 //! uses: KV (base64 values, an index that increases on every write,
 //! `X-Consul-Index`, `?raw`, `?recurse`, `?keys`, `?cas=`), catalog and
 //! health (checks that tests can flip), agent register/deregister, ACL 403 on
-//! a token mismatch, and injectable faults (500s, down).
+//! a token mismatch, and injectable faults (500s, slow answers, down).
 //!
 //! Sessions (create/renew/destroy, TTL expiry, behavior "release") and KV
 //! `?acquire=`/`?release=` locks are implemented; a test can shorten every
@@ -51,6 +51,8 @@ struct State {
     next_session: u64,
     /// When set, sessions live this long whatever TTL they ask for.
     ttl_override: Option<std::time::Duration>,
+    /// Answer every request only after this long (a slow or overloaded server).
+    delay: std::time::Duration,
 }
 
 pub struct ConsulServer {
@@ -429,6 +431,8 @@ impl ConsulServer {
                 let mut body = Vec::new();
                 let _ = std::io::Read::read_to_end(request.as_reader(), &mut body);
                 let path = url.path().to_string();
+                let delay = st.lock().unwrap().delay;
+                std::thread::sleep(delay);
                 let (status, text, headers) = st.lock().unwrap().handle(
                     request.method().as_str(),
                     &path,
@@ -467,6 +471,11 @@ impl ConsulServer {
         if let Some(s) = self.state.lock().unwrap().services.get_mut(id) {
             s.status = status.to_string();
         }
+    }
+
+    /// Answer every request only after `delay`.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().delay = delay;
     }
 
     /// Make every session created from now on live `ttl`, whatever it asks.
