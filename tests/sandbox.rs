@@ -294,6 +294,9 @@ fn usage_and_config_errors_exit_2_naming_the_fix() {
         .expect_code(2)
         .stderr_has("create it first");
     run(env.probe("noop").args(["--deadline", "soon"])).expect_code(2);
+    run(env.probe("noop").arg("--lock"))
+        .expect_code(2)
+        .stderr_has("--lock needs --service");
     run(env.runner().args(["exec"]))
         .expect_code(2)
         .stderr_has("--plugin");

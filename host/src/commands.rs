@@ -117,6 +117,9 @@ fn runtime(cli: &Cli) -> Result<Runtime, CommandError> {
 }
 
 async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
+    if args.lock && args.service.is_empty() {
+        return Err(CommandError::LockWithoutService);
+    }
     let runfile = match &args.grants.file {
         Some(path) => RunnerFile::load(path)?,
         None => RunnerFile::default(),
@@ -158,6 +161,14 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
         host_call_timeout: limits.host_call_timeout,
         http_max_body: args.limits.http_max_body,
     };
+    // The deploy lock comes first: reconciling the catalog and everything
+    // after it must not interleave with another deploy of the same service.
+    let deploys = !grants.docker.is_empty() && !args.service.is_empty();
+    let lock = if args.lock || deploys {
+        Some(acquire_lock(&*services.registry, &args.service, &stage, args.lock_wait).await?)
+    } else {
+        None
+    };
     if !grants.docker.is_empty() {
         // The catalog may list containers stopped behind runner's back.
         match crate::caps::docker::reconcile(&services.docker, &*services.registry).await {
@@ -190,15 +201,6 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
         capabilities: Capabilities::new(plugin.name(), &grants, &services),
         dirs: grants.dirs.clone(),
         limits,
-    };
-    let deploys = !grants.docker.is_empty() && !args.service.is_empty();
-    if args.lock && args.service.is_empty() {
-        return Err(CommandError::LockWithoutService);
-    }
-    let lock = if args.lock || deploys {
-        Some(acquire_lock(&*services.registry, &args.service, &stage, args.lock_wait).await?)
-    } else {
-        None
     };
     let started = std::time::Instant::now();
     // Ctrl-C and SIGTERM end the stage but still release the lock.
