@@ -414,6 +414,10 @@ fn scenario(d: &Deployment) {
     );
     assert_eq!(d.catalog(), [green.as_str()]);
 
+    if let Some(consul) = &d.consul {
+        consul_outage_keeps_the_old_color_serving(d, consul);
+    }
+
     // A container stopped behind runner's back leaves the catalog at the next run.
     sh(Command::new("docker").args(["stop", "-t", "1", &green]));
     let mut reconcile = d.runner();
@@ -430,6 +434,55 @@ fn scenario(d: &Deployment) {
         .expect_code(0)
         .stderr_has("no longer runs; deregistered");
     assert!(d.catalog().is_empty(), "{:?}", d.catalog());
+}
+
+/// Consul dies mid-deploy, right after the new color registered: the stage
+/// fails as `unavailable`, nginx keeps serving the old color without one
+/// failed request, and once Consul is back the stored color is still the old
+/// one. (Runs green on v2, blue stopped; leaves it so.)
+fn consul_outage_keeps_the_old_color_serving(
+    d: &Deployment,
+    consul: &common::consul::ConsulServer,
+) {
+    let (blue, green) = (d.name("blue"), d.name("green"));
+    let registering_blue = format!("\"{blue}\"");
+    consul.go_down_after(move |method, path, body| {
+        method == "PUT"
+            && path == "/v1/agent/service/register"
+            && String::from_utf8_lossy(body).contains(&registering_blue)
+    });
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (deployed, (sent, failures, versions)) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| load(d.port, &stop, 500, 50_000));
+        let out = d.deploy("v1");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (out, load.join().unwrap())
+    });
+    assert!(
+        consul.is_down(),
+        "Consul never went down: blue was never registered\n{}",
+        deployed.stderr
+    );
+    consul.set_down(false);
+    deployed
+        .expect_code(1)
+        .stderr_has(&format!("switching the proxy to {blue} failed"))
+        .stderr_has("unavailable");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed while Consul was down: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(versions, ["v2"], "only the old color served");
+    assert_eq!(
+        (d.serving(), d.color()),
+        ("v2".to_string(), "green".to_string())
+    );
+    assert_eq!(
+        d.containers(),
+        [(blue.clone(), false), (green.clone(), true)]
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 
 use common::consul::ConsulServer;
 use common::{Env, plugin, run};
-use runner::registry::{ConsulRegistry, Instance, Registry};
+use runner::registry::{ConsulRegistry, Dependency, Instance, Registry};
 use std::time::Duration;
 
 /// A scratch env, and a function pointing a runner command at `url`.
@@ -284,4 +284,73 @@ async fn template_render_command_renders_seed_files_and_runs_the_command_on_chan
     run(&mut failing)
         .expect_code(1)
         .stderr_has("`exit 3` exited with exit status: 3");
+}
+
+/// Blocking queries (`?index=&wait=`): index 0 answers at once; a query at
+/// the current index waits its wait out and answers the same index; a write
+/// (or a health change, for a service) wakes it early; after a restore the
+/// index comes back lower, which tells the caller to reset.
+#[tokio::test]
+async fn blocking_queries_wake_on_change_and_time_out() {
+    let server = ConsulServer::start(None);
+    register_seed_blue(&server).await;
+    let consul = std::sync::Arc::new(
+        ConsulRegistry::new(&server.url(), None, Duration::from_secs(5)).unwrap(),
+    );
+    consul.kv_put("app/color", b"blue").await.unwrap();
+    let key = Dependency::Key("app/color".into());
+
+    let now = consul
+        .wait_for_change(&key, 0, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(now, server.index());
+
+    let asked = std::time::Instant::now();
+    let same = consul
+        .wait_for_change(&key, now, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(same, now, "nothing changed");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(300),
+        "answered after {:?}, before its wait ended",
+        asked.elapsed()
+    );
+
+    // Woken by a write long before its 60 s wait ends (whether the write
+    // lands before or after the query arrives, the answer is the new index).
+    for (dep, change) in [
+        (key.clone(), "write"),
+        (Dependency::Service("books-ms-blue".into()), "health"),
+    ] {
+        let from = server.index();
+        let waiting = tokio::spawn({
+            let (consul, dep) = (consul.clone(), dep.clone());
+            async move {
+                consul
+                    .wait_for_change(&dep, from, Duration::from_secs(60))
+                    .await
+            }
+        });
+        match change {
+            "write" => server.put("app/color", "green"),
+            _ => server.set_check("prod:books-ms-blue:8080", "critical"),
+        }
+        let woke = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .unwrap_or_else(|_| panic!("a {change} did not wake the query on {dep}"))
+            .unwrap()
+            .unwrap();
+        assert!(woke > from, "{change}: {from} then {woke}");
+    }
+
+    let before = server.index();
+    server.reset_index(1);
+    server.put("app/color", "red");
+    let after = consul
+        .wait_for_change(&key, before, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(after < before, "the index went back: {before} then {after}");
 }

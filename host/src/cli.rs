@@ -101,7 +101,62 @@ pub enum TemplateCommand {
         /// Time limit for --exec.
         #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
         exec_timeout: Duration,
+        /// Accepted for consul-template habits: `render` always renders once
+        /// (`template watch` keeps rendering).
+        #[arg(long)]
+        once: bool,
     },
+    /// Render SRC to DEST, then again whenever the data it uses changes, like
+    /// `consul-template -template "SRC:DEST:CMD"` (runs until Ctrl-C or SIGTERM).
+    ///
+    /// Each key, prefix and service the template reads is watched with a
+    /// blocking query (Consul) or by polling the store (embedded). After a
+    /// change, runner waits for quiet (--wait) and renders again; DEST is
+    /// written and CMD run only when the output changed. A registry outage is
+    /// retried with backoff while the last good DEST stays in place.
+    #[command(after_help = "Example (nginx follows the catalog):\n  \
+        runner --consul http://127.0.0.1:8500 template watch nginx-upstreams.ctmpl \\\n      \
+        /etc/nginx/conf.d/books-ms.conf --exec 'nginx -s reload' --wait 2s:10s")]
+    Watch {
+        /// The template file (consul-template syntax).
+        src: PathBuf,
+        /// The file to write.
+        dest: PathBuf,
+        /// A shell command to run each time DEST changed (e.g. a proxy reload).
+        /// A failure is logged and the command retried with backoff until it succeeds.
+        #[arg(long, value_name = "CMD")]
+        exec: Option<String>,
+        /// Time limit for --exec.
+        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        exec_timeout: Duration,
+        /// Quiescence, as consul-template's -wait: render once no change came
+        /// for MIN, and at most MAX after the first change ("0s" renders at once).
+        #[arg(long, default_value = "250ms:2s", value_name = "MIN[:MAX]", value_parser = parse_quiescence)]
+        wait: (Duration, Duration),
+        /// How long one blocking query waits for a change before asking again
+        /// (Consul caps it at 10m).
+        #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        query_wait: Duration,
+    },
+}
+
+/// `MIN[:MAX]`; MAX defaults to 4×MIN, as in consul-template.
+fn parse_quiescence(text: &str) -> Result<(Duration, Duration), String> {
+    let parse = |t: &str| {
+        humantime::parse_duration(t)
+            .map_err(|e| format!("\"{t}\" is not a duration ({e}); use e.g. 2s:10s"))
+    };
+    let (min, max) = match text.split_once(':') {
+        Some((min, max)) => (parse(min)?, parse(max)?),
+        None => {
+            let min = parse(text)?;
+            (min, min * 4)
+        }
+    };
+    if max < min {
+        return Err(format!("MAX must not be less than MIN in \"{text}\""));
+    }
+    Ok((min, max))
 }
 
 #[derive(Debug, Subcommand)]

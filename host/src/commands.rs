@@ -42,8 +42,8 @@ pub enum CommandError {
         waited: String,
         holder: Option<Box<crate::registry::LockHolder>>,
     },
-    #[error("{0}")]
-    Template(String),
+    #[error(transparent)]
+    Template(#[from] crate::caps::template::TemplateJobError),
     #[error("--lock needs --service: the lock is per service")]
     LockWithoutService,
     #[error("interrupted by {0}; the deploy lock was released")]
@@ -58,7 +58,13 @@ impl CommandError {
             | CommandError::NotFound(_)
             | CommandError::Locked { .. } => 1,
             CommandError::LockWithoutService => 2,
-            CommandError::Template(_) => 1,
+            CommandError::Template(e) => {
+                use crate::caps::template::TemplateJobError as E;
+                match e {
+                    E::ReadSource { .. } | E::Template { .. } => 2,
+                    E::Data { .. } | E::Output(_) | E::Command(_) => 1,
+                }
+            }
             CommandError::Interrupted(_) => 130,
             CommandError::Grant(_) | CommandError::Registry(_) | CommandError::Output(_) => 2,
             CommandError::Load(LoadError::NotFound(_)) => 2,
@@ -332,63 +338,55 @@ async fn lock(cli: &Cli, cmd: &LockCommand) -> Result<(), CommandError> {
 }
 
 async fn template(cli: &Cli, cmd: &crate::cli::TemplateCommand) -> Result<(), CommandError> {
-    use crate::caps::template::{
-        GrantedDir, RegistrySource, RenderErrorOrDenied, render_text, write_if_changed,
-    };
-    let crate::cli::TemplateCommand::Render {
-        src,
-        dest,
-        exec,
-        exec_timeout,
-    } = cmd;
-    let text = std::fs::read_to_string(src).map_err(|e| {
-        CommandError::Template(format!("cannot read template {}: {e}", src.display()))
-    })?;
+    use crate::caps::template::{TemplateJob, WatchTiming};
+    use crate::cli::TemplateCommand;
     let registry = open_registry(cli, std::time::Duration::from_secs(30), false)?;
-    let rendered = render_text(&text, &RegistrySource(&*registry))
-        .await
-        .map_err(|e| match e {
-            RenderErrorOrDenied::Render(e) => {
-                CommandError::Template(format!("{}: {e}", src.display()))
+    match cmd {
+        TemplateCommand::Render {
+            src,
+            dest,
+            exec,
+            exec_timeout,
+            once: _,
+        } => {
+            let job = TemplateJob {
+                src: src.clone(),
+                dest: dest.clone(),
+                exec: exec.clone(),
+                exec_timeout: *exec_timeout,
+            };
+            job.render_once(&*registry).await?;
+            Ok(())
+        }
+        TemplateCommand::Watch {
+            src,
+            dest,
+            exec,
+            exec_timeout,
+            wait,
+            query_wait,
+        } => {
+            let job = TemplateJob {
+                src: src.clone(),
+                dest: dest.clone(),
+                exec: exec.clone(),
+                exec_timeout: *exec_timeout,
+            };
+            let timing = WatchTiming {
+                quiet: wait.0,
+                max_delay: wait.1,
+                query_wait: *query_wait,
+                min_query_interval: std::time::Duration::from_millis(100),
+            };
+            tokio::select! {
+                result = job.watch(registry, timing) => Ok(result?),
+                signal = shutdown_signal() => {
+                    tracing::info!("{signal}: stopped watching {}", src.display());
+                    Ok(())
+                }
             }
-            RenderErrorOrDenied::Fetch(e) => {
-                CommandError::Template(format!("{}: {}", src.display(), describe(&e)))
-            }
-        })?;
-    let dir = dest
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let granted = GrantedDir::new(dir)
-        .map_err(|e| CommandError::Template(format!("output directory {}: {e}", dir.display())))?;
-    let changed = write_if_changed(&[granted], dest, rendered.as_bytes())
-        .map_err(|e| CommandError::Template(e.to_string()))?;
-    tracing::info!(
-        "{}: {}",
-        dest.display(),
-        if changed { "written" } else { "unchanged" }
-    );
-    if let (true, Some(command)) = (changed, exec) {
-        let run = tokio::process::Command::new("sh")
-            .args(["-c", command])
-            .kill_on_drop(true)
-            .status();
-        let status = tokio::time::timeout(*exec_timeout, run)
-            .await
-            .map_err(|_| {
-                CommandError::Template(format!(
-                    "`{command}` did not finish within {}",
-                    humantime::format_duration(*exec_timeout)
-                ))
-            })?
-            .map_err(|e| CommandError::Template(format!("cannot run `{command}`: {e}")))?;
-        if !status.success() {
-            return Err(CommandError::Template(format!(
-                "`{command}` exited with {status}"
-            )));
         }
     }
-    Ok(())
 }
 
 /// Runs `[hooks.*]` for the stage being executed: each hook is loaded once,

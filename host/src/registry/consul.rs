@@ -6,7 +6,9 @@
 //! a bounded number of times with backoff; a 403 (ACL) becomes `Denied`
 //! naming the key or service.
 
-use super::{Instance, KvEntry, LockAttempt, LockGuard, LockHolder, Registry, RegistryError};
+use super::{
+    Dependency, Instance, KvEntry, LockAttempt, LockGuard, LockHolder, Registry, RegistryError,
+};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use base64::Engine as _;
@@ -20,6 +22,8 @@ pub struct ConsulRegistry {
     base: Url,
     token: Option<String>,
     client: reqwest::Client,
+    /// Each request's limit (blocking queries get theirs on top of the wait).
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for ConsulRegistry {
@@ -76,6 +80,17 @@ struct HealthCheck {
     status: String,
 }
 
+/// A non-5xx answer.
+struct Answer {
+    status: StatusCode,
+    /// `X-Consul-Index`, on reads.
+    index: Option<u64>,
+    body: bytes::Bytes,
+}
+
+/// Consul's longest blocking wait; longer waits are cut to it by the server.
+const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(600);
+
 /// A request failure worth retrying: the server was unreachable or answered 5xx.
 enum Attempt {
     Retry(RegistryError),
@@ -107,6 +122,7 @@ impl ConsulRegistry {
             base,
             token,
             client,
+            timeout,
         })
     }
 
@@ -135,8 +151,25 @@ impl ConsulRegistry {
         body: Option<Vec<u8>>,
         what: &str,
     ) -> Result<(StatusCode, bytes::Bytes), RegistryError> {
+        let answer = self.send_with(method, url, body, what, None).await?;
+        Ok((answer.status, answer.body))
+    }
+
+    /// `send`, with the answer's `X-Consul-Index` and an optional timeout
+    /// replacing the client's (a blocking query outlives a normal request).
+    async fn send_with(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+        what: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Answer, RegistryError> {
         let attempt = || async {
             let mut request = self.client.request(method.clone(), url.clone());
+            if let Some(timeout) = timeout {
+                request = request.timeout(timeout);
+            }
             if let Some(token) = &self.token {
                 request = request.header("X-Consul-Token", token);
             }
@@ -150,6 +183,11 @@ impl ConsulRegistry {
                 )))
             })?;
             let status = response.status();
+            let index = response
+                .headers()
+                .get("X-Consul-Index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
             let bytes = response.bytes().await.map_err(|e| {
                 Attempt::Retry(RegistryError::Unavailable(format!(
                     "consul at {}: {e}",
@@ -168,7 +206,11 @@ impl ConsulRegistry {
                     "consul ACL denied access to {what}; check the token (--consul-token or CONSUL_HTTP_TOKEN)"
                 ))));
             }
-            Ok((status, bytes))
+            Ok(Answer {
+                status,
+                index,
+                body: bytes,
+            })
         };
         attempt
             .retry(
@@ -361,6 +403,47 @@ impl Registry for ConsulRegistry {
                     .await?;
                 Ok(true)
             }
+        }
+    }
+
+    async fn wait_for_change(
+        &self,
+        dep: &Dependency,
+        index: u64,
+        wait: Duration,
+    ) -> Result<u64, RegistryError> {
+        let wait = wait.min(MAX_BLOCKING_WAIT);
+        let mut query = vec![
+            ("index", index.to_string()),
+            ("wait", format!("{}ms", wait.as_millis().max(1))),
+        ];
+        let path = match dep {
+            Dependency::Key(key) => Self::kv_path(key),
+            Dependency::Prefix(prefix) => {
+                query.push(("recurse", String::new()));
+                Self::kv_path(prefix)
+            }
+            Dependency::Service(service) => format!("/v1/health/service/{service}"),
+            Dependency::Services => "/v1/catalog/services".to_string(),
+        };
+        let what = dep.to_string();
+        // Consul may hold the answer up to wait/16 past `wait` (jitter).
+        let timeout = wait + wait / 16 + self.timeout;
+        let answer = self
+            .send_with(
+                Method::GET,
+                self.url(&path, &query),
+                None,
+                &what,
+                Some(timeout),
+            )
+            .await?;
+        match (answer.status, answer.index) {
+            (StatusCode::OK | StatusCode::NOT_FOUND, Some(index)) => Ok(index),
+            (StatusCode::OK | StatusCode::NOT_FOUND, None) => Err(RegistryError::Backend(format!(
+                "consul answered the blocking query for {what} without X-Consul-Index"
+            ))),
+            (other, _) => Err(Self::unexpected(&what, other, &answer.body)),
         }
     }
 

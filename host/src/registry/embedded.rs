@@ -6,7 +6,9 @@
 //! updates. Modify indexes come from one counter bumped in the same
 //! transaction as the write, as Consul's raft index does.
 
-use super::{Instance, KvEntry, LockAttempt, LockHolder, Registry, RegistryError, filelock};
+use super::{
+    Dependency, Instance, KvEntry, LockAttempt, LockHolder, Registry, RegistryError, filelock,
+};
 use async_trait::async_trait;
 use backon::{BlockingRetryable, ExponentialBuilder};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -47,6 +49,9 @@ impl std::fmt::Debug for EmbeddedRegistry {
             .finish()
     }
 }
+
+/// How often a watcher looks at the write counter: a local file read.
+const WATCH_POLL: Duration = Duration::from_millis(100);
 
 fn unavailable(path: &Path, e: impl std::fmt::Display) -> RegistryError {
     RegistryError::Unavailable(format!("state database {}: {e}", path.display()))
@@ -105,6 +110,14 @@ impl EmbeddedRegistry {
                 unavailable(&self.path, format!("{e} (another runner holds the lock)"))
             }
             other => RegistryError::Backend(format!("{}: {other}", self.path.display())),
+        })
+    }
+
+    /// The write counter: every KV or catalog write bumps it.
+    fn current_index(&self) -> Result<u64, RegistryError> {
+        self.with_conn(|c| {
+            c.prepare_cached("SELECT value FROM meta WHERE name = 'index'")?
+                .query_row([], |r| r.get(0))
         })
     }
 
@@ -284,6 +297,25 @@ impl Registry for EmbeddedRegistry {
             Ok(Some(()))
         })?;
         Ok(())
+    }
+
+    /// Polls the write counter: any write may have changed `dep` (one
+    /// counter for all data, so wake-ups can be spurious, never missed).
+    async fn wait_for_change(
+        &self,
+        _dep: &Dependency,
+        index: u64,
+        wait: Duration,
+    ) -> Result<u64, RegistryError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let current = self.current_index()?;
+            let now = tokio::time::Instant::now();
+            if current != index || now >= deadline {
+                return Ok(current);
+            }
+            tokio::time::sleep(WATCH_POLL.min(deadline - now)).await;
+        }
     }
 
     async fn try_lock(

@@ -2,7 +2,8 @@
 //! KV or the catalog creates no state directory and takes no lock.
 
 use super::{
-    EmbeddedRegistry, Instance, KvEntry, LockAttempt, LockHolder, Registry, RegistryError, filelock,
+    Dependency, EmbeddedRegistry, Instance, KvEntry, LockAttempt, LockHolder, Registry,
+    RegistryError, filelock,
 };
 use async_trait::async_trait;
 use std::path::PathBuf;
@@ -65,6 +66,14 @@ impl Registry for LazyRegistry {
     }
     async fn deregister(&self, service: &str, id: &str) -> Result<bool, RegistryError> {
         self.get()?.deregister(service, id).await
+    }
+    async fn wait_for_change(
+        &self,
+        dep: &Dependency,
+        index: u64,
+        wait: Duration,
+    ) -> Result<u64, RegistryError> {
+        self.get()?.wait_for_change(dep, index, wait).await
     }
     // Locks are files beside the database: taking one does not open it.
     async fn try_lock(

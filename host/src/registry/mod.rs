@@ -12,6 +12,31 @@ pub use lazy::LazyRegistry;
 
 use async_trait::async_trait;
 
+/// One piece of registry data a reader (a template) depends on; also what a
+/// watcher waits on, one blocking query each.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dependency {
+    /// Instances of a service (all of them; health is filtered by the reader).
+    Service(String),
+    /// One key.
+    Key(String),
+    /// Every key under a prefix.
+    Prefix(String),
+    /// The names of all services.
+    Services,
+}
+
+impl std::fmt::Display for Dependency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dependency::Service(s) => write!(f, "service \"{s}\""),
+            Dependency::Key(k) => write!(f, "key \"{k}\""),
+            Dependency::Prefix(p) => write!(f, "keys under \"{p}\""),
+            Dependency::Services => write!(f, "services"),
+        }
+    }
+}
+
 /// One KV entry, with Consul's index semantics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvEntry {
@@ -100,6 +125,18 @@ pub trait Registry: Send + Sync {
     async fn services(&self) -> Result<Vec<String>, RegistryError>;
     async fn register(&self, instance: &Instance) -> Result<(), RegistryError>;
     async fn deregister(&self, service: &str, id: &str) -> Result<bool, RegistryError>;
+
+    /// Wait until `dep` may have changed since `index` (0, or a value this
+    /// returned before), or until `wait` passes; returns the current index.
+    /// Consul answers with a blocking query; the embedded store polls its
+    /// write counter. Returns may be spurious: readers compare data, and an
+    /// index lower than `index` means the backend's index was reset.
+    async fn wait_for_change(
+        &self,
+        dep: &Dependency,
+        index: u64,
+        wait: std::time::Duration,
+    ) -> Result<u64, RegistryError>;
 
     /// Try once to take the deploy lock of `service`.
     async fn try_lock(

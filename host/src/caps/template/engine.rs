@@ -14,29 +14,7 @@ use gtmpl::{Context, FuncError, Template, Value};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 
-/// Data a template can ask for.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Dependency {
-    /// Instances of a service (all of them; health is filtered at render).
-    Service(String),
-    /// One key.
-    Key(String),
-    /// Every key under a prefix.
-    Prefix(String),
-    /// The names of all services.
-    Services,
-}
-
-impl std::fmt::Display for Dependency {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Dependency::Service(s) => write!(f, "service \"{s}\""),
-            Dependency::Key(k) => write!(f, "key \"{k}\""),
-            Dependency::Prefix(p) => write!(f, "keys under \"{p}\""),
-            Dependency::Services => write!(f, "services"),
-        }
-    }
-}
+pub use crate::registry::Dependency;
 
 /// Fetched data, filled in between passes.
 #[derive(Debug, Default)]

@@ -3,11 +3,13 @@
 
 mod engine;
 mod output;
+mod watch;
 
 pub use engine::{
     DataSource, Dependency, RenderError, RenderErrorOrDenied, Snapshot, render as render_text,
 };
 pub use output::{FileError, GrantedDir, write_if_changed};
+pub use watch::{Rendered, TemplateJob, TemplateJobError, WatchTiming};
 
 use super::catalog::ServiceGrant;
 use super::kv::KvGrant;
