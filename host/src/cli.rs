@@ -64,6 +64,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a pipeline: the stages of a runner.toml, in order.
+    Run(PipelineArgs),
+    /// Check a pipeline file without running anything.
+    Validate(ValidateArgs),
+    /// A service now: its color, containers, proxy, lock and last deploys.
+    Status(ServiceArgs),
+    /// A service's deploys: when, who, version, color, outcome, duration.
+    History(HistoryArgs),
+    /// Bring the previous color back (the deploy stage with action=rollback).
+    Rollback(ServiceArgs),
+    /// Continue a deploy paused at its promotion gate (promotion=manual).
+    Promote(ServiceArgs),
     /// Run one stage plugin once.
     Exec(Box<ExecArgs>),
     /// Work with plugin files.
@@ -81,6 +93,99 @@ pub enum Command {
     /// Render consul-template templates from the registry.
     #[command(subcommand)]
     Template(TemplateCommand),
+}
+
+/// How a pipeline run shows itself and where it finds plugins.
+#[derive(Debug, Args)]
+pub struct RunOptions {
+    /// One JSON event per line on stdout (stage started/finished, progress,
+    /// log, outcome) instead of progress display; logs stay on stderr.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write the JUnit reports of every stage and hook, merged, to PATH.
+    #[arg(long, value_name = "PATH")]
+    pub junit: Option<PathBuf>,
+
+    /// A directory to find plugins named without a path in (before
+    /// RUNNER_PLUGIN_PATH and the file's plugins/ directory), repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub plugin_path: Vec<PathBuf>,
+
+    /// How long to wait for a deploy lock someone else holds before failing.
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub lock_wait: Duration,
+
+    /// The Docker engine [default: the file's targets.docker, then the local socket].
+    #[arg(long, env = "DOCKER_HOST", value_name = "URL")]
+    pub docker_host: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    runner run                                  # ./runner.toml\n  \
+    runner run examples/pipeline/runner.toml --junit reports/all.xml\n  \
+    runner run --json | jq -c 'select(.event == \"stage_finished\")'\n\n\
+    On a terminal each stage shows a spinner with its latest progress; in CI (no terminal, or CI\n\
+    set) plain timestamped lines. Exit status: 0 done (or paused at a promotion gate), 1 a stage\n\
+    failed, 2 the file is invalid, 3 a plugin faulted.")]
+pub struct PipelineArgs {
+    /// The pipeline file.
+    #[arg(default_value = "runner.toml", value_name = "FILE")]
+    pub file: PathBuf,
+
+    #[command(flatten)]
+    pub options: RunOptions,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Checks, without running anything: unknown keys and bad values, plugins \
+    that cannot be found, plugins whose imports their grants do not cover, grant patterns, hooks \
+    and proxies that are not defined, and ${stage.key} references to stages that do not run \
+    earlier. Every problem names the file and line. Exit status 0 valid, 2 not."
+)]
+pub struct ValidateArgs {
+    /// The pipeline file.
+    #[arg(default_value = "runner.toml", value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// A directory to find plugins named without a path in, repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub plugin_path: Vec<PathBuf>,
+}
+
+/// A service and the pipeline file that deploys it.
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// The service (the file's `service`).
+    pub service: String,
+
+    /// The pipeline file that deploys it.
+    #[arg(
+        short = 'f',
+        long = "file",
+        default_value = "runner.toml",
+        value_name = "FILE"
+    )]
+    pub file: PathBuf,
+
+    #[command(flatten)]
+    pub options: RunOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The service.
+    pub service: String,
+
+    /// How many deploys to show, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+
+    /// One JSON record per line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

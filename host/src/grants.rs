@@ -87,6 +87,21 @@ pub struct DirGrant {
     pub writable: bool,
 }
 
+impl DirGrant {
+    /// Where the guest path `guest` lies on the host, if inside this grant.
+    pub fn host_path(&self, guest: &str) -> Option<PathBuf> {
+        Path::new(guest)
+            .strip_prefix(&self.guest)
+            .ok()
+            .map(|rest| self.granted.path().join(rest))
+    }
+}
+
+/// Where the guest path `guest` lies on the host, through any of `dirs`.
+pub fn host_path(dirs: &[DirGrant], guest: &str) -> Option<PathBuf> {
+    dirs.iter().find_map(|d| d.host_path(guest))
+}
+
 /// Validated grants, ready to build one run's capabilities.
 #[derive(Debug, Clone, Default)]
 pub struct Grants {

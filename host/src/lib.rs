@@ -16,6 +16,8 @@ pub mod cli;
 pub mod commands;
 pub mod grants;
 pub mod inspect;
+pub mod pipeline;
 pub mod registry;
 pub mod runfile;
 pub mod runtime;
+pub mod stage;

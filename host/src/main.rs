@@ -2,9 +2,11 @@
 //! result to an exit status (0 ok, 1 stage failed, 2 usage/config, 3 fault).
 
 use clap::Parser;
+use runner::cli::Command;
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{EnvFilter, Layer};
 
 // Loading a precompiled component is dominated by small allocations while
 // decoding its metadata; mimalloc makes plugin start measurably faster.
@@ -19,14 +21,27 @@ fn main() -> ExitCode {
         1 => "debug,cranelift=info,wasmtime=info",
         _ => "trace",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
+    // Pipelines in CI log plain timestamped lines; elsewhere time is noise.
+    let pipeline = matches!(
+        cli.command,
+        Command::Run(_) | Command::Rollback(_) | Command::Promote(_)
+    );
+    let timestamps =
+        pipeline && (!std::io::stderr().is_terminal() || std::env::var_os("CI").is_some());
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(runner::pipeline::report::LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .without_time()
+        .with_target(false);
+    let log = if timestamps {
+        log.boxed()
+    } else {
+        log.without_time().boxed()
+    };
+    tracing_subscriber::registry()
+        .with(log.with_filter(filter))
+        .with(runner::pipeline::report::PluginEvents)
         .init();
 
     let tokio = match tokio::runtime::Builder::new_multi_thread()

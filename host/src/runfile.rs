@@ -30,12 +30,54 @@ use std::time::Duration;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunnerFileSpec {
+    /// The service a pipeline deploys (`runner run`).
+    pub service: Option<String>,
+    /// The stage `runner rollback` and `runner promote` run again (default: "deploy").
+    pub deploy_stage: Option<String>,
+    #[serde(default)]
+    pub targets: TargetsSpec,
+    /// The pipeline, in order (`runner run`); `runner exec` ignores it.
+    #[serde(default)]
+    pub stages: Vec<toml::Spanned<StageSpec>>,
     #[serde(default)]
     pub grants: GrantsSpec,
     #[serde(default)]
     pub proxies: BTreeMap<String, ProxySpec>,
     #[serde(default)]
     pub hooks: BTreeMap<String, HookSpec>,
+}
+
+/// Where a pipeline deploys; flags and environment variables win.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetsSpec {
+    /// Consul's address; without it the embedded registry is used.
+    pub consul: Option<String>,
+    /// The Docker engine (`unix:///var/run/docker.sock`, `tcp://127.0.0.1:2375`).
+    pub docker: Option<String>,
+}
+
+/// One pipeline stage as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    pub name: String,
+    /// A path (relative to the file) or a name looked up on the plugin path.
+    pub plugin: String,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    #[serde(default)]
+    pub grants: GrantsSpec,
+    /// The stage's deadline (`10m`), as `limits.deadline`.
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// `[hooks.*]` run before the stage.
+    #[serde(default)]
+    pub before: Vec<String>,
+    /// `[hooks.*]` run after the stage, whatever its outcome.
+    #[serde(default)]
+    pub after: Vec<String>,
 }
 
 /// A hook as written: a plugin with its own grants, limits and settings.
@@ -86,7 +128,7 @@ fn invalid(path: &Path, message: impl Into<String>) -> GrantError {
 }
 
 impl LimitsSpec {
-    fn resolve(&self, defaults: Limits) -> Result<Limits, String> {
+    pub fn resolve(&self, defaults: Limits) -> Result<Limits, String> {
         let duration = |v: &Option<String>, d: Duration| match v {
             Some(t) => humantime::parse_duration(t).map_err(|e| format!("\"{t}\": {e}")),
             None => Ok(d),
@@ -121,6 +163,22 @@ impl RunnerFile {
     }
 
     pub fn from_spec(spec: RunnerFileSpec, base: &Path) -> Result<Self, String> {
+        Self::from_spec_with(spec, base, &|plugin| {
+            let path = base.join(plugin);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(format!("plugin {} does not exist", path.display()))
+            }
+        })
+    }
+
+    /// As `from_spec`, finding hook plugins with `resolve_plugin`.
+    pub fn from_spec_with(
+        spec: RunnerFileSpec,
+        base: &Path,
+        resolve_plugin: &dyn Fn(&str) -> Result<PathBuf, String>,
+    ) -> Result<Self, String> {
         let proxies = spec
             .proxies
             .iter()
@@ -137,13 +195,8 @@ impl RunnerFile {
             let grants = grants
                 .validate_with(&proxies, &names)
                 .map_err(|e| format!("[hooks.{name}.grants]: {e}"))?;
-            let plugin = base.join(&hook.plugin);
-            if !plugin.is_file() {
-                return Err(format!(
-                    "[hooks.{name}]: plugin {} does not exist",
-                    plugin.display()
-                ));
-            }
+            let plugin =
+                resolve_plugin(&hook.plugin).map_err(|e| format!("[hooks.{name}]: {e}"))?;
             hooks.push(HookDef {
                 name: name.clone(),
                 plugin,

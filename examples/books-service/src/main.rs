@@ -140,3 +140,76 @@ fn main() {
         let _ = worker.join();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The service's own tests: the pipeline's pre-deployment stage runs
+    //! them in a container (`cargo test --no-run` builds the binary).
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Serve `broken` on a free loopback port in this process.
+    fn serve(broken: &str) -> u16 {
+        let server = Server::http("127.0.0.1:0").expect("bind 127.0.0.1");
+        let port = server.server_addr().to_ip().expect("ip").port();
+        let app = App {
+            version: "test".into(),
+            broken: broken.into(),
+            books: Mutex::new(BTreeMap::new()),
+        };
+        std::thread::spawn(move || {
+            for mut request in server.incoming_requests() {
+                let response = app.handle(&mut request);
+                let _ = request.respond(response);
+            }
+        });
+        port
+    }
+
+    fn request(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = answer
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        (status, body)
+    }
+
+    #[test]
+    fn health_answers_with_the_version() {
+        let port = serve("");
+        let (status, body) = request(port, "GET", "/health", "");
+        assert_eq!(status, 200);
+        assert!(body.contains("\"version\":\"test\""), "{body}");
+    }
+
+    #[test]
+    fn books_are_stored_and_listed() {
+        let port = serve("");
+        let book = r#"{"_id":"1","title":"The Phoenix Project","author":"Gene Kim"}"#;
+        assert_eq!(request(port, "PUT", "/api/v1/books", book).0, 200);
+        let (status, body) = request(port, "GET", "/api/v1/books", "");
+        assert_eq!(status, 200);
+        assert!(body.contains("The Phoenix Project"), "{body}");
+    }
+
+    #[test]
+    fn a_broken_health_check_answers_500() {
+        let port = serve("health");
+        assert_eq!(request(port, "GET", "/health", "").0, 500);
+    }
+}

@@ -22,6 +22,7 @@ use bollard::query_parameters::{
     BuildImageOptions, CreateContainerOptions, CreateImageOptions, InspectContainerOptions,
     KillContainerOptions, ListContainersOptions, LogsOptions, PushImageOptions,
     RemoveContainerOptions, StartContainerOptions, StopContainerOptions, TagImageOptions,
+    WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -176,6 +177,8 @@ pub struct DockerCap {
     services: super::catalog::ServiceGrant,
     /// Where build contexts may come from (`--allow-dir`).
     build_dirs: Vec<GrantedDir>,
+    /// The same directories with the paths the plugin sees them at.
+    guest_dirs: Vec<crate::grants::DirGrant>,
     engine: DockerEngine,
     registry: Arc<dyn Registry>,
     timeout: Duration,
@@ -187,6 +190,7 @@ impl DockerCap {
             grant: grants.docker.clone(),
             services: grants.services.clone(),
             build_dirs: grants.dirs.iter().map(|d| d.granted.clone()).collect(),
+            guest_dirs: grants.dirs.clone(),
             engine: services.docker.clone(),
             registry: services.registry.clone(),
             timeout: services.host_call_timeout,
@@ -252,7 +256,11 @@ impl DockerCap {
     }
 
     async fn build_context(&self, context_dir: &str) -> Result<Vec<u8>, PluginError> {
-        let path = std::path::absolute(context_dir).map_err(|e| {
+        // The plugin may name the context as it sees it (`/build/app` for a
+        // `build:/build` grant) or as a host path.
+        let host = crate::grants::host_path(&self.guest_dirs, context_dir)
+            .unwrap_or_else(|| context_dir.into());
+        let path = std::path::absolute(&host).map_err(|e| {
             PluginError::InvalidConfig(format!("docker build: context \"{context_dir}\": {e}"))
         })?;
         let canonical = path.canonicalize().map_err(|e| {
@@ -401,6 +409,57 @@ fn to_wit(info: &ContainerInspectResponse) -> docker::Container {
 /// Drop catalog instances runner registered whose container no longer runs
 /// (stopped or removed behind runner's back), and register running service
 /// containers missing from the catalog. Returns (deregistered, registered).
+/// One container as `runner status` shows it.
+#[derive(Debug, Clone)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub state: String,
+    pub image: String,
+    /// Published `127.0.0.1:PORT`s.
+    pub ports: Vec<String>,
+}
+
+/// Containers (running or not) whose name starts with `prefix`, by name.
+pub async fn containers_named(
+    engine: &DockerEngine,
+    prefix: &str,
+) -> Result<Vec<ContainerStatus>, PluginError> {
+    let docker = engine.client().await?;
+    let filters = HashMap::from([("name".to_string(), vec![format!("^/{prefix}")])]);
+    let summaries = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| engine_error("list", "containers", engine.host(), e))?;
+    let mut list: Vec<ContainerStatus> = summaries
+        .into_iter()
+        .map(|c| ContainerStatus {
+            name: c
+                .names
+                .and_then(|n| n.into_iter().next())
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+            image: c.image.unwrap_or_default(),
+            ports: c
+                .ports
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| {
+                    p.public_port
+                        .map(|port| format!("{}:{port}", p.ip.unwrap_or_default()))
+                })
+                .collect(),
+        })
+        .collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(list)
+}
+
 pub async fn reconcile(
     engine: &DockerEngine,
     registry: &dyn Registry,
@@ -803,6 +862,33 @@ impl docker::Host for DockerCap {
             Ok(containers)
         })
         .await
+    }
+
+    async fn wait(&mut self, name: String, timeout_secs: u32) -> Result<i64, PluginError> {
+        self.grant.container("wait", &name)?;
+        let docker = self.engine.client().await?;
+        let limit = Duration::from_secs(u64::from(timeout_secs));
+        let waited = tokio::time::timeout(limit, async {
+            let mut stream = docker.wait_container(&name, None::<WaitContainerOptions>);
+            match stream.next().await {
+                Some(Ok(exit)) => Ok(exit.status_code),
+                // bollard reports a non-zero exit as an error carrying the code.
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+                    Ok(code)
+                }
+                Some(Err(e)) => Err(self.err("wait", &name)(e)),
+                None => Err(PluginError::Failed(format!(
+                    "docker: waiting for {name} ended without an exit code"
+                ))),
+            }
+        })
+        .await;
+        waited.unwrap_or_else(|_| {
+            Err(PluginError::Timeout(format!(
+                "docker: {name} still runs after {}",
+                humantime::format_duration(limit)
+            )))
+        })
     }
 
     async fn logs(&mut self, name: String, tail: u32) -> Result<String, PluginError> {

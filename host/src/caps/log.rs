@@ -32,7 +32,10 @@ impl log::Host for LogCap {
         if total > 0 {
             tracing::info!(target: "plugin", "[{plugin}] {step} ({done}/{total})");
         } else {
-            tracing::info!(target: "plugin", "[{plugin}] {step} ({done})");
+            tracing::info!(target: "plugin", "[{plugin}] {step}");
         }
+        // The same as data, for a pipeline's reporter (progress display, JSON
+        // events); at trace level so the log shows the line above only once.
+        tracing::trace!(target: crate::pipeline::report::PROGRESS_TARGET, step = %step, done, total);
     }
 }

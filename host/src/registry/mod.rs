@@ -73,6 +73,16 @@ pub enum RegistryError {
     Refused(String),
 }
 
+/// This machine's name, for lock holders and deploy records.
+pub fn this_host() -> String {
+    whoami::fallible::hostname().unwrap_or_else(|_| "unknown".into())
+}
+
+/// The user running runner, for lock holders and deploy records.
+pub fn this_user() -> String {
+    whoami::fallible::username().unwrap_or_else(|_| "unknown".into())
+}
+
 /// Who holds a deploy lock: shown to whoever waits for it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LockHolder {

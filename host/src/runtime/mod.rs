@@ -136,6 +136,17 @@ impl Plugin {
     pub fn cache_outcome(&self) -> CacheOutcome {
         self.cache
     }
+
+    /// The interfaces the plugin imports (`runner:plugin/kv@0.1.0`, ...).
+    pub fn imports(&self, engine: &Engine) -> Vec<String> {
+        self.pre
+            .instance_pre()
+            .component()
+            .component_type()
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
 }
 
 /// Ticks the engine's epoch so deadlines fire; stops when the runtime drops.

@@ -12,6 +12,12 @@
 //!
 //! rollback (`action=rollback`): start the stopped previous color, wait for
 //! its health, switch the proxy to it, restore the color, stop the current.
+//! While a candidate waits for promotion, rollback stops it instead.
+//!
+//! promotion (`promotion=manual`, Argo's `autoPromotionEnabled: false`): the
+//! deploy stops after the pre-integration tests with output `paused`, the
+//! new color running but not serving; `action=promote` then switches to it
+//! (post-integration tests, drain, old color stopped).
 //!
 //! Config: `image` (required for deploy), `container_port` (8080),
 //! `health_path` (/health), `health_timeout` (60s), `env.NAME=VALUE`,
@@ -58,6 +64,8 @@ struct Settings {
     pre_hook: Option<String>,
     post_hook: Option<String>,
     logs_tail: u32,
+    /// `promotion=manual`: stop after the pre-integration tests until promoted.
+    manual_promotion: bool,
 }
 
 fn hook_setting(cfg: &Config<'_>, key: &str, default: &str) -> Option<String> {
@@ -117,6 +125,15 @@ impl Settings {
             pre_hook: hook_setting(&cfg, "pre_hook", "pre-integration"),
             post_hook: hook_setting(&cfg, "post_hook", "post-integration"),
             logs_tail: cfg.u64("logs_tail", 20)? as u32,
+            manual_promotion: match cfg.get_or("promotion", "auto") {
+                "auto" => false,
+                "manual" => true,
+                other => {
+                    return Err(Error::InvalidConfig(format!(
+                        "setting `promotion` must be auto or manual, got \"{other}\""
+                    )));
+                }
+            },
         })
     }
 
@@ -126,6 +143,11 @@ impl Settings {
 
     fn color_key(&self) -> String {
         format!("{}/color", self.service)
+    }
+
+    /// The color waiting for promotion, while one does.
+    fn promotion_key(&self) -> String {
+        format!("{}/promotion", self.service)
     }
 }
 
@@ -318,6 +340,66 @@ fn deploy(s: &Settings) -> Result<Outcome, Error> {
     }
     let t_tested = started.elapsed();
 
+    let candidate = Candidate {
+        current,
+        index,
+        next,
+        name,
+        port,
+        image,
+    };
+    if s.manual_promotion {
+        kv::put(&s.promotion_key(), next.as_bytes())?;
+        info(&format!(
+            "{} passed its pre-integration tests and waits for promotion; {} keeps serving",
+            candidate.name,
+            if candidate.current.is_empty() {
+                "nothing"
+            } else {
+                &candidate.current
+            }
+        ));
+        return Ok(runner_sdk::outcome(format!(
+            "{} runs {} and waits for promotion (runner promote {})",
+            candidate.name, candidate.image, s.service
+        ))
+        .with_output("paused", format!("{} awaits promotion", candidate.name))
+        .with_output("color", candidate.current.clone())
+        .with_output("candidate", next)
+        .with_output("container", candidate.name.clone())
+        .with_output("port", port.to_string()));
+    }
+    switch_to(s, candidate, started, [t_start, t_healthy, t_tested])
+}
+
+/// A new color that passed its pre-integration tests, not yet serving.
+struct Candidate {
+    current: String,
+    index: u64,
+    next: &'static str,
+    name: String,
+    port: u16,
+    image: String,
+}
+
+/// Switch the proxy to the candidate, record the color, run the
+/// post-integration tests through the proxy (undoing everything if they
+/// fail), then stop the old color after the drain.
+fn switch_to(
+    s: &Settings,
+    candidate: Candidate,
+    started: Instant,
+    before: [Duration; 3],
+) -> Result<Outcome, Error> {
+    let Candidate {
+        current,
+        index,
+        next,
+        name,
+        port,
+        image,
+    } = candidate;
+    let [t_start, t_healthy, t_tested] = before;
     if let Err(e) = switch_proxy(s, next) {
         stop_quietly(s, &name);
         if !current.is_empty() {
@@ -389,15 +471,20 @@ fn deploy(s: &Settings) -> Result<Outcome, Error> {
             s.container(&current)
         ));
     }
-    let timings = format!(
-        "start {:?}, healthy {:?}, pre-tests {:?}, switch {:?}, post-tests {:?}, total {:?}",
-        t_start,
-        t_healthy - t_start,
-        t_tested - t_healthy,
-        t_switched - t_tested,
-        t_post - t_switched,
-        started.elapsed()
-    );
+    // Parts a promotion did not run (start, health, pre-tests) are left out.
+    let timings = [
+        ("start", t_start),
+        ("healthy", t_healthy - t_start),
+        ("pre-tests", t_tested - t_healthy),
+        ("switch", t_switched - t_tested),
+        ("post-tests", t_post - t_switched),
+        ("total", started.elapsed()),
+    ]
+    .iter()
+    .filter(|(_, d)| !d.is_zero())
+    .map(|(what, d)| format!("{what} {}ms", d.as_millis()))
+    .collect::<Vec<_>>()
+    .join(", ");
     Ok(runner_sdk::outcome(format!(
         "{} now serves {image} from {name} ({timings})",
         s.service
@@ -419,7 +506,83 @@ fn deploy(s: &Settings) -> Result<Outcome, Error> {
     ))
 }
 
+/// `action=promote`: the candidate a manual-promotion deploy left running.
+fn promote(s: &Settings) -> Result<Outcome, Error> {
+    let started = Instant::now();
+    let next = match kv::get(&s.promotion_key())? {
+        Some(entry) => match String::from_utf8_lossy(&entry.value).as_ref() {
+            "blue" => "blue",
+            "green" => "green",
+            other => {
+                return Err(Error::Failed(format!(
+                    "{} holds \"{other}\", not a color",
+                    s.promotion_key()
+                )));
+            }
+        },
+        None => {
+            return Err(Error::NotFound(format!(
+                "no deploy of {} waits for promotion (deploy with promotion=manual first)",
+                s.service
+            )));
+        }
+    };
+    let (current, index) = read_color(s)?;
+    let name = s.container(next);
+    let container = docker::inspect(&name)?;
+    if !container.running {
+        return Err(Error::Failed(format!(
+            "{name} is no longer running ({}); deploy again",
+            container.state
+        )));
+    }
+    let port = host_port(s, &container)?;
+    let image = container.image.clone();
+    let outcome = switch_to(
+        s,
+        Candidate {
+            current,
+            index,
+            next,
+            name,
+            port,
+            image,
+        },
+        started,
+        [Duration::ZERO; 3],
+    );
+    // Promoted or undone: either way nothing waits any more.
+    if let Err(e) = kv::delete(&s.promotion_key()) {
+        runner_sdk::warn(&format!(
+            "could not clear {}: {}",
+            s.promotion_key(),
+            runner_sdk::describe(&e)
+        ));
+    }
+    outcome
+}
+
+/// `action=rollback` while a candidate waits for promotion: stop it.
+fn abort_promotion(s: &Settings, next: &str) -> Result<Outcome, Error> {
+    let name = s.container(next);
+    stop_quietly(s, &name);
+    kv::delete(&s.promotion_key())?;
+    let (current, _) = read_color(s)?;
+    Ok(runner_sdk::outcome(format!(
+        "{name} will not be promoted: stopped; {} keeps serving",
+        if current.is_empty() {
+            "nothing"
+        } else {
+            &current
+        }
+    ))
+    .with_output("color", current))
+}
+
 fn rollback(s: &Settings) -> Result<Outcome, Error> {
+    if let Some(pending) = kv::get(&s.promotion_key())? {
+        return abort_promotion(s, &String::from_utf8_lossy(&pending.value));
+    }
     let (current, index) = read_color(s)?;
     if current.is_empty() {
         return Err(Error::NotFound(format!(
@@ -475,8 +638,9 @@ impl Guest for BlueGreen {
         match config(&ctx).get_or("action", "deploy") {
             "deploy" => deploy(&settings),
             "rollback" => rollback(&settings),
+            "promote" => promote(&settings),
             other => Err(Error::InvalidConfig(format!(
-                "setting `action` must be deploy or rollback, got \"{other}\""
+                "setting `action` must be deploy, promote or rollback, got \"{other}\""
             ))),
         }
     }

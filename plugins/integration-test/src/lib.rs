@@ -191,7 +191,8 @@ impl Guest for IntegrationTest {
             .map(|c| run_check(c, &base_url, deadline, interval, timeout))
             .collect();
 
-        if let Some(path) = cfg.get("report") {
+        let report = cfg.get("report");
+        if let Some(path) = report {
             let xml = junit(cfg.get_or("suite", &ctx.stage), &base_url, &results)?;
             std::fs::write(path, xml).map_err(|e| {
                 Error::Failed(format!(
@@ -229,11 +230,16 @@ impl Guest for IntegrationTest {
                 failed.join("; ")
             )));
         }
-        Ok(runner_sdk::outcome(format!(
+        let outcome = runner_sdk::outcome(format!(
             "{} checks passed against {base_url}",
             results.len()
         ))
-        .with_output("passed", results.len().to_string()))
+        .with_output("passed", results.len().to_string());
+        // The host collects reports named so into `runner run --junit`.
+        Ok(match report {
+            Some(path) => outcome.with_output("junit_report", path),
+            None => outcome,
+        })
     }
 }
 

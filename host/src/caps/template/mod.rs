@@ -29,6 +29,8 @@ pub struct TemplateCap {
     sources: Vec<GrantedDir>,
     /// Where rendered files may be written (`--allow-template-out`).
     outputs: Vec<GrantedDir>,
+    /// The `--allow-dir` grants with the paths the plugin sees them at.
+    guest_dirs: Vec<crate::grants::DirGrant>,
     registry: Arc<dyn Registry>,
     timeout: Duration,
 }
@@ -42,6 +44,7 @@ impl TemplateCap {
             services: grants.services.clone(),
             sources,
             outputs: grants.template_out.clone(),
+            guest_dirs: grants.dirs.clone(),
             registry: services.registry.clone(),
             timeout: services.host_call_timeout,
         }
@@ -50,8 +53,13 @@ impl TemplateCap {
     fn source_text(&self, source: template::Source) -> Result<String, PluginError> {
         match source {
             template::Source::Inline(text) => Ok(text),
-            template::Source::File(path) => output::read_inside(&self.sources, Path::new(&path))
-                .map_err(|e| file_error(e, "--allow-dir DIR")),
+            template::Source::File(path) => {
+                // As the plugin sees it (`/templates/x.ctmpl`), or a host path.
+                let host = crate::grants::host_path(&self.guest_dirs, &path)
+                    .unwrap_or_else(|| path.into());
+                output::read_inside(&self.sources, &host)
+                    .map_err(|e| file_error(e, "--allow-dir DIR"))
+            }
         }
     }
 

@@ -1,10 +1,10 @@
 //! The behaviour behind each CLI command. Returns typed errors; `main.rs`
 //! turns them into exit codes.
 
-use crate::bindings::runner::plugin::hooks::HookOutcome;
+mod pipeline;
+
 use crate::bindings::{Context as StageContext, PluginError, describe};
 use crate::caps::docker::DockerEngine;
-use crate::caps::hooks::HookRunner;
 use crate::caps::{Capabilities, HostServices};
 use crate::cli::{CatalogCommand, Cli, Command, ExecArgs, KvCommand, LockCommand, PluginCommand};
 use crate::grants::{GrantError, GrantsSpec};
@@ -12,9 +12,9 @@ use crate::registry::{
     ConsulRegistry, EmbeddedRegistry, LazyRegistry, LockAttempt, LockGuard, LockHolder, Registry,
     RegistryError,
 };
-use crate::runfile::{HookDef, RunnerFile};
-use crate::runtime::{ArtifactCache, Fault, Limits, LoadError, Plugin, Runtime, RuntimeConfig};
-use std::collections::HashMap;
+use crate::runfile::RunnerFile;
+use crate::runtime::{ArtifactCache, Fault, Limits, LoadError, Runtime, RuntimeConfig};
+use crate::stage::Hooks;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -48,6 +48,15 @@ pub enum CommandError {
     LockWithoutService,
     #[error("interrupted by {0}; the deploy lock was released")]
     Interrupted(&'static str),
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::file::PipelineError),
+    #[error("{0}")]
+    PipelineFailed(crate::pipeline::Failure),
+    #[error(transparent)]
+    Junit(#[from] crate::pipeline::junit::JunitError),
+    /// Asked for something the files or the state do not allow; the message says what to do.
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl CommandError {
@@ -66,6 +75,10 @@ impl CommandError {
                 }
             }
             CommandError::Interrupted(_) => 130,
+            CommandError::Pipeline(_) | CommandError::Usage(_) => 2,
+            CommandError::PipelineFailed(crate::pipeline::Failure::Stage { .. })
+            | CommandError::Junit(_) => 1,
+            CommandError::PipelineFailed(crate::pipeline::Failure::Fault { .. }) => 3,
             CommandError::Grant(_) | CommandError::Registry(_) | CommandError::Output(_) => 2,
             CommandError::Load(LoadError::NotFound(_)) => 2,
             CommandError::Load(_) | CommandError::Fault(_) | CommandError::Engine(_) => 3,
@@ -83,6 +96,12 @@ impl CommandError {
 
 pub async fn run(cli: Cli) -> Result<(), CommandError> {
     match cli.command {
+        Command::Run(ref args) => pipeline::run(&cli, args).await,
+        Command::Validate(ref args) => pipeline::validate(&cli, args),
+        Command::Status(ref args) => pipeline::status(&cli, args).await,
+        Command::History(ref args) => pipeline::history(&cli, args).await,
+        Command::Rollback(ref args) => pipeline::rollback(&cli, args).await,
+        Command::Promote(ref args) => pipeline::promote(&cli, args).await,
         Command::Exec(ref args) => exec(&cli, args).await,
         Command::Plugin(PluginCommand::Inspect { ref path }) => inspect(&cli, path),
         Command::Kv(ref cmd) => kv(&cli, cmd).await,
@@ -99,7 +118,18 @@ fn open_registry(
     timeout: std::time::Duration,
     lazy: bool,
 ) -> Result<Arc<dyn Registry>, CommandError> {
-    Ok(match &cli.consul {
+    open_registry_at(cli, None, timeout, lazy)
+}
+
+/// As `open_registry`, with `consul` (a pipeline file's target) used when
+/// neither --consul nor CONSUL_HTTP_ADDR is given.
+fn open_registry_at(
+    cli: &Cli,
+    consul: Option<&str>,
+    timeout: std::time::Duration,
+    lazy: bool,
+) -> Result<Arc<dyn Registry>, CommandError> {
+    Ok(match cli.consul.as_deref().or(consul) {
         Some(address) => Arc::new(ConsulRegistry::new(
             address,
             cli.consul_token.clone(),
@@ -189,13 +219,13 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
         }
     }
     if !runfile.hooks.is_empty() {
-        services.hooks = Some(Arc::new(Hooks {
-            runtime: runtime.clone(),
-            services: services.clone(),
-            service: args.service.clone(),
-            defs: runfile.hooks.clone(),
-            loaded: tokio::sync::Mutex::new(HashMap::new()),
-        }));
+        services.hooks = Some(Arc::new(Hooks::new(
+            runtime.clone(),
+            services.clone(),
+            &args.service,
+            runfile.hooks.clone(),
+            Arc::default(),
+        )));
     }
     let request = crate::runtime::RunRequest {
         context: StageContext {
@@ -247,18 +277,16 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
 }
 
 /// Wait (bounded) for the deploy lock of `service`.
-async fn acquire_lock(
+pub(crate) async fn acquire_lock(
     registry: &dyn Registry,
     service: &str,
     stage: &str,
     wait: std::time::Duration,
 ) -> Result<Box<dyn LockGuard>, CommandError> {
     let holder = LockHolder {
-        host: std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into()),
+        host: crate::registry::this_host(),
         pid: std::process::id(),
-        user: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        user: crate::registry::this_user(),
         version: env!("CARGO_PKG_VERSION").into(),
         stage: stage.into(),
         started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -299,7 +327,7 @@ async fn acquire_lock(
 }
 
 /// Resolves on Ctrl-C or SIGTERM, naming which.
-async fn shutdown_signal() -> &'static str {
+pub(crate) async fn shutdown_signal() -> &'static str {
     let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
     else {
         return std::future::pending().await;
@@ -385,73 +413,6 @@ async fn template(cli: &Cli, cmd: &crate::cli::TemplateCommand) -> Result<(), Co
                     Ok(())
                 }
             }
-        }
-    }
-}
-
-/// Runs `[hooks.*]` for the stage being executed: each hook is loaded once,
-/// then run in its own store under its own grants and limits, on its own task
-/// (never nested inside the calling plugin's execution).
-struct Hooks {
-    runtime: Arc<Runtime>,
-    /// Services for hook runs (without hooks: they do not nest).
-    services: HostServices,
-    service: String,
-    defs: Vec<HookDef>,
-    loaded: tokio::sync::Mutex<HashMap<String, Arc<Plugin>>>,
-}
-
-#[async_trait::async_trait]
-impl HookRunner for Hooks {
-    async fn run_hook(
-        &self,
-        name: &str,
-        config: Vec<(String, String)>,
-    ) -> Result<HookOutcome, PluginError> {
-        let def = self.defs.iter().find(|d| d.name == name).ok_or_else(|| {
-            PluginError::NotFound(format!("hooks: no [hooks.{name}] in the runner file"))
-        })?;
-        let plugin = {
-            let mut loaded = self.loaded.lock().await;
-            match loaded.get(name) {
-                Some(p) => p.clone(),
-                None => {
-                    let p = Arc::new(
-                        self.runtime
-                            .load(&def.plugin)
-                            .map_err(|e| PluginError::Failed(format!("hook {name}: {e}")))?,
-                    );
-                    loaded.insert(name.to_string(), p.clone());
-                    p
-                }
-            }
-        };
-        let mut settings = def.config.clone();
-        settings.extend(config);
-        let request = crate::runtime::RunRequest {
-            context: StageContext {
-                service: self.service.clone(),
-                stage: name.to_string(),
-                config: settings,
-                inputs: vec![],
-            },
-            capabilities: Capabilities::new(name, &def.grants, &self.services),
-            dirs: def.grants.dirs.clone(),
-            limits: def.limits,
-        };
-        tracing::info!("running hook {name} ({})", def.plugin.display());
-        let runtime = self.runtime.clone();
-        let run = tokio::spawn(async move { runtime.run(&plugin, request).await });
-        match run.await {
-            Ok(Ok(Ok(outcome))) => Ok(HookOutcome {
-                outputs: outcome.outputs,
-                message: outcome.message,
-            }),
-            Ok(Ok(Err(error))) => Err(error),
-            Ok(Err(fault)) => Err(PluginError::Failed(format!("hook {name}: {fault}"))),
-            Err(join) => Err(PluginError::Failed(format!(
-                "hook {name} did not complete: {join}"
-            ))),
         }
     }
 }

@@ -1,0 +1,416 @@
+//! The pipeline commands: `run`, `validate`, `status`, `history`,
+//! `rollback` and `promote`.
+
+use super::{
+    CommandError, acquire_lock, open_registry, open_registry_at, runtime, shutdown_signal,
+};
+use crate::bindings::describe;
+use crate::caps::HostServices;
+use crate::caps::docker::DockerEngine;
+use crate::cli::{Cli, HistoryArgs, PipelineArgs, RunOptions, ServiceArgs, ValidateArgs};
+use crate::pipeline::file::Pipeline;
+use crate::pipeline::history::{self, DeployRecord, Paused};
+use crate::pipeline::report::{self, OutputMode};
+use crate::pipeline::{Execution, Finished, execute, junit};
+use crate::registry::Registry;
+use crate::runtime::{Limits, Runtime};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// A run of (part of) a pipeline, as `run`, `rollback` and `promote` start it.
+struct Start {
+    kind: &'static str,
+    from_stage: usize,
+    only_one: bool,
+    outputs: BTreeMap<String, String>,
+    first_stage_config: Vec<(String, String)>,
+}
+
+fn load(
+    cli: &Cli,
+    file: &Path,
+    plugin_path: &[std::path::PathBuf],
+) -> Result<(Arc<Runtime>, Pipeline), CommandError> {
+    let runtime = Arc::new(runtime(cli)?);
+    let pipeline = Pipeline::load(file, plugin_path, Some(&runtime))?;
+    Ok((runtime, pipeline))
+}
+
+fn check_service(pipeline: &Pipeline, service: &str) -> Result<(), CommandError> {
+    if pipeline.service != service {
+        return Err(CommandError::Usage(format!(
+            "{} deploys {}, not {service}; pass the file that deploys {service} with -f FILE",
+            pipeline.path.display(),
+            pipeline.service
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn validate(cli: &Cli, args: &ValidateArgs) -> Result<(), CommandError> {
+    let runtime = runtime(cli)?;
+    let pipeline = Pipeline::load(&args.file, &args.plugin_path, Some(&runtime))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{}: valid; service {}, {} stages: {}",
+        args.file.display(),
+        pipeline.service,
+        pipeline.stages.len(),
+        pipeline
+            .stages
+            .iter()
+            .map(|s| format!("{} ({})", s.name, s.plugin.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    Ok(())
+}
+
+pub(super) async fn run(cli: &Cli, args: &PipelineArgs) -> Result<(), CommandError> {
+    let (runtime, pipeline) = load(cli, &args.file, &args.options.plugin_path)?;
+    let start = Start {
+        kind: "run",
+        from_stage: 0,
+        only_one: false,
+        outputs: BTreeMap::new(),
+        first_stage_config: Vec::new(),
+    };
+    run_pipeline(cli, &args.options, runtime, &pipeline, start).await
+}
+
+pub(super) async fn rollback(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandError> {
+    let (runtime, pipeline) = load(cli, &args.file, &args.options.plugin_path)?;
+    check_service(&pipeline, &args.service)?;
+    let deploy = deploy_stage(&pipeline)?;
+    let start = Start {
+        kind: "rollback",
+        from_stage: deploy,
+        only_one: true,
+        outputs: BTreeMap::new(),
+        first_stage_config: vec![("action".into(), "rollback".into())],
+    };
+    run_pipeline(cli, &args.options, runtime, &pipeline, start).await
+}
+
+pub(super) async fn promote(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandError> {
+    let (runtime, pipeline) = load(cli, &args.file, &args.options.plugin_path)?;
+    check_service(&pipeline, &args.service)?;
+    let registry = open_registry_at(
+        cli,
+        pipeline.consul.as_deref(),
+        Duration::from_secs(30),
+        false,
+    )?;
+    let Some(paused) = history::paused(&*registry, &pipeline.service).await? else {
+        return Err(CommandError::Usage(format!(
+            "no deploy of {} is waiting for promotion; run one whose deploy stage has promotion = \"manual\"",
+            pipeline.service
+        )));
+    };
+    let from_stage = pipeline
+        .stages
+        .iter()
+        .position(|s| s.name == paused.stage)
+        .ok_or_else(|| {
+            CommandError::Usage(format!(
+                "the paused deploy stopped at stage {}, which {} no longer has",
+                paused.stage,
+                pipeline.path.display()
+            ))
+        })?;
+    let start = Start {
+        kind: "promote",
+        from_stage,
+        only_one: false,
+        outputs: paused.outputs,
+        first_stage_config: vec![("action".into(), "promote".into())],
+    };
+    run_pipeline(cli, &args.options, runtime, &pipeline, start).await
+}
+
+fn deploy_stage(pipeline: &Pipeline) -> Result<usize, CommandError> {
+    let name = pipeline.deploy_stage.as_deref().ok_or_else(|| {
+        CommandError::Usage(format!(
+            "{} has no deploy stage: name one `deploy`, or set deploy_stage = \"NAME\"",
+            pipeline.path.display()
+        ))
+    })?;
+    Ok(pipeline
+        .stages
+        .iter()
+        .position(|s| s.name == name)
+        .unwrap_or_default())
+}
+
+/// Lock, reconcile, run, record: the one path every deploy takes.
+async fn run_pipeline(
+    cli: &Cli,
+    options: &RunOptions,
+    runtime: Arc<Runtime>,
+    pipeline: &Pipeline,
+    start: Start,
+) -> Result<(), CommandError> {
+    let limits = Limits::default();
+    let registry = open_registry_at(
+        cli,
+        pipeline.consul.as_deref(),
+        limits.host_call_timeout,
+        true,
+    )?;
+    let docker = DockerEngine::new(
+        options
+            .docker_host
+            .clone()
+            .or_else(|| pipeline.docker_host.clone()),
+    );
+    let services = HostServices {
+        registry: registry.clone(),
+        docker,
+        hooks: None,
+        host_call_timeout: limits.host_call_timeout,
+        http_max_body: 16 * 1024 * 1024,
+    };
+    let first = pipeline
+        .stages
+        .get(start.from_stage)
+        .map(|s| s.name.clone())
+        .unwrap_or_default();
+    let lock = acquire_lock(&*registry, &pipeline.service, &first, options.lock_wait).await?;
+    if pipeline.stages.iter().any(|s| !s.grants.docker.is_empty()) {
+        match crate::caps::docker::reconcile(&services.docker, &*registry).await {
+            Ok((0, 0)) => {}
+            Ok((dropped, added)) => {
+                tracing::info!("catalog reconciled: {dropped} gone, {added} added")
+            }
+            Err(e) => tracing::warn!(
+                "cannot reconcile the catalog with the engine: {}",
+                describe(&e)
+            ),
+        }
+    }
+    let reporter = report::reporter(OutputMode::detect(options.json));
+    let started_at = SystemTime::now();
+    let execution = Execution {
+        runtime,
+        services,
+        reporter,
+        from_stage: start.from_stage,
+        only_one: start.only_one,
+        outputs: start.outputs,
+        first_stage_config: start.first_stage_config,
+        lenient_references: start.kind == "rollback",
+    };
+    let finished = tokio::select! {
+        finished = execute(pipeline, execution) => Ok(finished),
+        signal = shutdown_signal() => Err(CommandError::Interrupted(signal)),
+    };
+    let recorded = match &finished {
+        Ok(f) => record(&*registry, pipeline, start.kind, started_at, f).await,
+        Err(_) => Ok(()),
+    };
+    if let Err(e) = lock.release().await {
+        tracing::warn!("releasing the deploy lock of {}: {e}", pipeline.service);
+    }
+    let finished = finished?;
+    if let Err(e) = recorded {
+        tracing::warn!("could not record the deploy in the history: {e}");
+    }
+    if let Some(path) = &options.junit {
+        junit::write(&finished.reports, path)?;
+        tracing::info!(
+            "JUnit: {} report(s) merged into {}",
+            finished.reports.len(),
+            path.display()
+        );
+    }
+    if let Some(stage) = &finished.paused_at {
+        tracing::info!(
+            "{} is waiting at {stage}'s promotion gate: `runner promote {}` continues, `runner rollback {}` undoes",
+            pipeline.service,
+            pipeline.service,
+            pipeline.service
+        );
+    }
+    match finished.failure {
+        Some(failure) => Err(CommandError::PipelineFailed(failure)),
+        None => Ok(()),
+    }
+}
+
+async fn record(
+    registry: &dyn Registry,
+    pipeline: &Pipeline,
+    kind: &str,
+    started_at: SystemTime,
+    finished: &Finished,
+) -> Result<(), crate::registry::RegistryError> {
+    let id = started_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let id = format!("{id:020}");
+    let deploy = pipeline.deploy_stage.clone().unwrap_or_default();
+    let record = DeployRecord {
+        id: id.clone(),
+        kind: kind.into(),
+        started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
+        user: crate::registry::this_user(),
+        host: crate::registry::this_host(),
+        version: finished.deployed_image.clone().unwrap_or_default(),
+        color: finished
+            .outputs
+            .get(&format!("{deploy}.color"))
+            .cloned()
+            .unwrap_or_default(),
+        outcome: finished.outcome.as_str().into(),
+        duration_ms: finished.duration_ms,
+        stages: finished.stages.clone(),
+    };
+    history::record(registry, &pipeline.service, &record).await?;
+    // A promotion gate leaves where to resume; anything else ends the wait.
+    let paused = finished.paused_at.as_ref().map(|stage| Paused {
+        record: id,
+        stage: stage.clone(),
+        outputs: finished.outputs.clone(),
+    });
+    history::set_paused(registry, &pipeline.service, paused.as_ref()).await
+}
+
+pub(super) async fn history(cli: &Cli, args: &HistoryArgs) -> Result<(), CommandError> {
+    let registry = open_registry(cli, Duration::from_secs(30), false)?;
+    let records = history::list(&*registry, &args.service, args.limit).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for r in &records {
+            writeln!(out, "{}", serde_json::to_string(r).unwrap_or_default())?;
+        }
+        return Ok(());
+    }
+    if records.is_empty() {
+        writeln!(out, "no deploys of {} recorded yet", args.service)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:20}  {:8}  {:12}  {:28}  {:6}  {:9}  {:>7}",
+        "when", "kind", "who", "version", "color", "outcome", "time"
+    )?;
+    for r in &records {
+        writeln!(
+            out,
+            "{:20}  {:8}  {:12}  {:28}  {:6}  {:9}  {:>6.1}s",
+            r.started_at,
+            r.kind,
+            r.user,
+            r.version,
+            r.color,
+            r.outcome,
+            r.duration_ms as f64 / 1000.0
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) async fn status(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandError> {
+    let pipeline = Pipeline::load(&args.file, &args.options.plugin_path, None)?;
+    check_service(&pipeline, &args.service)?;
+    let service = &pipeline.service;
+    let registry = open_registry_at(
+        cli,
+        pipeline.consul.as_deref(),
+        Duration::from_secs(30),
+        false,
+    )?;
+    let mut out = String::new();
+    let color = registry
+        .kv_get(&format!("{service}/color"))
+        .await?
+        .map(|e| String::from_utf8_lossy(&e.value).into_owned());
+    out.push_str(&format!(
+        "service     {service} ({})\ncolor       {}\n",
+        args.file.display(),
+        color.as_deref().unwrap_or("none (never deployed)")
+    ));
+    let docker = DockerEngine::new(
+        args.options
+            .docker_host
+            .clone()
+            .or_else(|| pipeline.docker_host.clone()),
+    );
+    out.push_str("containers\n");
+    match crate::caps::docker::containers_named(&docker, &format!("{service}-")).await {
+        Ok(list) if list.is_empty() => out.push_str("  none\n"),
+        Ok(list) => {
+            for c in list {
+                out.push_str(&format!(
+                    "  {:24}  {:8}  {:40}  {}\n",
+                    c.name,
+                    c.state,
+                    c.image,
+                    c.ports.join(" ")
+                ));
+            }
+        }
+        Err(e) => out.push_str(&format!("  unknown: {}\n", describe(&e))),
+    }
+    for proxy in &pipeline.runfile.proxies {
+        let dir = proxy.config_dir.path();
+        let mut upstreams = Vec::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(service.as_str()) {
+                continue;
+            }
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            for line in text.lines() {
+                if let Some(server) = line.trim().strip_prefix("server ") {
+                    upstreams.push(server.trim_end_matches(';').trim().to_string());
+                }
+            }
+        }
+        out.push_str(&format!(
+            "proxy       {} → {}\n",
+            proxy.name,
+            if upstreams.is_empty() {
+                "no upstream".to_string()
+            } else {
+                upstreams.join(", ")
+            }
+        ));
+    }
+    let lock = match registry.lock_holder(service).await {
+        Ok(Some(holder)) => format!("held by {holder}"),
+        Ok(None) => "free".to_string(),
+        Err(e) => format!("unknown: {e}"),
+    };
+    out.push_str(&format!("lock        {lock}\n"));
+    if let Some(paused) = history::paused(&*registry, service).await? {
+        out.push_str(&format!(
+            "promotion   waiting at stage {} (`runner promote {service}` continues)\n",
+            paused.stage
+        ));
+    }
+    out.push_str("last deploys\n");
+    let records = history::list(&*registry, service, 5).await?;
+    if records.is_empty() {
+        out.push_str("  none\n");
+    }
+    for r in records {
+        out.push_str(&format!(
+            "  {}  {:8}  {:28}  {:6}  {:9}  {:.1}s  by {}\n",
+            r.started_at,
+            r.kind,
+            r.version,
+            r.color,
+            r.outcome,
+            r.duration_ms as f64 / 1000.0,
+            r.user
+        ));
+    }
+    std::io::stdout().lock().write_all(out.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,450 @@
+//! The pipeline file (`runner.toml`): the service, its targets, and an
+//! ordered list of stages, each a plugin with its own config, grants, limits
+//! and hooks. The same file holds the `[proxies.*]` and `[hooks.*]` that
+//! `runner exec -f` uses.
+//!
+//! Loading checks everything that can be checked without running anything,
+//! and every problem names the file, the line and the fix: unknown keys, bad
+//! values, plugins that cannot be found, grants that do not parse, hooks and
+//! proxies that are not defined, `${stage.key}` references to stages that do
+//! not run earlier, and plugins whose imports their grants do not cover.
+
+use crate::grants::Grants;
+use crate::runfile::{RunnerFile, RunnerFileSpec};
+use crate::runtime::{Limits, Runtime};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use crate::runfile::{StageSpec, TargetsSpec};
+
+/// Where plugins named without a path are found, in order: `--plugin-path`,
+/// `RUNNER_PLUGIN_PATH`, then `plugins/` next to the file.
+#[derive(Debug, Clone, Default)]
+pub struct PluginPath {
+    dirs: Vec<PathBuf>,
+}
+
+impl PluginPath {
+    pub fn new(flags: &[PathBuf], file_dir: &Path) -> Self {
+        let mut dirs = flags.to_vec();
+        if let Some(env) = std::env::var_os("RUNNER_PLUGIN_PATH") {
+            dirs.extend(std::env::split_paths(&env));
+        }
+        dirs.push(file_dir.join("plugins"));
+        Self { dirs }
+    }
+
+    /// `plugin` as written: `build` (searched as `build.wasm`) or a path.
+    pub fn resolve(&self, plugin: &str, base: &Path) -> Result<PathBuf, String> {
+        let is_path = plugin.contains('/') || plugin.ends_with(".wasm");
+        if is_path {
+            let path = base.join(plugin);
+            return if path.is_file() {
+                Ok(path)
+            } else {
+                Err(format!(
+                    "plugin {} does not exist; build it (scripts/build-plugins) or fix the path",
+                    path.display()
+                ))
+            };
+        }
+        self.dirs
+            .iter()
+            .map(|d| d.join(format!("{plugin}.wasm")))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                let searched: Vec<String> =
+                    self.dirs.iter().map(|d| d.display().to_string()).collect();
+                format!(
+                    "plugin \"{plugin}\" not found as {plugin}.wasm in {}; add its directory with --plugin-path DIR or RUNNER_PLUGIN_PATH, or give a path",
+                    searched.join(", ")
+                )
+            })
+    }
+}
+
+/// A validated stage.
+#[derive(Debug, Clone)]
+pub struct StageDef {
+    pub name: String,
+    pub plugin: PathBuf,
+    /// As written: `${stage.key}` and `${env.NAME}` are filled in at run time.
+    pub config: Vec<(String, String)>,
+    pub grants: Grants,
+    pub limits: Limits,
+    pub before: Vec<String>,
+    pub after: Vec<String>,
+    /// Where the stage is defined, for messages.
+    pub line: usize,
+}
+
+/// A validated pipeline file.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub path: PathBuf,
+    pub service: String,
+    /// The stage `runner rollback` and `runner promote` run again.
+    pub deploy_stage: Option<String>,
+    pub consul: Option<String>,
+    pub docker_host: Option<String>,
+    pub runfile: RunnerFile,
+    pub stages: Vec<StageDef>,
+}
+
+/// One problem in a pipeline file, located.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}: {message}", file.display())]
+pub struct FileProblem {
+    pub file: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cannot read pipeline file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid { problems: Vec<FileProblem> },
+}
+
+/// 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Each `${...}` reference in `value`: (inside, is it well formed).
+pub fn references(value: &str) -> Vec<&str> {
+    let mut refs = Vec::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                refs.push(&after[..end]);
+                rest = &after[end + 1..];
+            }
+            None => {
+                refs.push(after);
+                break;
+            }
+        }
+    }
+    refs
+}
+
+/// Fill in `${stage.key}` from `outputs` and `${env.NAME}` / `${env.NAME:-default}`
+/// from the environment.
+pub fn interpolate(value: &str, outputs: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed \"${{\" in \"{value}\""))?;
+        out.push_str(&resolve_reference(&after[..end], outputs)?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn resolve_reference(
+    reference: &str,
+    outputs: &BTreeMap<String, String>,
+) -> Result<String, String> {
+    if let Some(var) = reference.strip_prefix("env.") {
+        let (name, default) = match var.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (var, None),
+        };
+        return match (std::env::var(name), default) {
+            (Ok(v), _) if !v.is_empty() => Ok(v),
+            (_, Some(d)) => Ok(d.to_string()),
+            _ => Err(format!(
+                "environment variable {name} is not set; set it or write ${{env.{name}:-DEFAULT}}"
+            )),
+        };
+    }
+    outputs.get(reference).cloned().ok_or_else(|| {
+        format!(
+            "${{{reference}}}: no earlier stage output \"{reference}\" (outputs so far: {})",
+            {
+                let known: Vec<&str> = outputs.keys().map(String::as_str).collect();
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            }
+        )
+    })
+}
+
+impl Pipeline {
+    /// Parse and check `path`; with `runtime`, also load every plugin and
+    /// check its imports against its grants.
+    pub fn load(
+        path: &Path,
+        plugin_dirs: &[PathBuf],
+        runtime: Option<&Runtime>,
+    ) -> Result<Self, PipelineError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let problem = |line: usize, message: String| FileProblem {
+            file: path.into(),
+            line,
+            message,
+        };
+        let mut spec: RunnerFileSpec =
+            toml::from_str(&text).map_err(|e| PipelineError::Invalid {
+                problems: vec![problem(
+                    e.span().map(|s| line_of(&text, s.start)).unwrap_or(1),
+                    e.message().trim().to_string(),
+                )],
+            })?;
+        let plugin_path = PluginPath::new(plugin_dirs, base);
+        let mut problems = Vec::new();
+
+        let service = spec.service.clone().unwrap_or_default();
+        if service.is_empty() {
+            problems.push(problem(
+                1,
+                "no service: add `service = \"NAME\"` at the top (the service this pipeline deploys)".into(),
+            ));
+        }
+        if spec.stages.is_empty() {
+            problems.push(problem(
+                line_of(&text, text.len()),
+                "no stages: add at least one [[stages]] with a name and a plugin".into(),
+            ));
+        }
+        let stage_specs = std::mem::take(&mut spec.stages);
+        let (deploy_stage, targets) = (spec.deploy_stage.take(), std::mem::take(&mut spec.targets));
+        let runfile =
+            match RunnerFile::from_spec_with(spec, base, &|p| plugin_path.resolve(p, base)) {
+                Ok(r) => r,
+                Err(message) => {
+                    let line = message
+                        .split_once("]")
+                        .and_then(|(table, _)| {
+                            text.find(&format!("{}]", table)).map(|o| line_of(&text, o))
+                        })
+                        .unwrap_or(1);
+                    return Err(PipelineError::Invalid {
+                        problems: vec![problem(line, message)],
+                    });
+                }
+            };
+        let hook_names = runfile.hook_names();
+
+        let mut stages: Vec<StageDef> = Vec::new();
+        for spanned in &stage_specs {
+            let line = line_of(&text, spanned.span().start);
+            let stage = spanned.get_ref();
+            let name = &stage.name;
+            let mut at = |message: String| {
+                problems.push(problem(line, format!("stage \"{name}\": {message}")))
+            };
+            if name.is_empty() || name.contains(['.', ' ', '$', '{', '}']) {
+                at("a stage name must be non-empty, without '.', spaces, '$' or braces".into());
+            }
+            if stages.iter().any(|s| &s.name == name) {
+                at("another stage has this name; stage names must be unique".into());
+            }
+            let plugin = match plugin_path.resolve(&stage.plugin, base) {
+                Ok(p) => p,
+                Err(e) => {
+                    at(e);
+                    PathBuf::new()
+                }
+            };
+            let mut grants = stage.grants.clone();
+            grants.rebase(base);
+            let grants = match grants.validate_with(&runfile.proxies, &hook_names) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    at(format!("grants: {e}"));
+                    None
+                }
+            };
+            let mut limits_spec = stage.limits.clone();
+            if let Some(timeout) = &stage.timeout {
+                if limits_spec.deadline.is_some() {
+                    at("give either `timeout` or `limits.deadline`, not both".into());
+                }
+                limits_spec.deadline = Some(timeout.clone());
+            }
+            let limits = limits_spec.resolve(Limits::default()).unwrap_or_else(|e| {
+                at(format!("limits: {e}"));
+                Limits::default()
+            });
+            for hook in stage.before.iter().chain(&stage.after) {
+                if !hook_names.contains(hook) {
+                    at(format!(
+                        "hook \"{hook}\" is not defined; add a [hooks.{hook}] table with its plugin"
+                    ));
+                }
+            }
+            for (key, value) in &stage.config {
+                for reference in references(value) {
+                    if reference.starts_with("env.") {
+                        continue;
+                    }
+                    let Some((from, _)) = reference.split_once('.') else {
+                        at(format!(
+                            "config {key}: \"${{{reference}}}\" is not a reference; write ${{STAGE.OUTPUT}} or ${{env.NAME}}"
+                        ));
+                        continue;
+                    };
+                    if !stages.iter().any(|s| s.name == from) {
+                        at(format!(
+                            "config {key}: \"${{{reference}}}\" refers to stage \"{from}\", which does not run before this one"
+                        ));
+                    }
+                }
+            }
+            // With grants that do not parse, what they would cover is moot.
+            if let (Some(runtime), true, Some(grants)) = (runtime, plugin.is_file(), &grants) {
+                match runtime.load(&plugin) {
+                    Ok(loaded) => {
+                        for missing in uncovered_imports(&loaded.imports(runtime.engine()), grants)
+                        {
+                            at(missing);
+                        }
+                    }
+                    Err(e) => at(e.to_string()),
+                }
+            }
+            stages.push(StageDef {
+                name: name.clone(),
+                plugin,
+                config: stage.config.clone().into_iter().collect(),
+                grants: grants.unwrap_or_default(),
+                limits,
+                before: stage.before.clone(),
+                after: stage.after.clone(),
+                line,
+            });
+        }
+        if let Some(deploy) = &deploy_stage
+            && !stages.iter().any(|s| &s.name == deploy)
+        {
+            let line = text
+                .find("deploy_stage")
+                .map(|o| line_of(&text, o))
+                .unwrap_or(1);
+            problems.push(problem(
+                line,
+                format!("deploy_stage \"{deploy}\" is not one of the stages"),
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(PipelineError::Invalid { problems });
+        }
+        let deploy_stage = deploy_stage.or_else(|| {
+            stages
+                .iter()
+                .any(|s| s.name == "deploy")
+                .then(|| "deploy".into())
+        });
+        Ok(Self {
+            path: path.into(),
+            service,
+            deploy_stage,
+            consul: targets.consul,
+            docker_host: targets.docker,
+            runfile,
+            stages,
+        })
+    }
+
+    pub fn stage(&self, name: &str) -> Option<&StageDef> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+}
+
+/// What each runner interface a plugin imports needs granted, and the fix.
+fn uncovered_imports(imports: &[String], grants: &Grants) -> Vec<String> {
+    let mut problems = Vec::new();
+    for import in imports {
+        let iface = import.split('@').next().unwrap_or(import);
+        let (covered, fix) = match iface {
+            "runner:plugin/kv" => (!grants.kv.is_empty(), "grants.kv = [\"PREFIX/\"]"),
+            "runner:plugin/catalog" => (
+                !grants.services.is_empty(),
+                "grants.services = [\"NAME-*\"]",
+            ),
+            "runner:plugin/http" => (
+                !grants.http.is_empty(),
+                "grants.http = [\"http://HOST:PORT\"]",
+            ),
+            "runner:plugin/template" => (
+                !grants.template_out.is_empty()
+                    || !grants.kv.is_empty()
+                    || !grants.services.is_empty(),
+                "grants.template_out = [\"DIR\"] (or a proxy, kv or services for its data)",
+            ),
+            "runner:plugin/docker" => (
+                !grants.docker.is_empty(),
+                "grants.containers = [\"NAME-*\"] and/or grants.images = [\"IMAGE:*\"]",
+            ),
+            "runner:plugin/proxy" => (!grants.proxies.is_empty(), "grants.proxies = [\"NAME\"]"),
+            "runner:plugin/hooks" => (!grants.hooks.is_empty(), "grants.hooks = [\"NAME\"]"),
+            _ => (true, ""),
+        };
+        if !covered {
+            problems.push(format!(
+                "its plugin imports {iface} but the stage grants nothing for it; add {fix}"
+            ));
+        }
+    }
+    problems
+}
+
+/// The durations in a config, for stages that want one (`drain = "1s"`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("\"{text}\": {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpolation_fills_outputs_and_environment() {
+        let outputs = BTreeMap::from([("build.image".to_string(), "app:v1".to_string())]);
+        assert_eq!(
+            interpolate("run ${build.image} now", &outputs).unwrap(),
+            "run app:v1 now"
+        );
+        assert_eq!(
+            interpolate("${env.RUNNER_SURELY_UNSET:-dflt}", &outputs).unwrap(),
+            "dflt"
+        );
+        let err = interpolate("${env.RUNNER_SURELY_UNSET}", &outputs).unwrap_err();
+        assert!(err.contains("RUNNER_SURELY_UNSET is not set"), "{err}");
+        let err = interpolate("${push.image}", &outputs).unwrap_err();
+        assert!(err.contains("outputs so far: build.image"), "{err}");
+        assert_eq!(references("a ${x.y} b ${env.Z:-1}"), ["x.y", "env.Z:-1"]);
+    }
+
+    #[test]
+    fn lines_count_from_one() {
+        assert_eq!(line_of("a\nb\nc", 0), 1);
+        assert_eq!(line_of("a\nb\nc", 2), 2);
+        assert_eq!(line_of("a\nb\nc", 4), 3);
+    }
+}

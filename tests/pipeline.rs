@@ -1,0 +1,601 @@
+//! Pipelines: `runner validate` on broken files (each message asserted, with
+//! its line), outputs flowing into later stages, stage hooks, the JSON event
+//! stream, and the example pipeline end to end on the real Docker engine, a
+//! real local registry and nginx: build → unit tests in a container → push →
+//! blue-green with integration hooks → push the tests image; then status,
+//! history, a manual promotion gate, promote and rollback.
+
+mod common;
+
+use common::{Env, Output, plugin, run};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+fn plugins_dir() -> PathBuf {
+    plugin("sandbox-probe").parent().unwrap().to_path_buf()
+}
+
+/// `runner.toml` with `text` in a fresh env, its `plugins/` the built plugins.
+fn pipeline_file(env: &Env, text: &str) -> PathBuf {
+    let file = env.path().join("runner.toml");
+    std::fs::write(&file, text).unwrap();
+    let link = env.path().join("plugins");
+    if !link.exists() {
+        std::os::unix::fs::symlink(plugins_dir(), link).unwrap();
+    }
+    file
+}
+
+fn validate(env: &Env, text: &str) -> Output {
+    let file = pipeline_file(env, text);
+    let mut cmd = env.runner();
+    cmd.arg("validate").arg(file);
+    run(&mut cmd)
+}
+
+/// Grants covering everything the probe imports (kv, http, template, docker).
+const PROBE_GRANTS: &str =
+    r#"grants = { kv = ["svc/"], http = ["http://127.0.0.1:9"], containers = ["svc-none"] }"#;
+
+#[test]
+fn validate_names_the_file_line_and_fix() {
+    let env = Env::new();
+    let ok = format!(
+        "service = \"svc\"\n\n[[stages]]\nname = \"one\"\nplugin = \"sandbox-probe\"\nconfig = {{ mode = \"noop\" }}\n{PROBE_GRANTS}\n"
+    );
+    validate(&env, &ok)
+        .expect_code(0)
+        .stdout
+        .contains("valid; service svc, 1 stages");
+
+    let cases: Vec<(String, &str)> = vec![
+        (
+            ok.replace("plugin = ", "plugn = "),
+            "runner.toml:5: unknown field `plugn`, expected one of `name`, `plugin`",
+        ),
+        (
+            ok.replace("\"sandbox-probe\"", "\"nope\""),
+            "runner.toml:3: stage \"one\": plugin \"nope\" not found as nope.wasm in",
+        ),
+        (
+            ok.replace(PROBE_GRANTS, ""),
+            "runner.toml:3: stage \"one\": its plugin imports runner:plugin/kv but the stage grants nothing for it; add grants.kv = [\"PREFIX/\"]",
+        ),
+        (
+            ok.replace("svc-none", "svc-[unclosed"),
+            "runner.toml:3: stage \"one\": grants: invalid --allow-container/--allow-image grant \"svc-[unclosed\"",
+        ),
+        (
+            ok.replace("mode = \"noop\"", "mode = \"${two.color}\""),
+            "stage \"one\": config mode: \"${two.color}\" refers to stage \"two\", which does not run before this one",
+        ),
+        (
+            ok.replace("[[stages]]\n", "[[stages]]\nbefore = [\"notify\"]\n"),
+            "stage \"one\": hook \"notify\" is not defined; add a [hooks.notify] table with its plugin",
+        ),
+        (
+            ok.replace("service = \"svc\"", ""),
+            "runner.toml:1: no service: add `service = \"NAME\"`",
+        ),
+        (
+            format!("{ok}\n{}", &ok[ok.find("[[stages]]").unwrap()..]),
+            "stage \"one\": another stage has this name",
+        ),
+        (
+            ok.replace("config = ", "timeout = \"soon\"\nconfig = "),
+            "stage \"one\": limits: \"soon\"",
+        ),
+    ];
+    for (text, expected) in cases {
+        let out = validate(&env, &text).expect_code(2);
+        assert!(
+            out.stderr.contains(expected),
+            "expected {expected:?} in:\n{}\nfor file:\n{text}",
+            out.stderr
+        );
+    }
+}
+
+/// A JSON event line, parsed.
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn outputs_flow_to_later_stages_hooks_run_and_json_events_tell_it_all() {
+    let env = Env::new();
+    std::fs::create_dir(env.path().join("marks")).unwrap();
+    let file = pipeline_file(
+        &env,
+        &format!(
+            r#"service = "svc"
+
+[[stages]]
+name = "first"
+plugin = "sandbox-probe"
+config = {{ mode = "echo", color = "green" }}
+{PROBE_GRANTS}
+before = ["mark-before"]
+after = ["mark-after"]
+
+[[stages]]
+name = "second"
+plugin = "sandbox-probe"
+config = {{ mode = "echo", got = "${{first.color}}", home = "${{env.PIPELINE_TEST_UNSET:-none}}" }}
+{PROBE_GRANTS}
+
+[[stages]]
+name = "third"
+plugin = "sandbox-probe"
+config = {{ mode = "panic" }}
+{PROBE_GRANTS}
+
+[[stages]]
+name = "fourth"
+plugin = "sandbox-probe"
+config = {{ mode = "noop" }}
+{PROBE_GRANTS}
+
+[hooks.mark-before]
+plugin = "plugins/sandbox-probe.wasm"
+config = {{ mode = "write-file", path = "/marks/before" }}
+grants = {{ dirs = ["marks:/marks:rw"] }}
+
+[hooks.mark-after]
+plugin = "sandbox-probe"
+config = {{ mode = "write-file", path = "/marks/after" }}
+grants = {{ dirs = ["marks:/marks:rw"] }}
+"#
+        ),
+    );
+    let mut cmd = env.runner();
+    cmd.current_dir(std::env::temp_dir())
+        .arg("run")
+        .arg(&file)
+        .arg("--json");
+    let out = run(&mut cmd).expect_code(3);
+    let events = json_lines(&out.stdout);
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap(),
+                e["stage"].as_str().unwrap_or(""),
+            )
+        })
+        .filter(|(k, _)| *k != "log" && *k != "progress")
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("pipeline_started", ""),
+            ("stage_started", "first"),
+            ("stage_finished", "first"),
+            ("stage_started", "second"),
+            ("stage_finished", "second"),
+            ("stage_started", "third"),
+            ("stage_finished", "third"),
+            ("pipeline_finished", ""),
+        ]
+    );
+    let finished = |stage: &str| {
+        events
+            .iter()
+            .find(|e| e["event"] == "stage_finished" && e["stage"] == stage)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(finished("first")["outputs"]["color"], "green");
+    let second = finished("second");
+    assert_eq!(second["outputs"]["got"], "green", "{second}");
+    assert_eq!(second["outputs"]["home"], "none");
+    assert_eq!(
+        second["outputs"]["first.color"], "green",
+        "inputs: {second}"
+    );
+    let third = finished("third");
+    assert_eq!(third["outcome"], "failed");
+    assert!(
+        third["message"]
+            .as_str()
+            .unwrap()
+            .contains("plugin sandbox-probe trapped"),
+        "{third}"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last["outcome"], "failed");
+    let summary: Vec<(&str, &str)> = last["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["stage"].as_str().unwrap(), s["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("first", "succeeded"),
+            ("second", "succeeded"),
+            ("third", "failed"),
+            ("fourth", "skipped")
+        ]
+    );
+    assert!(events.iter().all(|e| e["time"].is_string()));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "log" && e["stage"] == "third"),
+        "the failing plugin's own output arrives as log events"
+    );
+    for mark in ["before", "after"] {
+        assert_eq!(
+            std::fs::read_to_string(env.path().join("marks").join(mark)).unwrap(),
+            "written",
+            "the {mark} hook ran"
+        );
+    }
+
+    // The run is in the history, failed.
+    let mut history = env.runner();
+    history.args(["history", "svc", "--json"]);
+    let records = json_lines(&run(&mut history).expect_code(0).stdout);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["outcome"], "failed");
+    assert_eq!(records[0]["kind"], "run");
+}
+
+/// The example pipeline in its own working copy, service name, ports and
+/// registry; everything it made is removed on drop.
+struct Example {
+    env: Env,
+    work: PathBuf,
+    service: String,
+    proxy_port: u16,
+    registry_port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Example {
+    fn start() -> Self {
+        let env = Env::new();
+        let work = env.path().join("work");
+        let example = Self {
+            service: format!("pl{}", std::process::id()),
+            proxy_port: free_port(),
+            registry_port: free_port(),
+            work,
+            env,
+        };
+        let status = Command::new(repo().join("examples/pipeline/env"))
+            .arg("up")
+            .arg(&example.work)
+            .arg(example.proxy_port.to_string())
+            .arg(example.registry_port.to_string())
+            .arg(plugins_dir())
+            .arg(&example.service)
+            .status()
+            .unwrap();
+        assert!(status.success(), "examples/pipeline/env up failed");
+        example
+    }
+
+    fn registry(&self) -> String {
+        format!("127.0.0.1:{}", self.registry_port)
+    }
+
+    /// A runner command in the working copy, set up as the CI would.
+    fn runner(&self, version: &str) -> assert_cmd::Command {
+        let mut cmd = self.env.runner();
+        cmd.current_dir(&self.work)
+            .env("CI", "true")
+            .env("REGISTRY", self.registry())
+            .env("PROXY_PORT", self.proxy_port.to_string())
+            .env("VERSION", version)
+            .env_remove("PROMOTION")
+            .env_remove("CONSUL_HTTP_ADDR");
+        cmd
+    }
+
+    fn serving(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/api/v1/books", self.proxy_port);
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", &url])
+            .output()
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        doc["version"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Tags of `repo` in the local registry.
+    fn tags(&self, repo: &str) -> Vec<String> {
+        let url = format!("http://{}/v2/{repo}/tags/list", self.registry());
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", &url])
+            .output()
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut tags: Vec<String> = doc["tags"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        tags.sort();
+        tags
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("examples/pipeline/env"))
+            .arg("down")
+            .arg(&self.work)
+            .status();
+        let names = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("name=^/{}-", self.service),
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        let names: Vec<&str> = names.split_whitespace().collect();
+        if !names.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&names)
+                .output();
+        }
+        let images = Command::new("docker")
+            .args([
+                "images",
+                "-q",
+                "--filter",
+                &format!("reference=*/{}*", self.service),
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        let mut images: Vec<&str> = images.split_whitespace().collect();
+        images.dedup();
+        if !images.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rmi", "-f"])
+                .args(&images)
+                .output();
+        }
+    }
+}
+
+/// Lines of the plain (CI) output start with an RFC 3339 timestamp.
+fn timestamped(line: &str) -> bool {
+    line.len() > 20
+        && line.as_bytes()[4] == b'-'
+        && line.as_bytes()[10] == b'T'
+        && line[..4].chars().all(|c| c.is_ascii_digit())
+}
+
+#[test]
+fn the_example_pipeline_deploys_from_source_through_a_local_registry() {
+    let x = Example::start();
+    let svc = x.service.clone();
+    let junit = x.env.path().join("junit.xml");
+
+    // v1: the whole pipeline, plain CI output.
+    let started = Instant::now();
+    let out = run(x
+        .runner("v1")
+        .args(["run", "runner.toml", "--junit"])
+        .arg(&junit))
+    .expect_code(0);
+    let took = started.elapsed();
+    for stage in [
+        "build",
+        "build-tests",
+        "unit-tests",
+        "push",
+        "deploy",
+        "push-tests",
+    ] {
+        assert!(
+            out.stderr.contains(&format!("▶ {stage} (")),
+            "{stage} did not start:\n{}",
+            out.stderr
+        );
+    }
+    assert!(
+        out.stderr
+            .lines()
+            .filter(|l| l.contains('▶'))
+            .all(timestamped),
+        "plain lines carry timestamps:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("pipeline succeeded in"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(x.serving(), "v1");
+    assert_eq!(x.tags(&svc), ["v1"], "the image was pushed");
+    assert_eq!(
+        x.tags(&format!("{svc}-tests")),
+        ["v1"],
+        "the tests image was pushed"
+    );
+    eprintln!("the v1 pipeline took {took:?}");
+
+    // The JUnit file: both integration suites, merged and valid.
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "testsuites");
+    assert_eq!(
+        (root.attribute("tests"), root.attribute("failures")),
+        (Some("3"), Some("0"))
+    );
+    let suites: Vec<&str> = root
+        .children()
+        .filter(|n| n.has_tag_name("testsuite"))
+        .map(|n| n.attribute("name").unwrap())
+        .collect();
+    assert_eq!(suites, ["pre-integration", "post-integration"]);
+
+    // v2 with --json: every stage finishes, in order, with outputs.
+    let out = run(x.runner("v2").args(["run", "--json"])).expect_code(0);
+    let events = json_lines(&out.stdout);
+    let finished: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "stage_finished")
+        .map(|e| e["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        finished,
+        [
+            "build",
+            "build-tests",
+            "unit-tests",
+            "push",
+            "deploy",
+            "push-tests"
+        ]
+    );
+    let deploy = events
+        .iter()
+        .find(|e| e["event"] == "stage_finished" && e["stage"] == "deploy")
+        .unwrap();
+    assert_eq!(deploy["outputs"]["color"], "green");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "progress" && e["stage"] == "push"),
+        "push reports progress"
+    );
+    assert_eq!(x.serving(), "v2");
+
+    // status: the color, both containers, what nginx points at, the deploys.
+    let status = run(x.runner("v2").args(["status", &svc]))
+        .expect_code(0)
+        .stdout;
+    assert!(status.contains("color       green"), "{status}");
+    assert!(
+        status.contains(&format!("{svc}-green")) && status.contains(&format!("{svc}-blue")),
+        "{status}"
+    );
+    assert!(
+        status.contains("proxy       nginx → 127.0.0.1:"),
+        "{status}"
+    );
+    assert!(status.contains("lock        free"), "{status}");
+
+    // v3 behind a manual promotion gate: deployed and tested, not serving.
+    let out = run(x.runner("v3").env("PROMOTION", "manual").arg("run")).expect_code(0);
+    assert!(out.stderr.contains("pipeline paused"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("runner promote {svc}")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(x.serving(), "v2", "a paused deploy does not switch");
+    assert_eq!(
+        x.tags(&format!("{svc}-tests")),
+        ["v1", "v2"],
+        "push-tests skipped"
+    );
+    let status = run(x.runner("v3").args(["status", &svc]))
+        .expect_code(0)
+        .stdout;
+    assert!(
+        status.contains("promotion   waiting at stage deploy"),
+        "{status}"
+    );
+
+    // promote: the candidate serves, and the rest of the pipeline runs.
+    run(x.runner("v3").args(["promote", &svc])).expect_code(0);
+    assert_eq!(x.serving(), "v3");
+    assert_eq!(x.tags(&format!("{svc}-tests")), ["v1", "v2", "v3"]);
+
+    // rollback: the previous color back, through the deploy stage.
+    run(x.runner("v3").args(["rollback", &svc])).expect_code(0);
+    assert_eq!(x.serving(), "v2");
+    let status = run(x.runner("v3").args(["status", &svc]))
+        .expect_code(0)
+        .stdout;
+    assert!(status.contains("color       green"), "{status}");
+    assert!(!status.contains("promotion"), "{status}");
+
+    // history: newest first, each kind, version and outcome.
+    let records = json_lines(
+        &run(x.runner("v3").args(["history", &svc, "--json"]))
+            .expect_code(0)
+            .stdout,
+    );
+    let seen: Vec<(&str, &str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap(),
+                r["color"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("rollback", "green", "succeeded"),
+            ("promote", "blue", "succeeded"),
+            ("run", "green", "paused"),
+            ("run", "green", "succeeded"),
+            ("run", "blue", "succeeded"),
+        ]
+    );
+    assert_eq!(
+        records[3]["version"],
+        format!("{}/{svc}:v2", x.registry()),
+        "the version deployed"
+    );
+
+    // The unit-test stage fails with the container's status and log lines.
+    let mut failing = x.env.runner();
+    failing
+        .current_dir(&x.work)
+        .args(["exec", "--service", &svc, "--plugin"])
+        .arg(plugin("container-test"))
+        .args([
+            "-c",
+            &format!("image={}/{svc}-tests:v1", x.registry()),
+            "-c",
+            "command=/books-service-tests --no-such-flag",
+            "--allow-container",
+            &format!("{svc}-*"),
+            "--allow-image",
+            &format!("*/{svc}-tests:*"),
+        ]);
+    run(&mut failing)
+        .expect_code(1)
+        .stderr_has("exited with status 101")
+        .stderr_has("Last log lines of")
+        .stderr_has("no-such-flag");
+}
