@@ -56,6 +56,17 @@ fn validate_names_the_file_line_and_fix() {
         .stdout
         .contains("valid; service svc, 1 stages");
 
+    // Imports the grants do not cover: a warning, an error with --strict.
+    let uncovered = ok.replace(PROBE_GRANTS, "");
+    let warning = "runner.toml:3: stage \"one\": its plugin imports runner:plugin/kv but the stage grants nothing for it, so calls to it will be denied; if it uses it, add grants.kv = [\"PREFIX/\"]";
+    validate(&env, &uncovered)
+        .expect_code(0)
+        .stderr_has(&format!("warning: {}", env.path().join(warning).display()));
+    let file = pipeline_file(&env, &uncovered);
+    run(env.runner().args(["validate", "--strict"]).arg(file))
+        .expect_code(2)
+        .stderr_has(warning);
+
     let cases: Vec<(String, &str)> = vec![
         (
             ok.replace("plugin = ", "plugn = "),
@@ -64,10 +75,6 @@ fn validate_names_the_file_line_and_fix() {
         (
             ok.replace("\"sandbox-probe\"", "\"nope\""),
             "runner.toml:3: stage \"one\": plugin \"nope\" not found as nope.wasm in",
-        ),
-        (
-            ok.replace(PROBE_GRANTS, ""),
-            "runner.toml:3: stage \"one\": its plugin imports runner:plugin/kv but the stage grants nothing for it; add grants.kv = [\"PREFIX/\"]",
         ),
         (
             ok.replace("svc-none", "svc-[unclosed"),

@@ -150,6 +150,10 @@ pub struct ValidateArgs {
     #[arg(default_value = "runner.toml", value_name = "FILE")]
     pub file: PathBuf,
 
+    /// Treat warnings (imports the stage's grants do not cover) as errors.
+    #[arg(long)]
+    pub strict: bool,
+
     /// A directory to find plugins named without a path in, repeatable.
     #[arg(long, value_name = "DIR")]
     pub plugin_path: Vec<PathBuf>,
@@ -403,6 +407,22 @@ pub enum PluginCommand {
     Inspect {
         /// The .wasm component.
         path: PathBuf,
+    },
+    /// Start a new stage plugin: a project that builds and runs as it is,
+    /// with a test, the WIT contract and a one-stage pipeline file.
+    #[command(after_help = "Examples:\n  \
+        runner plugin new notify-ops                 # Rust, in ./notify-ops\n  \
+        runner plugin new smoke-test --lang python\n\n\
+        Then follow the README.md in the new directory: test, build, run.")]
+    New {
+        /// The plugin's name: lowercase letters, digits and '-'.
+        name: String,
+        /// The language of the plugin.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: crate::scaffold::Lang,
+        /// Where to create it [default: ./NAME].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 

@@ -20,4 +20,5 @@ pub mod pipeline;
 pub mod registry;
 pub mod runfile;
 pub mod runtime;
+pub mod scaffold;
 pub mod stage;

@@ -54,6 +54,8 @@ pub enum CommandError {
     PipelineFailed(crate::pipeline::Failure),
     #[error(transparent)]
     Junit(#[from] crate::pipeline::junit::JunitError),
+    #[error(transparent)]
+    Scaffold(#[from] crate::scaffold::ScaffoldError),
     /// Asked for something the files or the state do not allow; the message says what to do.
     #[error("{0}")]
     Usage(String),
@@ -75,7 +77,7 @@ impl CommandError {
                 }
             }
             CommandError::Interrupted(_) => 130,
-            CommandError::Pipeline(_) | CommandError::Usage(_) => 2,
+            CommandError::Pipeline(_) | CommandError::Usage(_) | CommandError::Scaffold(_) => 2,
             CommandError::PipelineFailed(crate::pipeline::Failure::Stage { .. })
             | CommandError::Junit(_) => 1,
             CommandError::PipelineFailed(crate::pipeline::Failure::Fault { .. }) => 3,
@@ -104,6 +106,23 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Promote(ref args) => pipeline::promote(&cli, args).await,
         Command::Exec(ref args) => exec(&cli, args).await,
         Command::Plugin(PluginCommand::Inspect { ref path }) => inspect(&cli, path),
+        Command::Plugin(PluginCommand::New {
+            ref name,
+            lang,
+            ref dir,
+        }) => {
+            let dir = dir.clone().unwrap_or_else(|| name.into());
+            let files = crate::scaffold::create(name, lang, &dir)?;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "created {} ({} files); next: see {}",
+                dir.display(),
+                files.len(),
+                dir.join("README.md").display()
+            )?;
+            Ok(())
+        }
         Command::Kv(ref cmd) => kv(&cli, cmd).await,
         Command::Catalog(ref cmd) => catalog(&cli, cmd).await,
         Command::Lock(ref cmd) => lock(&cli, cmd).await,

@@ -36,6 +36,9 @@ fn load(
 ) -> Result<(Arc<Runtime>, Pipeline), CommandError> {
     let runtime = Arc::new(runtime(cli)?);
     let pipeline = Pipeline::load(file, plugin_path, Some(&runtime))?;
+    for warning in &pipeline.warnings {
+        tracing::warn!("{warning}");
+    }
     Ok((runtime, pipeline))
 }
 
@@ -53,6 +56,15 @@ fn check_service(pipeline: &Pipeline, service: &str) -> Result<(), CommandError>
 pub(super) fn validate(cli: &Cli, args: &ValidateArgs) -> Result<(), CommandError> {
     let runtime = runtime(cli)?;
     let pipeline = Pipeline::load(&args.file, &args.plugin_path, Some(&runtime))?;
+    for warning in &pipeline.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if args.strict && !pipeline.warnings.is_empty() {
+        return Err(crate::pipeline::file::PipelineError::Invalid {
+            problems: pipeline.warnings,
+        }
+        .into());
+    }
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

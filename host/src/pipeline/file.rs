@@ -49,9 +49,14 @@ impl PluginPath {
                 ))
             };
         }
+        // Cargo names a crate's artifact with '_' for '-'.
+        let names = [
+            format!("{plugin}.wasm"),
+            format!("{}.wasm", plugin.replace('-', "_")),
+        ];
         self.dirs
             .iter()
-            .map(|d| d.join(format!("{plugin}.wasm")))
+            .flat_map(|d| names.iter().map(move |n| d.join(n)))
             .find(|p| p.is_file())
             .ok_or_else(|| {
                 let searched: Vec<String> =
@@ -90,6 +95,8 @@ pub struct Pipeline {
     pub docker_host: Option<String>,
     pub runfile: RunnerFile,
     pub stages: Vec<StageDef>,
+    /// Imports the grants do not cover: calls to them will be denied.
+    pub warnings: Vec<FileProblem>,
 }
 
 /// One problem in a pipeline file, located.
@@ -217,6 +224,7 @@ impl Pipeline {
             })?;
         let plugin_path = PluginPath::new(plugin_dirs, base);
         let mut problems = Vec::new();
+        let mut warnings = Vec::new();
 
         let service = spec.service.clone().unwrap_or_default();
         if service.is_empty() {
@@ -320,9 +328,12 @@ impl Pipeline {
             if let (Some(runtime), true, Some(grants)) = (runtime, plugin.is_file(), &grants) {
                 match runtime.load(&plugin) {
                     Ok(loaded) => {
+                        // A warning, not an error: some toolchains
+                        // (componentize-py) import every interface of the
+                        // world whether the plugin calls it or not.
                         for missing in uncovered_imports(&loaded.imports(runtime.engine()), grants)
                         {
-                            at(missing);
+                            warnings.push(problem(line, format!("stage \"{name}\": {missing}")));
                         }
                     }
                     Err(e) => at(e.to_string()),
@@ -368,6 +379,7 @@ impl Pipeline {
             docker_host: targets.docker,
             runfile,
             stages,
+            warnings,
         })
     }
 
@@ -407,7 +419,7 @@ fn uncovered_imports(imports: &[String], grants: &Grants) -> Vec<String> {
         };
         if !covered {
             problems.push(format!(
-                "its plugin imports {iface} but the stage grants nothing for it; add {fix}"
+                "its plugin imports {iface} but the stage grants nothing for it, so calls to it will be denied; if it uses it, add {fix}"
             ));
         }
     }
