@@ -259,6 +259,21 @@ grants = {{ dirs = ["marks:/marks:rw"] }}
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["outcome"], "failed");
     assert_eq!(records[0]["kind"], "run");
+
+    // status works without the pipeline file, from the registry alone.
+    let status = run(env
+        .runner()
+        .current_dir(std::env::temp_dir())
+        .args(["status", "svc"]))
+    .expect_code(0)
+    .stdout;
+    assert!(
+        status.contains("(no runner.toml: proxy not shown)"),
+        "{status}"
+    );
+    assert!(status.contains("lock        free"), "{status}");
+    assert!(status.contains(" run       "), "{status}");
+    assert!(status.contains("failed"), "{status}");
 }
 
 /// The example pipeline in its own working copy, service name, ports and

@@ -328,12 +328,19 @@ pub(super) async fn history(cli: &Cli, args: &HistoryArgs) -> Result<(), Command
 }
 
 pub(super) async fn status(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandError> {
-    let pipeline = Pipeline::load(&args.file, &args.options.plugin_path, None)?;
-    check_service(&pipeline, &args.service)?;
-    let service = &pipeline.service;
+    // Without the pipeline file there is still the registry and the engine
+    // to ask; only the proxy's upstream needs the file's [proxies].
+    let pipeline = if args.file.exists() {
+        let pipeline = Pipeline::load(&args.file, &args.options.plugin_path, None)?;
+        check_service(&pipeline, &args.service)?;
+        Some(pipeline)
+    } else {
+        None
+    };
+    let service = &args.service;
     let registry = open_registry_at(
         cli,
-        pipeline.consul.as_deref(),
+        pipeline.as_ref().and_then(|p| p.consul.as_deref()),
         Duration::from_secs(30),
         false,
     )?;
@@ -344,14 +351,17 @@ pub(super) async fn status(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandE
         .map(|e| String::from_utf8_lossy(&e.value).into_owned());
     out.push_str(&format!(
         "service     {service} ({})\ncolor       {}\n",
-        args.file.display(),
+        match &pipeline {
+            Some(_) => args.file.display().to_string(),
+            None => format!("no {}: proxy not shown", args.file.display()),
+        },
         color.as_deref().unwrap_or("none (never deployed)")
     ));
     let docker = DockerEngine::new(
         args.options
             .docker_host
             .clone()
-            .or_else(|| pipeline.docker_host.clone()),
+            .or_else(|| pipeline.as_ref().and_then(|p| p.docker_host.clone())),
     );
     out.push_str("containers\n");
     match crate::caps::docker::containers_named(&docker, &format!("{service}-")).await {
@@ -369,7 +379,11 @@ pub(super) async fn status(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandE
         }
         Err(e) => out.push_str(&format!("  unknown: {}\n", describe(&e))),
     }
-    for proxy in &pipeline.runfile.proxies {
+    let proxies = pipeline
+        .as_ref()
+        .map(|p| p.runfile.proxies.as_slice())
+        .unwrap_or_default();
+    for proxy in proxies {
         let dir = proxy.config_dir.path();
         let mut upstreams = Vec::new();
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
