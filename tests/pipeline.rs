@@ -621,3 +621,37 @@ fn the_example_pipeline_deploys_from_source_through_a_local_registry() {
         .stderr_has("Last log lines of")
         .stderr_has("no-such-flag");
 }
+
+/// `[targets] consul` puts the run (its lock and history) in Consul (the
+/// API-faithful test server), not in the embedded store.
+#[test]
+fn a_pipeline_targeting_consul_keeps_its_history_there() {
+    let consul = common::consul::ConsulServer::start(None);
+    let env = Env::new();
+    let file = pipeline_file(
+        &env,
+        &format!(
+            "service = \"svc\"\n\n[targets]\nconsul = \"{}\"\n\n[[stages]]\nname = \"only\"\nplugin = \"sandbox-probe\"\nconfig = {{ mode = \"echo\" }}\n{PROBE_GRANTS}\n",
+            consul.url()
+        ),
+    );
+    run(env
+        .runner()
+        .env_remove("CONSUL_HTTP_ADDR")
+        .env("CI", "true")
+        .arg("run")
+        .arg(&file))
+    .expect_code(0)
+    .stderr_has("pipeline succeeded");
+    let records = json_lines(
+        &run(env
+            .runner()
+            .env("CONSUL_HTTP_ADDR", consul.url())
+            .args(["history", "svc", "--json"]))
+        .expect_code(0)
+        .stdout,
+    );
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["outcome"], "succeeded");
+    assert!(!env.state_dir().exists(), "the embedded store was not used");
+}

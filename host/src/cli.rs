@@ -15,9 +15,11 @@ use std::time::Duration;
         Exit status: 0 success, 1 stage failed, 2 usage or config error, \
         3 plugin fault (trap, limit, invalid component).",
     after_help = "Examples:\n  \
+        runner validate runner.toml                  # check a pipeline without running it\n  \
+        runner run runner.toml --junit reports.xml   # run every stage in order\n  \
+        runner status books-ms                       # color, containers, proxy, lock, deploys\n  \
         runner exec --plugin color.wasm --service books-ms --allow-kv books-ms/ --config commit=true\n  \
-        runner plugin inspect integration-test.wasm\n  \
-        runner kv get books-ms/color\n\n\
+        runner plugin new my-stage --lang python     # start your own stage\n\n\
         Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=runner=debug) or pass -v for more."
 )]
 pub struct Cli {
