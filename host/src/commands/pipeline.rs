@@ -56,8 +56,9 @@ fn check_service(pipeline: &Pipeline, service: &str) -> Result<(), CommandError>
 pub(super) fn validate(cli: &Cli, args: &ValidateArgs) -> Result<(), CommandError> {
     let runtime = runtime(cli)?;
     let pipeline = Pipeline::load(&args.file, &args.plugin_path, Some(&runtime))?;
+    let mut err = std::io::stderr().lock();
     for warning in &pipeline.warnings {
-        eprintln!("warning: {warning}");
+        writeln!(err, "warning: {warning}")?;
     }
     if args.strict && !pipeline.warnings.is_empty() {
         return Err(crate::pipeline::file::PipelineError::Invalid {

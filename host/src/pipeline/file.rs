@@ -14,7 +14,6 @@ use crate::runfile::{RunnerFile, RunnerFileSpec};
 use crate::runtime::{Limits, Runtime};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 pub use crate::runfile::{StageSpec, TargetsSpec};
 
@@ -424,11 +423,6 @@ fn uncovered_imports(imports: &[String], grants: &Grants) -> Vec<String> {
         }
     }
     problems
-}
-
-/// The durations in a config, for stages that want one (`drain = "1s"`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("\"{text}\": {e}"))
 }
 
 #[cfg(test)]
