@@ -655,3 +655,39 @@ fn a_pipeline_targeting_consul_keeps_its_history_there() {
     assert_eq!(records[0]["outcome"], "succeeded");
     assert!(!env.state_dir().exists(), "the embedded store was not used");
 }
+
+/// On a terminal (no `CI`): a ✓ line per stage and the summary, no
+/// timestamps. `script` gives the run a pseudo-terminal.
+#[test]
+fn a_terminal_gets_live_stage_lines_and_a_summary() {
+    let env = Env::new();
+    let file = pipeline_file(
+        &env,
+        &format!(
+            "service = \"svc\"\n\n[[stages]]\nname = \"one\"\nplugin = \"sandbox-probe\"\nconfig = {{ mode = \"noop\" }}\n{PROBE_GRANTS}\n\n[[stages]]\nname = \"two\"\nplugin = \"sandbox-probe\"\nconfig = {{ mode = \"noop\" }}\n{PROBE_GRANTS}\n"
+        ),
+    );
+    let runner = assert_cmd::cargo::cargo_bin("runner");
+    let command = format!("{} run {}", runner.display(), file.display());
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("CI")
+        .env("RUNNER_STATE_DIR", env.state_dir())
+        .env("RUNNER_CACHE_DIR", env.cache_dir())
+        .env("TERM", "xterm")
+        .output()
+        .expect("script (util-linux) runs the command on a pseudo-terminal");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for expected in ["✓ one", "✓ two", "pipeline succeeded in"] {
+        assert!(text.contains(expected), "{expected:?} missing:\n{text}");
+    }
+    assert!(
+        !text.lines().any(timestamped),
+        "no timestamps on a terminal:\n{text}"
+    );
+    assert!(
+        !text.contains("one succeeded in"),
+        "the terminal display, not CI lines:\n{text}"
+    );
+}
