@@ -71,7 +71,9 @@ impl Watch {
             .arg(&src)
             .arg(&dest)
             .args(["--exec", exec])
-            .args(["--wait", "500ms:5s", "--query-wait", "1s"])
+            // A quiet time long enough that the burst below (five durable
+            // writes) fits in it even on a loaded machine.
+            .args(["--wait", "1s:10s", "--query-wait", "1s"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         if let Backend::Consul(server) = backend {
