@@ -280,3 +280,42 @@ fn template_watch_retries_a_failed_command() {
     assert_eq!(watch.content(), "color=blue\n");
     assert!(watch.stop().contains("stopped watching"));
 }
+
+/// consul-template's own form, `-t SRC:DEST[:CMD]`, repeatable: each
+/// template rendered, each command run only when its file changed.
+#[test]
+fn templates_can_be_given_as_consul_template_specs() {
+    let env = Env::new();
+    let backend = Backend::Embedded(
+        EmbeddedRegistry::open(&env.state_dir(), Duration::from_secs(10)).unwrap(),
+    );
+    backend.put("app/color", "blue");
+    std::fs::write(env.path().join("a.ctmpl"), "a={{key \"app/color\"}}\n").unwrap();
+    std::fs::write(env.path().join("b.ctmpl"), "b={{key \"app/color\"}}\n").unwrap();
+    let render = || {
+        let mut cmd = env.runner();
+        cmd.args([
+            "template",
+            "render",
+            "-t",
+            "a.ctmpl:a.conf:echo a >> runs",
+            "-t",
+            "b.ctmpl:b.conf",
+        ]);
+        run(&mut cmd)
+    };
+    render().expect_code(0);
+    let read = |f: &str| std::fs::read_to_string(env.path().join(f)).unwrap_or_default();
+    assert_eq!(
+        (read("a.conf"), read("b.conf")),
+        ("a=blue\n".into(), "b=blue\n".into())
+    );
+    render().expect_code(0);
+    assert_eq!(read("runs"), "a\n", "the command ran only on the change");
+
+    let mut bad = env.runner();
+    bad.args(["template", "render", "-t", "only-a-source.ctmpl"]);
+    run(&mut bad)
+        .expect_code(2)
+        .stderr_has("is not SRC:DEST[:CMD]");
+}

@@ -198,20 +198,13 @@ pub struct HistoryArgs {
 pub enum TemplateCommand {
     /// Render SRC to DEST once, like `consul-template -template "SRC:DEST:CMD" -once`:
     /// DEST is written atomically and only when it changes; CMD runs only then.
-    #[command(after_help = "Example (the seed's upstream):\n  \
+    #[command(after_help = "Examples (the seed's upstream):\n  \
         runner --consul http://127.0.0.1:8500 template render nginx-upstreams-blue.ctmpl \\\n      \
-        /etc/nginx/conf.d/books-ms.conf --exec 'nginx -s reload'")]
+        /etc/nginx/conf.d/books-ms.conf --exec 'nginx -s reload'\n  \
+        runner template render -t 'upstreams.ctmpl:conf.d/books-ms.conf:nginx -s reload' -t 'app.ctmpl:app.env'")]
     Render {
-        /// The template file (consul-template syntax).
-        src: PathBuf,
-        /// The file to write.
-        dest: PathBuf,
-        /// A shell command to run when DEST changed (e.g. a proxy reload); must exit 0.
-        #[arg(long, value_name = "CMD")]
-        exec: Option<String>,
-        /// Time limit for --exec.
-        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
-        exec_timeout: Duration,
+        #[command(flatten)]
+        targets: TemplateTargets,
         /// Accepted for consul-template habits: `render` always renders once
         /// (`template watch` keeps rendering).
         #[arg(long)]
@@ -225,21 +218,13 @@ pub enum TemplateCommand {
     /// change, runner waits for quiet (--wait) and renders again; DEST is
     /// written and CMD run only when the output changed. A registry outage is
     /// retried with backoff while the last good DEST stays in place.
-    #[command(after_help = "Example (nginx follows the catalog):\n  \
+    #[command(after_help = "Examples (nginx follows the catalog):\n  \
         runner --consul http://127.0.0.1:8500 template watch nginx-upstreams.ctmpl \\\n      \
-        /etc/nginx/conf.d/books-ms.conf --exec 'nginx -s reload' --wait 2s:10s")]
+        /etc/nginx/conf.d/books-ms.conf --exec 'nginx -s reload' --wait 2s:10s\n  \
+        runner template watch -t 'upstreams.ctmpl:conf.d/books-ms.conf:nginx -s reload' -t 'app.ctmpl:app.env'")]
     Watch {
-        /// The template file (consul-template syntax).
-        src: PathBuf,
-        /// The file to write.
-        dest: PathBuf,
-        /// A shell command to run each time DEST changed (e.g. a proxy reload).
-        /// A failure is logged and the command retried with backoff until it succeeds.
-        #[arg(long, value_name = "CMD")]
-        exec: Option<String>,
-        /// Time limit for --exec.
-        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
-        exec_timeout: Duration,
+        #[command(flatten)]
+        targets: TemplateTargets,
         /// Quiescence, as consul-template's -wait: render once no change came
         /// for MIN, and at most MAX after the first change ("0s" renders at once).
         #[arg(long, default_value = "250ms:2s", value_name = "MIN[:MAX]", value_parser = parse_quiescence)]
@@ -249,6 +234,45 @@ pub enum TemplateCommand {
         #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = humantime::parse_duration)]
         query_wait: Duration,
     },
+}
+
+/// What to render: SRC DEST [--exec CMD], or consul-template's `-t SRC:DEST[:CMD]`, repeatable.
+#[derive(Debug, Args)]
+pub struct TemplateTargets {
+    /// The template file (consul-template syntax).
+    #[arg(required_unless_present = "templates")]
+    pub src: Option<PathBuf>,
+    /// The file to write.
+    #[arg(required_unless_present = "templates")]
+    pub dest: Option<PathBuf>,
+    /// A shell command to run each time DEST changed (e.g. a proxy reload);
+    /// it must exit 0 (`watch` retries a failure with backoff).
+    #[arg(long, value_name = "CMD", requires = "src")]
+    pub exec: Option<String>,
+    /// A template as consul-template writes it: `SRC:DEST` or `SRC:DEST:CMD`;
+    /// repeatable, and usable instead of (or with) SRC DEST.
+    #[arg(short = 't', long = "template", value_name = "SRC:DEST[:CMD]", value_parser = parse_template_spec)]
+    pub templates: Vec<(PathBuf, PathBuf, Option<String>)>,
+    /// Time limit for each command.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub exec_timeout: Duration,
+}
+
+/// `SRC:DEST[:CMD]` (CMD may itself contain ':').
+fn parse_template_spec(text: &str) -> Result<(PathBuf, PathBuf, Option<String>), String> {
+    let mut parts = text.splitn(3, ':');
+    let src = parts.next().unwrap_or_default();
+    let dest = parts.next().unwrap_or_default();
+    if src.is_empty() || dest.is_empty() {
+        return Err(format!(
+            "\"{text}\" is not SRC:DEST[:CMD]; e.g. -t 'upstreams.ctmpl:conf.d/app.conf:nginx -s reload'"
+        ));
+    }
+    let command = parts
+        .next()
+        .filter(|c| !c.trim().is_empty())
+        .map(str::to_string);
+    Ok((src.into(), dest.into(), command))
 }
 
 /// `MIN[:MAX]`; MAX defaults to 4×MIN, as in consul-template.
