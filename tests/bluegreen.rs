@@ -8,17 +8,10 @@
 
 mod common;
 
-use common::{Env, Output, plugin, run};
-use std::path::{Path, PathBuf};
+use common::{Env, Output, free_port, plugin, repo, run};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
 
 fn sh(cmd: &mut Command) -> String {
     let out = cmd
@@ -30,14 +23,6 @@ fn sh(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One isolated deployment: its own service name, images, nginx and state.

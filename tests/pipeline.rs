@@ -7,17 +7,10 @@
 
 mod common;
 
-use common::{Env, Output, plugin, run};
-use std::path::{Path, PathBuf};
+use common::{Env, Output, free_port, plugin, repo, run};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
 
 fn plugins_dir() -> PathBuf {
     plugin("sandbox-probe").parent().unwrap().to_path_buf()
@@ -51,10 +44,8 @@ fn validate_names_the_file_line_and_fix() {
     let ok = format!(
         "service = \"svc\"\n\n[[stages]]\nname = \"one\"\nplugin = \"sandbox-probe\"\nconfig = {{ mode = \"noop\" }}\n{PROBE_GRANTS}\n"
     );
-    validate(&env, &ok)
-        .expect_code(0)
-        .stdout
-        .contains("valid; service svc, 1 stages");
+    let valid = validate(&env, &ok).expect_code(0).stdout;
+    assert!(valid.contains("valid; service svc, 1 stages"), "{valid}");
 
     // Imports the grants do not cover: a warning, an error with --strict.
     let uncovered = ok.replace(PROBE_GRANTS, "");
@@ -284,14 +275,6 @@ struct Example {
     service: String,
     proxy_port: u16,
     registry_port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Example {

@@ -23,6 +23,23 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
+/// The repository's root directory.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// A free TCP port on 127.0.0.1 (for a server a test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
 /// A scratch directory with its own state dir and artifact cache.
 pub struct Env {
     pub dir: tempfile::TempDir,

@@ -225,17 +225,7 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
         None
     };
     if !grants.docker.is_empty() {
-        // The catalog may list containers stopped behind runner's back.
-        match crate::caps::docker::reconcile(&services.docker, &*services.registry).await {
-            Ok((0, 0)) => {}
-            Ok((dropped, added)) => {
-                tracing::info!("catalog reconciled: {dropped} gone, {added} added")
-            }
-            Err(e) => tracing::warn!(
-                "cannot reconcile the catalog with the engine: {}",
-                describe(&e)
-            ),
-        }
+        reconcile_catalog(&services).await;
     }
     if !runfile.hooks.is_empty() {
         services.hooks = Some(Arc::new(Hooks::new(
@@ -293,6 +283,20 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
         }
     }
     Ok(())
+}
+
+/// Drop catalog entries of containers stopped behind runner's back (and add
+/// running ones it lacks) before a stage that manages containers; a failure
+/// is logged, not fatal: the stage itself will meet the engine's error.
+pub(crate) async fn reconcile_catalog(services: &HostServices) {
+    match crate::caps::docker::reconcile(&services.docker, &*services.registry).await {
+        Ok((0, 0)) => {}
+        Ok((dropped, added)) => tracing::info!("catalog reconciled: {dropped} gone, {added} added"),
+        Err(e) => tracing::warn!(
+            "cannot reconcile the catalog with the engine: {}",
+            describe(&e)
+        ),
+    }
 }
 
 /// Wait (bounded) for the deploy lock of `service`.

@@ -2,7 +2,8 @@
 //! `rollback` and `promote`.
 
 use super::{
-    CommandError, acquire_lock, open_registry, open_registry_at, runtime, shutdown_signal,
+    CommandError, acquire_lock, open_registry, open_registry_at, reconcile_catalog, runtime,
+    shutdown_signal,
 };
 use crate::bindings::describe;
 use crate::caps::HostServices;
@@ -194,16 +195,7 @@ async fn run_pipeline(
         .unwrap_or_default();
     let lock = acquire_lock(&*registry, &pipeline.service, &first, options.lock_wait).await?;
     if pipeline.stages.iter().any(|s| !s.grants.docker.is_empty()) {
-        match crate::caps::docker::reconcile(&services.docker, &*registry).await {
-            Ok((0, 0)) => {}
-            Ok((dropped, added)) => {
-                tracing::info!("catalog reconciled: {dropped} gone, {added} added")
-            }
-            Err(e) => tracing::warn!(
-                "cannot reconcile the catalog with the engine: {}",
-                describe(&e)
-            ),
-        }
+        reconcile_catalog(&services).await;
     }
     let reporter = report::reporter(OutputMode::detect(options.json));
     let started_at = SystemTime::now();
