@@ -201,24 +201,7 @@ impl Drop for Deployment {
             .arg(&self.work)
             .status();
         let filter = format!("label={}", self.label);
-        for kind in [vec!["ps", "-aq"], vec!["images", "-q"]] {
-            let ids = Command::new("docker")
-                .args(&kind)
-                .args(["--filter", &filter])
-                .output();
-            let ids = ids
-                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-                .unwrap_or_default();
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let remove = if kind[0] == "ps" {
-                    vec!["rm", "-f"]
-                } else {
-                    vec!["rmi", "-f"]
-                };
-                let _ = Command::new("docker").args(&remove).args(&ids).output();
-            }
-        }
+        common::docker_remove(&filter, &filter);
     }
 }
 

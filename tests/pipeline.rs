@@ -355,41 +355,10 @@ impl Drop for Example {
             .arg("down")
             .arg(&self.work)
             .status();
-        let names = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("name=^/{}-", self.service),
-            ])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default();
-        let names: Vec<&str> = names.split_whitespace().collect();
-        if !names.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&names)
-                .output();
-        }
-        let images = Command::new("docker")
-            .args([
-                "images",
-                "-q",
-                "--filter",
-                &format!("reference=*/{}*", self.service),
-            ])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default();
-        let mut images: Vec<&str> = images.split_whitespace().collect();
-        images.dedup();
-        if !images.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rmi", "-f"])
-                .args(&images)
-                .output();
-        }
+        common::docker_remove(
+            &format!("name=^/{}-", self.service),
+            &format!("reference=*/{}*", self.service),
+        );
     }
 }
 

@@ -40,6 +40,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Remove every container matching `docker ps --filter CONTAINERS`, then
+/// every image matching `docker images --filter IMAGES`: what a test made,
+/// whatever state it left them in. Best effort: cleanup never fails a test.
+pub fn docker_remove(containers: &str, images: &str) {
+    for (list, filter, remove) in [
+        (["ps", "-aq"], containers, ["rm", "-f"]),
+        (["images", "-q"], images, ["rmi", "-f"]),
+    ] {
+        let ids = std::process::Command::new("docker")
+            .args(list)
+            .args(["--filter", filter])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let mut ids: Vec<&str> = ids.split_whitespace().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(remove)
+                .args(&ids)
+                .output();
+        }
+    }
+}
+
 /// A scratch directory with its own state dir and artifact cache.
 pub struct Env {
     pub dir: tempfile::TempDir,
