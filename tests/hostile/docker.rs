@@ -1,0 +1,1 @@
+//! Hostile plugins: docker (filled in below).

@@ -1,0 +1,1 @@
+//! Hostile plugins: files (filled in below).

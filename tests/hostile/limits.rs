@@ -1,0 +1,1 @@
+//! Hostile plugins: limits (filled in below).

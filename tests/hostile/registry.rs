@@ -1,0 +1,1 @@
+//! Hostile plugins: registry (filled in below).

@@ -1,0 +1,1 @@
+//! Hostile plugins: templates (filled in below).
