@@ -16,6 +16,7 @@ pub mod cli;
 pub mod commands;
 pub mod grants;
 pub mod inspect;
+pub mod names;
 pub mod pipeline;
 pub mod registry;
 pub mod runfile;

@@ -87,6 +87,11 @@ pub struct HookSpec {
     pub plugin: String,
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Settings a calling plugin may set or override (e.g. `base_url`); the
+    /// caller may set no other: the operator's `config` is what the hook's
+    /// grants were given for.
+    #[serde(default)]
+    pub overridable: Vec<String>,
     #[serde(default)]
     pub grants: GrantsSpec,
     #[serde(default)]
@@ -107,6 +112,8 @@ pub struct HookDef {
     pub name: String,
     pub plugin: PathBuf,
     pub config: Vec<(String, String)>,
+    /// Settings a caller may set (`overridable`); everything else is the operator's.
+    pub overridable: Vec<String>,
     pub grants: Grants,
     pub limits: Limits,
 }
@@ -201,6 +208,7 @@ impl RunnerFile {
                 name: name.clone(),
                 plugin,
                 config: hook.config.clone().into_iter().collect(),
+                overridable: hook.overridable.clone(),
                 grants,
                 limits: hook
                     .limits

@@ -4,13 +4,14 @@
 
 use crate::bindings::runner::plugin::hooks::HookOutcome;
 use crate::bindings::{Context as StageContext, PluginError};
-use crate::caps::hooks::HookRunner;
+use crate::caps::hooks::{HookCaller, HookRunner};
 use crate::caps::{Capabilities, HostServices};
+use crate::caps::template::{FileError, GrantedDir, read_inside_limited};
 use crate::grants::{Grants, host_path};
+use crate::pipeline::junit::Report;
 use crate::runfile::HookDef;
 use crate::runtime::{Limits, Plugin, Runtime, StageResult};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 /// Runs `[hooks.*]` for the stage being executed: each hook is loaded once,
@@ -24,7 +25,7 @@ pub struct Hooks {
     defs: Vec<HookDef>,
     loaded: tokio::sync::Mutex<HashMap<String, Arc<Plugin>>>,
     /// The JUnit reports hooks wrote (host paths), for `runner run --junit`.
-    reports: Arc<Mutex<Vec<PathBuf>>>,
+    reports: Arc<Mutex<Vec<Report>>>,
     /// Outputs of earlier stages, given to hooks as inputs.
     inputs: Mutex<Vec<(String, String)>>,
 }
@@ -35,7 +36,7 @@ impl Hooks {
         services: HostServices,
         service: &str,
         defs: Vec<HookDef>,
-        reports: Arc<Mutex<Vec<PathBuf>>>,
+        reports: Arc<Mutex<Vec<Report>>>,
     ) -> Self {
         Self {
             runtime,
@@ -62,6 +63,7 @@ impl HookRunner for Hooks {
         &self,
         name: &str,
         config: Vec<(String, String)>,
+        caller: HookCaller,
     ) -> Result<HookOutcome, PluginError> {
         let def = self.defs.iter().find(|d| d.name == name).ok_or_else(|| {
             PluginError::NotFound(format!("hooks: no [hooks.{name}] in the runner file"))
@@ -81,7 +83,20 @@ impl HookRunner for Hooks {
                 }
             }
         };
+        // The operator's config wins: a caller sets only what the operator
+        // declared overridable, so it cannot point the hook's grants elsewhere.
+        let not_overridable = config
+            .iter()
+            .find(|(k, _)| caller == HookCaller::Plugin && !def.overridable.contains(k));
+        if let Some((key, _)) = not_overridable {
+            return Err(crate::caps::denied(
+                "hooks",
+                format_args!("the caller may not set \"{key}\" for hook \"{name}\" (not overridable)"),
+                format_args!("overridable = [\"{key}\"] in [hooks.{name}] of the runner file"),
+            ));
+        }
         let mut settings = def.config.clone();
+        settings.retain(|(k, _)| !config.iter().any(|(c, _)| c == k));
         settings.extend(config);
         let inputs = self.inputs.lock().map(|i| i.clone()).unwrap_or_default();
         tracing::info!("running hook {name} ({})", def.plugin.display());
@@ -111,6 +126,59 @@ impl HookRunner for Hooks {
     }
 }
 
+/// Most bytes of outputs (keys and values) and message a stage may return:
+/// outputs are copied into every later stage and into a paused run's record.
+pub const MAX_OUTCOME_BYTES: usize = 1024 * 1024;
+
+/// Refuse an outcome past [`MAX_OUTCOME_BYTES`] (as the stage's failure: the
+/// plugin ran, and what it returned is unusable).
+fn bounded_outcome(
+    plugin: &str,
+    outcome: crate::bindings::Outcome,
+) -> Result<crate::bindings::Outcome, PluginError> {
+    let size = outcome.message.len()
+        + outcome
+            .outputs
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if size > MAX_OUTCOME_BYTES {
+        return Err(PluginError::InvalidConfig(format!(
+            "{plugin} returned {size} bytes of outputs and message, more than the {} limit; \
+             pass large data through a granted directory instead",
+            crate::runtime::format_bytes(MAX_OUTCOME_BYTES as u64)
+        )));
+    }
+    Ok(outcome)
+}
+
+/// Largest JUnit report merged (the plugin writes it; the host reads it).
+const MAX_REPORT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Read the report the plugin wrote, now, through its own granted
+/// directories (cap-std: no `..`, no symlink out of the grant), so what is
+/// merged later is what the plugin could itself read.
+fn collect_report(plugin: &str, guest: &str, grants: &Grants, reports: &Mutex<Vec<Report>>) {
+    let Some(path) = host_path(&grants.dirs, guest) else {
+        tracing::warn!(
+            "JUnit report \"{guest}\" of {plugin} is outside its granted directories; not merged"
+        );
+        return;
+    };
+    let dirs: Vec<GrantedDir> = grants.dirs.iter().map(|d| d.granted.clone()).collect();
+    match read_inside_limited(&dirs, &path, MAX_REPORT_BYTES) {
+        Ok(xml) => {
+            if let Ok(mut reports) = reports.lock()
+                && !reports.iter().any(|r| r.path == path)
+            {
+                reports.push(Report { path, xml });
+            }
+        }
+        Err(FileError::NotFound(_)) => {}
+        Err(e) => tracing::warn!("JUnit report of {plugin} not merged: {e}"),
+    }
+}
+
 /// Run `plugin` once under `grants` and `limits`, on its own task, and note
 /// the JUnit report it was configured to write (`report`), if it did.
 pub async fn run_plugin(
@@ -120,14 +188,15 @@ pub async fn run_plugin(
     grants: &Grants,
     limits: Limits,
     services: &HostServices,
-    reports: &Mutex<Vec<PathBuf>>,
+    reports: &Mutex<Vec<Report>>,
 ) -> Result<StageResult, crate::runtime::Fault> {
     let report = context
         .config
         .iter()
         .rev()
         .find(|(k, _)| k == "report")
-        .and_then(|(_, guest)| host_path(&grants.dirs, guest));
+        .map(|(_, guest)| guest.clone());
+    let plugin_name = plugin.name().to_string();
     let request = crate::runtime::RunRequest {
         capabilities: Capabilities::new(plugin.name(), grants, services),
         dirs: grants.dirs.clone(),
@@ -141,11 +210,8 @@ pub async fn run_plugin(
             "the plugin's task did not complete: {join}"
         )))),
     };
-    if let Some(path) = report.filter(|p| p.is_file())
-        && let Ok(mut reports) = reports.lock()
-        && !reports.contains(&path)
-    {
-        reports.push(path);
+    if let Some(guest) = report {
+        collect_report(&plugin_name, &guest, grants, reports);
     }
-    result
+    result.map(|r| r.and_then(|outcome| bounded_outcome(&plugin_name, outcome)))
 }

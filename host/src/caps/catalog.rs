@@ -4,6 +4,7 @@ use super::globs::Globs;
 use super::{HostServices, bounded, denied, registry_error};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::catalog;
+use crate::names;
 use crate::registry::{Instance, Registry};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +22,19 @@ impl ServiceGrant {
         self.0.is_empty()
     }
 
+    /// Whether `service` is a valid service name the grant covers.
     pub fn allows(&self, service: &str) -> bool {
-        self.0.matches(service)
+        names::service_name(service).is_ok() && self.0.matches(service)
+    }
+
+    /// Validate the name, then check the grant.
+    pub fn check(&self, op: &str, service: &str) -> Result<(), PluginError> {
+        names::service_name(service).map_err(|e| e.to_plugin_error("catalog"))?;
+        if self.0.matches(service) {
+            Ok(())
+        } else {
+            Err(self.deny(op, service))
+        }
     }
 
     pub fn deny(&self, op: &str, service: &str) -> PluginError {
@@ -50,11 +62,7 @@ impl CatalogCap {
     }
 
     fn check(&self, op: &str, service: &str) -> Result<(), PluginError> {
-        if self.grant.allows(service) {
-            Ok(())
-        } else {
-            Err(self.grant.deny(op, service))
-        }
+        self.grant.check(op, service)
     }
 }
 
@@ -105,11 +113,7 @@ impl catalog::Host for CatalogCap {
 
     async fn register(&mut self, instance: catalog::Instance) -> Result<(), PluginError> {
         self.check("register", &instance.name)?;
-        if instance.id.is_empty() {
-            return Err(PluginError::InvalidConfig(
-                "catalog.register: instance id is empty".into(),
-            ));
-        }
+        names::instance_id(&instance.id).map_err(|e| e.to_plugin_error("catalog"))?;
         let instance = Instance {
             id: instance.id,
             name: instance.name,
@@ -129,6 +133,7 @@ impl catalog::Host for CatalogCap {
 
     async fn deregister(&mut self, service: String, id: String) -> Result<bool, PluginError> {
         self.check("deregister", &service)?;
+        names::instance_id(&id).map_err(|e| e.to_plugin_error("catalog"))?;
         bounded("catalog.deregister", self.timeout, async {
             self.registry
                 .deregister(&service, &id)

@@ -12,6 +12,7 @@ use super::template::GrantedDir;
 use super::{HostServices, bounded, denied, registry_error};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::docker;
+use crate::names;
 use crate::registry::{Instance, Registry};
 use bollard::Docker;
 use bollard::models::{
@@ -29,8 +30,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Labels runner puts on every container it runs.
+/// Labels runner puts on every container it runs. Every `runner.` label is
+/// the host's alone: a plugin that could set them could register its
+/// container under any service.
 pub const LABEL_MANAGED: &str = "runner.managed";
+const RESERVED_LABELS: &str = "runner.";
+/// Most container log text `logs` returns (the newest part is kept).
+const MAX_LOGS_BYTES: usize = 4 * 1024 * 1024;
 const LABEL_SERVICE: &str = "runner.service";
 const LABEL_SERVICE_PORT: &str = "runner.service-port";
 const LABEL_TAGS: &str = "runner.service-tags";
@@ -69,7 +75,9 @@ impl DockerGrant {
         self.containers.is_empty() && self.images.is_empty() && !self.build && !self.push
     }
 
+    /// Validate the name (Docker's rule), then check the grant.
     fn container(&self, op: &str, name: &str) -> Result<(), PluginError> {
+        names::container_name(name).map_err(|e| e.to_plugin_error("docker"))?;
         if self.containers.matches(name) {
             Ok(())
         } else {
@@ -81,7 +89,9 @@ impl DockerGrant {
         }
     }
 
+    /// Validate the reference (the distribution grammar), then check the grant.
     fn image(&self, op: &str, image: &str) -> Result<(), PluginError> {
+        names::image_reference(image).map_err(|e| e.to_plugin_error("docker"))?;
         if self.images.matches(image) {
             Ok(())
         } else {
@@ -219,6 +229,38 @@ impl DockerCap {
             .map_err(self.err("inspect", name))
     }
 
+    /// The container named exactly `name`, resolved once; every operation
+    /// then acts on its ID. The engine also resolves IDs and ID prefixes, so
+    /// a granted-looking name could otherwise reach another container.
+    /// A container run for a service may be acted on only with that service
+    /// granted (`--allow-service`): acting on it changes the catalog.
+    async fn resolve(&self, op: &str, name: &str) -> Result<Resolved, PluginError> {
+        let info = self.inspect_raw(name).await?;
+        if container_name(&info) != name {
+            return Err(PluginError::NotFound(format!(
+                "docker {op} {name}: no container has that name"
+            )));
+        }
+        if let Some(service) = labels(&info).get(LABEL_SERVICE)
+            && !self.services.allows(service)
+        {
+            return Err(denied(
+                "docker",
+                format_args!(
+                    "{op} of container \"{name}\" changes the catalog of service \"{service}\", which is not granted"
+                ),
+                format_args!("--allow-service {service}"),
+            ));
+        }
+        let id = info.id.clone().unwrap_or_default();
+        if id.is_empty() {
+            return Err(PluginError::Failed(format!(
+                "docker {op} {name}: the engine gave no container ID"
+            )));
+        }
+        Ok(Resolved { id, info })
+    }
+
     /// Register the container if it was run for a service.
     async fn register(&self, info: &ContainerInspectResponse) -> Result<(), PluginError> {
         if let Some(instance) = registration(info) {
@@ -288,6 +330,12 @@ impl DockerCap {
             ))
         })
     }
+}
+
+/// A container resolved by exact name: act on `id`.
+struct Resolved {
+    id: String,
+    info: ContainerInspectResponse,
 }
 
 /// The engine answers 304 to starting a running or stopping a stopped
@@ -652,15 +700,24 @@ impl docker::Host for DockerCap {
         self.grant.container("run", &spec.name)?;
         self.grant.image("run", &spec.image)?;
         if let Some(service) = &spec.service {
-            if !self.services.allows(service) {
-                return Err(self.services.deny("register", service));
-            }
+            self.services.check("register", service)?;
             if spec.ports.is_empty() {
                 return Err(PluginError::InvalidConfig(format!(
                     "docker run {}: registering it as service \"{service}\" needs a published port in `ports`",
                     spec.name
                 )));
             }
+        }
+        if let Some((key, _)) = spec
+            .labels
+            .iter()
+            .find(|(k, _)| k.to_ascii_lowercase().starts_with(RESERVED_LABELS))
+        {
+            return Err(PluginError::InvalidConfig(format!(
+                "docker run {}: label \"{key}\" is reserved: labels starting with \"{RESERVED_LABELS}\" are set by runner alone \
+                 (registration follows them); register through `service` instead",
+                spec.name
+            )));
         }
         let mut labels: HashMap<String, String> = spec.labels.into_iter().collect();
         labels.insert(LABEL_MANAGED.into(), "true".into());
@@ -708,7 +765,7 @@ impl docker::Host for DockerCap {
         let docker = self.engine.client().await?;
         let name = spec.name.clone();
         let info = bounded("docker.run", self.timeout, async {
-            docker
+            let created = docker
                 .create_container(
                     Some(CreateContainerOptions {
                         name: Some(name.clone()),
@@ -719,10 +776,10 @@ impl docker::Host for DockerCap {
                 .await
                 .map_err(self.err("create", &name))?;
             docker
-                .start_container(&name, None::<StartContainerOptions>)
+                .start_container(&created.id, None::<StartContainerOptions>)
                 .await
                 .map_err(self.err("start", &name))?;
-            self.inspect_raw(&name).await
+            self.inspect_raw(&created.id).await
         })
         .await?;
         self.register(&info).await?;
@@ -733,13 +790,14 @@ impl docker::Host for DockerCap {
         self.grant.container("start", &name)?;
         let docker = self.engine.client().await?;
         let info = bounded("docker.start", self.timeout, async {
+            let target = self.resolve("start", &name).await?;
             already_done(
                 docker
-                    .start_container(&name, None::<StartContainerOptions>)
+                    .start_container(&target.id, None::<StartContainerOptions>)
                     .await,
             )
             .map_err(self.err("start", &name))?;
-            self.inspect_raw(&name).await
+            self.inspect_raw(&target.id).await
         })
         .await?;
         self.register(&info).await?;
@@ -753,13 +811,14 @@ impl docker::Host for DockerCap {
             .timeout
             .max(Duration::from_secs(u64::from(timeout_secs) + 10));
         let info = bounded("docker.stop", limit, async {
+            let target = self.resolve("stop", &name).await?;
             let options = StopContainerOptions {
                 t: Some(i32::try_from(timeout_secs).unwrap_or(i32::MAX)),
                 signal: None,
             };
-            already_done(docker.stop_container(&name, Some(options)).await)
+            already_done(docker.stop_container(&target.id, Some(options)).await)
                 .map_err(self.err("stop", &name))?;
-            self.inspect_raw(&name).await
+            self.inspect_raw(&target.id).await
         })
         .await?;
         self.deregister(&info).await
@@ -767,12 +826,12 @@ impl docker::Host for DockerCap {
 
     async fn remove(&mut self, name: String, force: bool) -> Result<(), PluginError> {
         self.grant.container("remove", &name)?;
-        let info = self.inspect_raw(&name).await?;
+        let Resolved { id, info } = self.resolve("remove", &name).await?;
         let docker = self.engine.client().await?;
         bounded("docker.remove", self.timeout, async {
             docker
                 .remove_container(
-                    &name,
+                    &id,
                     Some(RemoveContainerOptions {
                         force,
                         v: true,
@@ -788,11 +847,12 @@ impl docker::Host for DockerCap {
 
     async fn kill(&mut self, name: String, signal: String) -> Result<(), PluginError> {
         self.grant.container("kill", &name)?;
+        let Resolved { id, .. } = self.resolve("kill", &name).await?;
         let docker = self.engine.client().await?;
         bounded("docker.kill", self.timeout, async {
             docker
                 .kill_container(
-                    &name,
+                    &id,
                     Some(KillContainerOptions {
                         signal: signal.clone(),
                     }),
@@ -802,7 +862,7 @@ impl docker::Host for DockerCap {
         })
         .await?;
         // A signal that ends the container ends its registration too.
-        let info = self.inspect_raw(&name).await?;
+        let info = self.inspect_raw(&id).await?;
         if !info.state.as_ref().and_then(|s| s.running).unwrap_or(false) {
             self.deregister(&info).await?;
         }
@@ -812,7 +872,7 @@ impl docker::Host for DockerCap {
     async fn inspect(&mut self, name: String) -> Result<docker::Container, PluginError> {
         self.grant.container("inspect", &name)?;
         bounded("docker.inspect", self.timeout, async {
-            self.inspect_raw(&name).await.map(|i| to_wit(&i))
+            self.resolve("inspect", &name).await.map(|r| to_wit(&r.info))
         })
         .await
     }
@@ -849,8 +909,11 @@ impl docker::Host for DockerCap {
                     continue;
                 };
                 let wanted = pattern.as_ref().is_none_or(|p| p.is_match(&name));
+                let Some(id) = summary.id.as_deref() else {
+                    continue;
+                };
                 if wanted && self.grant.containers.matches(&name) {
-                    match self.inspect_raw(&name).await {
+                    match self.inspect_raw(id).await {
                         Ok(info) => containers.push(to_wit(&info)),
                         // Removed between the list and the inspect.
                         Err(PluginError::NotFound(_)) => {}
@@ -869,7 +932,8 @@ impl docker::Host for DockerCap {
         let docker = self.engine.client().await?;
         let limit = Duration::from_secs(u64::from(timeout_secs));
         let waited = tokio::time::timeout(limit, async {
-            let mut stream = docker.wait_container(&name, None::<WaitContainerOptions>);
+            let Resolved { id, .. } = self.resolve("wait", &name).await?;
+            let mut stream = docker.wait_container(&id, None::<WaitContainerOptions>);
             match stream.next().await {
                 Some(Ok(exit)) => Ok(exit.status_code),
                 // bollard reports a non-zero exit as an error carrying the code.
@@ -895,8 +959,9 @@ impl docker::Host for DockerCap {
         self.grant.container("logs", &name)?;
         let docker = self.engine.client().await?;
         bounded("docker.logs", self.timeout, async {
+            let Resolved { id, .. } = self.resolve("logs", &name).await?;
             let mut stream = docker.logs(
-                &name,
+                &id,
                 Some(LogsOptions {
                     stdout: true,
                     stderr: true,
@@ -907,6 +972,14 @@ impl docker::Host for DockerCap {
             let mut text = String::new();
             while let Some(chunk) = stream.next().await {
                 text.push_str(&chunk.map_err(self.err("logs", &name))?.to_string());
+                // A container can log gigabytes; the host holds a bounded tail.
+                if text.len() > MAX_LOGS_BYTES {
+                    let mut cut = text.len() - MAX_LOGS_BYTES / 2;
+                    while !text.is_char_boundary(cut) {
+                        cut += 1;
+                    }
+                    text.replace_range(..cut, "[… earlier log lines truncated]\n");
+                }
             }
             Ok(text)
         })

@@ -21,9 +21,11 @@ impl Globs {
     pub fn parse(patterns: &[String]) -> Result<Self, String> {
         let mut builder = GlobSetBuilder::new();
         for p in patterns {
-            // `/` is not special: image references contain it (`registry:5000/app:v1`).
+            // `*` never crosses `/`: `team-*` must not match `team-a/../victim`
+            // or another registry's path. Write the `/`s of an image
+            // reference out (`*/books-ms:*`), or `**/` for any depth.
             let glob = globset::GlobBuilder::new(p)
-                .literal_separator(false)
+                .literal_separator(true)
                 .build()
                 .map_err(|e| format!("pattern \"{p}\": {e}"))?;
             builder.add(glob);
@@ -66,6 +68,12 @@ mod tests {
         assert!(g.matches("localhost:5000/books-ms:v2"));
         assert!(!g.matches("payments-blue"));
         assert!(!Globs::default().matches("anything"));
+        // `*` stops at `/`.
+        let g = Globs::parse(&["x-*".into(), "*/app:*".into()]).unwrap();
+        assert!(!g.matches("x-a/victim:v1"));
+        assert!(!g.matches("x-a/../victim"));
+        assert!(g.matches("127.0.0.1:5000/app:v1"));
+        assert!(!g.matches("127.0.0.1:5000/team/app:v1"));
         assert!(Globs::parse(&["[".into()]).is_err());
     }
 }

@@ -8,6 +8,15 @@ use crate::bindings::runner::plugin::hooks;
 use async_trait::async_trait;
 use std::sync::Arc;
 
+/// Who asks for a hook: the settings a plugin may pass are limited to what
+/// the operator declared `overridable`; the pipeline (host code) passes its
+/// own (`stage`, `phase`, `outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookCaller {
+    Plugin,
+    Pipeline,
+}
+
 /// Runs a hook by name; implemented where plugins can be loaded (the command layer).
 #[async_trait]
 pub trait HookRunner: Send + Sync {
@@ -15,6 +24,7 @@ pub trait HookRunner: Send + Sync {
         &self,
         name: &str,
         config: Vec<(String, String)>,
+        caller: HookCaller,
     ) -> Result<hooks::HookOutcome, PluginError>;
 }
 
@@ -47,6 +57,6 @@ impl hooks::Host for HooksCap {
                 "hooks: cannot run hook \"{name}\" from inside a hook"
             ))
         })?;
-        runner.run_hook(&name, config).await
+        runner.run_hook(&name, config, HookCaller::Plugin).await
     }
 }

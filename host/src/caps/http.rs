@@ -92,6 +92,20 @@ impl std::fmt::Display for OriginPattern {
 #[derive(Debug, Clone, Default)]
 pub struct HttpGrant {
     origins: Vec<OriginPattern>,
+    /// runner's own backends (Consul, a TCP Docker engine): out of reach
+    /// whatever the grant says, since a plugin reaching them directly would
+    /// bypass every kv, catalog and docker grant.
+    protected: Vec<(String, u16)>,
+}
+
+/// Whether `host` is this machine's loopback (or the unspecified address,
+/// which reaches it too): every spelling of it is one origin here.
+fn is_local(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
 }
 
 impl HttpGrant {
@@ -101,6 +115,34 @@ impl HttpGrant {
                 .iter()
                 .map(|p| OriginPattern::parse(p))
                 .collect::<Result<_, _>>()?,
+            protected: Vec::new(),
+        })
+    }
+
+    /// Keep `endpoints` (URLs of runner's own backends) out of reach.
+    pub fn protecting(mut self, endpoints: &[String]) -> Self {
+        for endpoint in endpoints {
+            let url = endpoint
+                .replacen("tcp://", "http://", 1)
+                .parse::<Url>()
+                .ok();
+            if let Some((host, port)) = url.as_ref().and_then(|u| {
+                Some((u.host_str()?.to_ascii_lowercase(), u.port_or_known_default()?))
+            }) {
+                self.protected.push((host, port));
+            }
+        }
+        self
+    }
+
+    /// Whether `url` is one of runner's own backends.
+    pub fn is_protected(&self, url: &Url) -> bool {
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return false;
+        };
+        let host = host.to_ascii_lowercase();
+        self.protected.iter().any(|(h, p)| {
+            *p == port && (*h == host || (is_local(h) && is_local(&host)))
         })
     }
 
@@ -109,7 +151,7 @@ impl HttpGrant {
     }
 
     pub fn allows(&self, url: &Url) -> bool {
-        self.origins.iter().any(|o| o.matches(url))
+        !self.is_protected(url) && self.origins.iter().any(|o| o.matches(url))
     }
 }
 
@@ -132,8 +174,10 @@ pub struct HttpCap {
 
 impl HttpCap {
     pub fn new(grant: HttpGrant, services: &HostServices) -> Self {
+        let mut endpoints: Vec<String> = services.registry.endpoint().into_iter().collect();
+        endpoints.push(services.docker.host().to_string());
         Self {
-            grant: Arc::new(grant),
+            grant: Arc::new(grant.protecting(&endpoints)),
             client: OnceLock::new(),
             max_timeout: services.host_call_timeout,
             max_body: services.http_max_body,
@@ -153,7 +197,9 @@ impl HttpCap {
                 attempt.follow()
             } else {
                 let target = origin_of(attempt.url());
-                attempt.error(format!("redirect to {target} leaves the allowlist"))
+                attempt.error(format!(
+                    "redirect to {target} leaves the allowlist (or reaches runner's own backends)"
+                ))
             }
         });
         let client = reqwest::Client::builder()
@@ -203,6 +249,13 @@ impl http::Host for HttpCap {
                 request.url
             ))
         })?;
+        if self.grant.is_protected(&url) {
+            return Err(PluginError::Denied(format!(
+                "http: {} is runner's own registry or engine; plugins reach it only through \
+                 the kv, catalog and docker capabilities, and no --allow-http grant opens it",
+                origin_of(&url)
+            )));
+        }
         if !self.grant.allows(&url) {
             let origin = origin_of(&url);
             return Err(denied(
@@ -275,6 +328,27 @@ mod tests {
 
     fn url(s: &str) -> Url {
         Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn runners_own_backends_are_out_of_reach_whatever_the_grant() {
+        let g = HttpGrant::parse(&["http://127.0.0.1:*".into(), "http://localhost:*".into()])
+            .unwrap()
+            .protecting(&["http://127.0.0.1:8500/".into(), "tcp://127.0.0.1:2375".into()]);
+        for reserved in [
+            "http://127.0.0.1:8500/v1/kv/other/secret",
+            "http://localhost:8500/v1/kv/x",
+            "http://127.0.0.1:2375/containers/json",
+        ] {
+            assert!(g.is_protected(&url(reserved)), "{reserved}");
+            assert!(!g.allows(&url(reserved)), "{reserved}");
+        }
+        assert!(g.allows(&url("http://127.0.0.1:8080/health")));
+        // The unix-socket engine has no origin to protect.
+        let g = HttpGrant::parse(&["http://127.0.0.1:*".into()])
+            .unwrap()
+            .protecting(&["unix:///var/run/docker.sock".into()]);
+        assert!(g.allows(&url("http://127.0.0.1:2375/")));
     }
 
     #[test]

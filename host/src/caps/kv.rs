@@ -3,11 +3,17 @@
 use super::{HostServices, bounded, denied, registry_error};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::kv;
-use crate::registry::{KvEntry, Registry};
+use crate::names;
+use crate::registry::{self, KvEntry, Registry};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Key prefixes a plugin may read and write (`--allow-kv`). `*` grants every key.
+///
+/// Grants match at `/` boundaries: `books-ms/` covers the keys under it, and
+/// `books-ms` covers the key `books-ms` and the keys under `books-ms/`, never
+/// `books-msX/`. A raw string prefix must be asked for explicitly with a
+/// trailing `*` (`books-ms*`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KvGrant {
     prefixes: Vec<String>,
@@ -31,15 +37,53 @@ impl KvGrant {
         self.prefixes.is_empty()
     }
 
+    /// Whether `key` is a valid key inside the grant. runner's own records
+    /// (`_runner/`) are outside every grant, `*` included.
     pub fn allows_key(&self, key: &str) -> bool {
-        self.prefixes
-            .iter()
-            .any(|p| p == "*" || key.starts_with(p.as_str()))
+        names::kv_key(key).is_ok()
+            && !registry::is_reserved(key)
+            && self.prefixes.iter().any(|p| covers(p, key))
     }
 
-    /// Listing `prefix` is allowed when every key it can return is granted.
+    /// Listing `prefix` is allowed when every key it can return is granted
+    /// (reserved keys it would return are filtered out by [`KvGrant::visible`]).
     pub fn allows_prefix(&self, prefix: &str) -> bool {
-        self.allows_key(prefix)
+        names::kv_prefix(prefix).is_ok()
+            && !registry::is_reserved(prefix)
+            && self.prefixes.iter().any(|p| covers(p, prefix))
+    }
+
+    /// Whether a listed entry may be shown to the plugin: a listed prefix
+    /// can return keys the grant does not cover (`books-ms` lists
+    /// `books-msX/`, `""` lists runner's records), so each is checked.
+    pub fn visible(&self, key: &str) -> bool {
+        self.allows_key(key)
+    }
+
+    /// Validate `key`, then check it against the reserved namespace and the grant.
+    pub fn check(&self, op: &str, key: &str) -> Result<(), PluginError> {
+        names::kv_key(key).map_err(|e| e.to_plugin_error("kv"))?;
+        if registry::is_reserved(key) {
+            return Err(reserved(op, key));
+        }
+        if self.allows_key(key) {
+            Ok(())
+        } else {
+            Err(self.deny(op, key))
+        }
+    }
+
+    /// As [`KvGrant::check`], for a prefix to list.
+    pub fn check_prefix(&self, op: &str, prefix: &str) -> Result<(), PluginError> {
+        names::kv_prefix(prefix).map_err(|e| e.to_plugin_error("kv"))?;
+        if registry::is_reserved(prefix) {
+            return Err(reserved(op, prefix));
+        }
+        if self.allows_prefix(prefix) {
+            Ok(())
+        } else {
+            Err(self.deny(op, prefix))
+        }
     }
 
     /// The denial for `key`, suggesting the narrowest useful grant.
@@ -61,6 +105,28 @@ impl KvGrant {
     }
 }
 
+/// Whether the grant `pattern` covers `key` (or a prefix to list).
+fn covers(pattern: &str, key: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    if let Some(raw) = pattern.strip_suffix('*') {
+        return key.starts_with(raw);
+    }
+    if pattern.ends_with('/') {
+        return key.starts_with(pattern);
+    }
+    key == pattern || key.strip_prefix(pattern).is_some_and(|r| r.starts_with('/'))
+}
+
+fn reserved(op: &str, key: &str) -> PluginError {
+    PluginError::Denied(format!(
+        "kv: {op} of key \"{key}\" is refused: keys under {} are reserved for runner's own records \
+         (deploy history, paused runs, locks) and no grant covers them",
+        registry::RESERVED_PREFIX
+    ))
+}
+
 pub struct KvCap {
     grant: KvGrant,
     registry: Arc<dyn Registry>,
@@ -77,11 +143,7 @@ impl KvCap {
     }
 
     fn check(&self, op: &str, key: &str) -> Result<(), PluginError> {
-        if self.grant.allows_key(key) {
-            Ok(())
-        } else {
-            Err(self.grant.deny(op, key))
-        }
+        self.grant.check(op, key)
     }
 }
 
@@ -147,16 +209,18 @@ impl kv::Host for KvCap {
     }
 
     async fn list(&mut self, prefix: String) -> Result<Vec<kv::Entry>, PluginError> {
-        if !self.grant.allows_prefix(&prefix) {
-            return Err(self.grant.deny("list", &prefix));
-        }
+        self.grant.check_prefix("list", &prefix)?;
         bounded("kv.list", self.timeout, async {
             let entries = self
                 .registry
                 .kv_list(&prefix)
                 .await
                 .map_err(|e| registry_error("kv", e))?;
-            Ok(entries.into_iter().map(to_wit).collect())
+            Ok(entries
+                .into_iter()
+                .filter(|e| self.grant.visible(&e.key))
+                .map(to_wit)
+                .collect())
         })
         .await
     }
@@ -179,7 +243,41 @@ mod tests {
         assert!(g.allows_prefix("books-ms/"));
         assert!(!g.allows_prefix("books"));
         assert!(grant(&["*"]).allows_key("anything"));
+        // Without a trailing '/', a grant still stops at a segment boundary.
+        let bare = grant(&["books-ms"]);
+        assert!(bare.allows_key("books-ms"));
+        assert!(bare.allows_key("books-ms/color"));
+        assert!(!bare.allows_key("books-msX/color"));
+        assert!(grant(&["books-ms*"]).allows_key("books-msX/color"));
         assert!(!KvGrant::default().allows_key("x"));
+    }
+
+    #[test]
+    fn reserved_records_are_outside_every_grant() {
+        let all = grant(&["*"]);
+        assert!(!all.allows_key("_runner/books-ms/paused"));
+        assert!(!all.allows_prefix("_runner/"));
+        assert!(all.allows_prefix(""));
+        assert!(!all.visible("_runner/books-ms/history/1"));
+        let Err(PluginError::Denied(msg)) = all.check("put", "_runner/books-ms/paused") else {
+            panic!()
+        };
+        assert!(msg.contains("reserved"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_keys_are_refused_before_the_grant() {
+        let g = grant(&["books-ms/"]);
+        assert!(!g.allows_key("books-ms/../other/secret"));
+        let Err(PluginError::InvalidConfig(msg)) = g.check("put", "books-ms/../other/secret")
+        else {
+            panic!()
+        };
+        assert!(msg.starts_with("kv: key"), "{msg}");
+        assert!(matches!(
+            grant(&["*"]).check_prefix("list", "a//"),
+            Err(PluginError::InvalidConfig(_))
+        ));
     }
 
     #[test]

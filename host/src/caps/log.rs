@@ -1,15 +1,84 @@
 //! `log`: levels and progress, into the host's tracing output. Needs no grant.
+//!
+//! Needing no grant, it is bounded instead: one message is cut at
+//! [`MAX_MESSAGE`] and one run's log at [`MAX_RUN_LOG`], each with a marker,
+//! so a plugin cannot fill the operator's terminal, CI log or host memory.
 
 use crate::bindings::runner::plugin::{log, types};
 use std::sync::Arc;
 
+/// Longest log message kept whole (longer ones are cut, with a marker).
+pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Most log text one run may write; past it, messages are dropped.
+pub const MAX_RUN_LOG: usize = 8 * 1024 * 1024;
+
+/// What a run may still log; shared by the `log` interface and the
+/// plugin's stdout/stderr.
+#[derive(Debug)]
+pub struct LogBudget {
+    left: usize,
+    exhausted: bool,
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        Self {
+            left: MAX_RUN_LOG,
+            exhausted: false,
+        }
+    }
+}
+
+impl LogBudget {
+    /// The message as it may be logged: cut to [`MAX_MESSAGE`] with a
+    /// marker; `None` once the run's budget is spent (a marker is returned
+    /// the first time).
+    pub fn admit<'a>(&mut self, message: &'a str) -> Option<std::borrow::Cow<'a, str>> {
+        if self.exhausted {
+            return None;
+        }
+        if self.left == 0 {
+            self.exhausted = true;
+            return Some(
+                format!(
+                    "[log truncated: this run wrote more than {} of log; the rest is dropped]",
+                    crate::runtime::format_bytes(MAX_RUN_LOG as u64)
+                )
+                .into(),
+            );
+        }
+        let limit = MAX_MESSAGE.min(self.left);
+        if message.len() <= limit {
+            self.left -= message.len();
+            return Some(message.into());
+        }
+        let mut cut = limit;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.left -= cut;
+        Some(
+            format!(
+                "{}… [truncated {} bytes]",
+                &message[..cut],
+                message.len() - cut
+            )
+            .into(),
+        )
+    }
+}
+
 pub struct LogCap {
     plugin: Arc<str>,
+    budget: LogBudget,
 }
 
 impl LogCap {
     pub fn new(plugin: Arc<str>) -> Self {
-        Self { plugin }
+        Self {
+            plugin,
+            budget: LogBudget::default(),
+        }
     }
 }
 
@@ -17,6 +86,9 @@ impl types::Host for LogCap {}
 
 impl log::Host for LogCap {
     fn write(&mut self, level: log::Level, message: String) {
+        let Some(message) = self.budget.admit(&message) else {
+            return;
+        };
         let plugin = &*self.plugin;
         match level {
             log::Level::Trace => tracing::trace!(target: "plugin", "[{plugin}] {message}"),
@@ -28,6 +100,9 @@ impl log::Host for LogCap {
     }
 
     fn progress(&mut self, step: String, done: u64, total: u64) {
+        let Some(step) = self.budget.admit(&step) else {
+            return;
+        };
         let plugin = &*self.plugin;
         if total > 0 {
             tracing::info!(target: "plugin", "[{plugin}] {step} ({done}/{total})");
@@ -37,5 +112,32 @@ impl log::Host for LogCap {
         // The same as data, for a pipeline's reporter (progress display, JSON
         // events); at trace level so the log shows the line above only once.
         tracing::trace!(target: crate::pipeline::report::PROGRESS_TARGET, step = %step, done, total);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_runs_are_bounded_with_markers() {
+        let mut budget = LogBudget::default();
+        let huge = "é".repeat(MAX_MESSAGE);
+        let cut = budget.admit(&huge).unwrap();
+        assert!(cut.len() < MAX_MESSAGE + 64, "{}", cut.len());
+        assert!(cut.ends_with(&format!("[truncated {} bytes]", huge.len() - MAX_MESSAGE)));
+        let line = "x".repeat(MAX_MESSAGE);
+        let mut kept = 0;
+        let mut markers = 0;
+        for _ in 0..(MAX_RUN_LOG / MAX_MESSAGE + 10) {
+            match budget.admit(&line) {
+                Some(m) if m.starts_with("[log truncated") => markers += 1,
+                Some(m) => kept += m.len(),
+                None => {}
+            }
+        }
+        assert!(kept <= MAX_RUN_LOG, "{kept}");
+        assert_eq!(markers, 1);
+        assert!(budget.admit("more").is_none());
     }
 }

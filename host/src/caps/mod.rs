@@ -114,6 +114,7 @@ pub(crate) fn registry_error(capability: &str, e: RegistryError) -> PluginError 
             PluginError::Failed(format!("{capability}: {m}"))
         }
         RegistryError::Denied(m) => PluginError::Denied(format!("{capability}: {m}")),
+        RegistryError::Conflict(m) => PluginError::Conflict(format!("{capability}: {m}")),
     }
 }
 

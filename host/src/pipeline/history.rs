@@ -1,10 +1,17 @@
-//! Deploy history, kept in the registry backend beside the service's own
-//! keys (`<service>/runner/history/<id>`), so every runner sharing a Consul
-//! (or a state directory) sees the same history. A pipeline paused at a
-//! promotion gate also leaves `<service>/runner/paused`: where to resume.
+//! Deploy history, kept in the registry backend so every runner sharing a
+//! Consul (or a state directory) sees the same history:
+//! `_runner/<service>/history/<id>`. A pipeline paused at a promotion gate
+//! also leaves `_runner/<service>/paused`: where to resume. Both live in
+//! runner's reserved namespace, which no plugin grant covers, so a stage
+//! cannot forge a deploy or inject outputs into a paused run.
+//!
+//! Older runners kept these records beside the service's own keys
+//! (`<service>/runner/...`), inside the prefix a deploy stage is granted.
+//! They are moved on first use, once per service (a marker records it, so a
+//! record planted at the old place later is never read).
 
 use super::report::StageSummary;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Registry, RegistryError, runner_key};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -41,11 +48,38 @@ pub struct Paused {
 }
 
 fn prefix(service: &str) -> String {
-    format!("{service}/runner/history/")
+    runner_key(service, "history/")
 }
 
 fn paused_key(service: &str) -> String {
-    format!("{service}/runner/paused")
+    runner_key(service, "paused")
+}
+
+/// Move records from where runners before the reserved namespace kept them.
+async fn migrate(registry: &dyn Registry, service: &str) -> Result<(), RegistryError> {
+    let marker = runner_key(service, "migrated");
+    if registry.kv_get(&marker).await?.is_some() {
+        return Ok(());
+    }
+    let legacy = format!("{service}/runner/");
+    let old = registry.kv_list(&format!("{legacy}history/")).await?;
+    let moved = old.len();
+    for entry in old {
+        let id = &entry.key[legacy.len() + "history/".len()..];
+        registry
+            .kv_put(&format!("{}{id}", prefix(service)), &entry.value)
+            .await?;
+        registry.kv_delete(&entry.key).await?;
+    }
+    if let Some(paused) = registry.kv_get(&format!("{legacy}paused")).await? {
+        registry.kv_put(&paused_key(service), &paused.value).await?;
+        registry.kv_delete(&paused.key).await?;
+    }
+    registry.kv_put(&marker, b"1").await?;
+    if moved > 0 {
+        tracing::info!("moved {moved} deploy records of {service} into {}", prefix(service));
+    }
+    Ok(())
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RegistryError> {
@@ -57,6 +91,7 @@ pub async fn record(
     service: &str,
     record: &DeployRecord,
 ) -> Result<(), RegistryError> {
+    migrate(registry, service).await?;
     registry
         .kv_put(
             &format!("{}{}", prefix(service), record.id),
@@ -72,6 +107,7 @@ pub async fn list(
     service: &str,
     limit: usize,
 ) -> Result<Vec<DeployRecord>, RegistryError> {
+    migrate(registry, service).await?;
     let mut records: Vec<DeployRecord> = registry
         .kv_list(&prefix(service))
         .await?
@@ -88,6 +124,7 @@ pub async fn set_paused(
     service: &str,
     paused: Option<&Paused>,
 ) -> Result<(), RegistryError> {
+    migrate(registry, service).await?;
     match paused {
         Some(p) => registry
             .kv_put(&paused_key(service), &encode(p)?)
@@ -101,8 +138,50 @@ pub async fn paused(
     registry: &dyn Registry,
     service: &str,
 ) -> Result<Option<Paused>, RegistryError> {
+    migrate(registry, service).await?;
     Ok(registry
         .kv_get(&paused_key(service))
         .await?
         .and_then(|e| serde_json::from_slice(&e.value).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::EmbeddedRegistry;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn legacy_records_move_once_into_the_reserved_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = EmbeddedRegistry::open(dir.path(), Duration::from_secs(5)).unwrap();
+        let old = |id: &str| {
+            serde_json::json!({"id": id, "kind": "run", "started_at": "", "user": "u",
+                "host": "h", "version": "v1", "color": "blue", "outcome": "succeeded",
+                "duration_ms": 1, "stages": []})
+            .to_string()
+        };
+        reg.kv_put("books-ms/runner/history/001", old("001").as_bytes())
+            .await
+            .unwrap();
+        reg.kv_put("books-ms/runner/paused", br#"{"record":"001","stage":"deploy","outputs":{}}"#)
+            .await
+            .unwrap();
+        let records = list(&reg, "books-ms", 10).await.unwrap();
+        assert_eq!(records.len(), 1);
+        assert!(reg.kv_get("books-ms/runner/history/001").await.unwrap().is_none());
+        assert!(reg.kv_get("_runner/books-ms/history/001").await.unwrap().is_some());
+        assert_eq!(paused(&reg, "books-ms").await.unwrap().unwrap().record, "001");
+        // A record planted at the old place after the move is never read.
+        reg.kv_put("books-ms/runner/history/999", old("999").as_bytes())
+            .await
+            .unwrap();
+        reg.kv_put("books-ms/runner/paused", br#"{"record":"999","stage":"x","outputs":{}}"#)
+            .await
+            .unwrap();
+        let records = list(&reg, "books-ms", 10).await.unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].id, "001");
+        assert_eq!(paused(&reg, "books-ms").await.unwrap().unwrap().record, "001");
+    }
 }

@@ -5,11 +5,6 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JunitError {
-    #[error("cannot read JUnit report {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("JUnit report {} is not valid XML: {message}", path.display())]
     Parse { path: PathBuf, message: String },
     #[error("cannot write {}: {source}", path.display())]
@@ -19,15 +14,20 @@ pub enum JunitError {
     },
 }
 
+/// One stage's report, read through the stage's granted directories when
+/// the stage finished (never reopened by path later).
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Where it was read (for messages).
+    pub path: PathBuf,
+    pub xml: String,
+}
+
 /// Merge `reports` into one `<testsuites>` document.
-pub fn merge(reports: &[PathBuf]) -> Result<String, JunitError> {
+pub fn merge(reports: &[Report]) -> Result<String, JunitError> {
     let (mut tests, mut failures, mut errors) = (0u64, 0u64, 0u64);
     let mut suites = String::new();
-    for path in reports {
-        let text = std::fs::read_to_string(path).map_err(|source| JunitError::Read {
-            path: path.clone(),
-            source,
-        })?;
+    for Report { path, xml: text } in reports {
         let doc = roxmltree::Document::parse(&text).map_err(|e| JunitError::Parse {
             path: path.clone(),
             message: e.to_string(),
@@ -53,7 +53,7 @@ pub fn merge(reports: &[PathBuf]) -> Result<String, JunitError> {
 }
 
 /// Merge and write atomically to `path`.
-pub fn write(reports: &[PathBuf], path: &Path) -> Result<(), JunitError> {
+pub fn write(reports: &[Report], path: &Path) -> Result<(), JunitError> {
     let xml = merge(reports)?;
     let write_error = |source| JunitError::Write {
         path: path.into(),
@@ -74,10 +74,12 @@ mod tests {
     #[test]
     fn suites_are_merged_and_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a.xml");
-        let b = dir.path().join("b.xml");
-        std::fs::write(&a, r#"<?xml version="1.0"?><testsuites><testsuite name="pre" tests="2" failures="0" errors="0"><testcase name="x"/><testcase name="y"/></testsuite></testsuites>"#).unwrap();
-        std::fs::write(&b, r#"<testsuite name="post" tests="1" failures="1" errors="0"><testcase name="z"><failure message="no"/></testcase></testsuite>"#).unwrap();
+        let report = |name: &str, xml: &str| super::Report {
+            path: dir.path().join(name),
+            xml: xml.into(),
+        };
+        let a = report("a.xml", r#"<?xml version="1.0"?><testsuites><testsuite name="pre" tests="2" failures="0" errors="0"><testcase name="x"/><testcase name="y"/></testsuite></testsuites>"#);
+        let b = report("b.xml", r#"<testsuite name="post" tests="1" failures="1" errors="0"><testcase name="z"><failure message="no"/></testcase></testsuite>"#);
         let xml = super::merge(&[a, b]).unwrap();
         let doc = roxmltree::Document::parse(&xml).unwrap();
         let root = doc.root_element();

@@ -17,7 +17,6 @@ use crate::stage::{Hooks, run_plugin};
 use file::{Pipeline, StageDef, interpolate};
 use report::{Event, Reporter, StageStatus, StageSummary};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -65,8 +64,8 @@ pub struct Finished {
     pub outcome: StageStatus,
     pub stages: Vec<StageSummary>,
     pub outputs: BTreeMap<String, String>,
-    /// JUnit reports written by stages and hooks (host paths).
-    pub reports: Vec<PathBuf>,
+    /// JUnit reports written by stages and hooks, as read when each finished.
+    pub reports: Vec<junit::Report>,
     pub failure: Option<Failure>,
     /// The stage that paused, if one did.
     pub paused_at: Option<String>,
@@ -210,7 +209,7 @@ struct StageRun<'a> {
     runtime: &'a Arc<Runtime>,
     services: &'a HostServices,
     hooks: &'a Arc<Hooks>,
-    reports: &'a Arc<Mutex<Vec<PathBuf>>>,
+    reports: &'a Arc<Mutex<Vec<junit::Report>>>,
 }
 
 impl StageRun<'_> {
@@ -324,7 +323,10 @@ impl StageRun<'_> {
         if let Some(outcome) = outcome {
             config.push(("outcome".to_string(), outcome.to_string()));
         }
-        let done = self.hooks.run_hook(hook, config).await?;
+        let done = self
+            .hooks
+            .run_hook(hook, config, crate::caps::hooks::HookCaller::Pipeline)
+            .await?;
         tracing::info!(
             "hook {hook} ({phase} {}): {}",
             self.stage.name,

@@ -17,6 +17,8 @@ use serde::Deserialize;
 use std::time::Duration;
 use url::Url;
 
+use crate::names;
+
 #[derive(Clone)]
 pub struct ConsulRegistry {
     base: Url,
@@ -74,6 +76,13 @@ struct HealthService {
     port: u16,
 }
 
+/// `/v1/agent/service/<id>`: which service an instance ID belongs to.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AgentService {
+    service: String,
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct HealthCheck {
@@ -116,6 +125,9 @@ impl ConsulRegistry {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .no_proxy()
+            // Consul never redirects a valid request; following one would send
+            // a write to a path other than the one checked.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| RegistryError::Unavailable(format!("consul client: {e}")))?;
         Ok(Self {
@@ -226,11 +238,13 @@ impl ConsulRegistry {
             })
     }
 
+    /// In runner's reserved namespace: no plugin's KV grant covers it.
     fn lock_key(service: &str) -> String {
-        format!("{service}/lock")
+        crate::registry::runner_key(service, "lock")
     }
 
     async fn raw_pair(&self, key: &str) -> Result<Option<KvPair>, RegistryError> {
+        Self::valid_key(key)?;
         let what = format!("key \"{key}\"");
         let (status, body) = self
             .send(Method::GET, self.url(&Self::kv_path(key), &[]), None, &what)
@@ -261,8 +275,23 @@ impl ConsulRegistry {
         Ok(bytes)
     }
 
+    /// Each segment percent-encoded: the key that was checked is the key sent.
     fn kv_path(key: &str) -> String {
-        format!("/v1/kv/{}", key.trim_start_matches('/'))
+        format!("/v1/kv/{}", names::path_segments(key.trim_start_matches('/')))
+    }
+
+    /// Dot segments cannot be encoded away (URL parsers and Consul's Go
+    /// server treat `%2e%2e` as `..`): refuse them, whoever asks.
+    fn valid_key(key: &str) -> Result<(), RegistryError> {
+        names::kv_prefix(key.trim_start_matches('/'))
+            .map(|_| ())
+            .map_err(|e| RegistryError::Refused(e.to_string()))
+    }
+
+    fn valid_service(service: &str) -> Result<(), RegistryError> {
+        names::service_name(service)
+            .map(|_| ())
+            .map_err(|e| RegistryError::Refused(e.to_string()))
     }
 
     fn unexpected(what: &str, status: StatusCode, body: &[u8]) -> RegistryError {
@@ -287,6 +316,27 @@ impl ConsulRegistry {
             create_index: pair.create_index,
             modify_index: pair.modify_index,
         })
+    }
+
+    /// The service an instance ID is registered under on this agent, if any.
+    async fn instance_owner(&self, id: &str) -> Result<Option<String>, RegistryError> {
+        names::instance_id(id).map_err(|e| RegistryError::Refused(e.to_string()))?;
+        let what = format!("instance \"{id}\"");
+        let url = self.url(
+            &format!("/v1/agent/service/{}", names::path_segment(id)),
+            &[],
+        );
+        let (status, body) = self.send(Method::GET, url, None, &what).await?;
+        match status {
+            StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::OK => {
+                let service: AgentService = serde_json::from_slice(&body).map_err(|e| {
+                    RegistryError::Backend(format!("consul answer for {what}: {e}"))
+                })?;
+                Ok(Some(service.service))
+            }
+            other => Err(Self::unexpected(&what, other, &body)),
+        }
     }
 
     fn boolean(what: &str, status: StatusCode, body: &[u8]) -> Result<bool, RegistryError> {
@@ -322,7 +372,7 @@ impl LockGuard for ConsulLock {
             .await;
         // Destroying the session releases the lock too, whatever happened above.
         self.consul
-            .session_put(&format!("/v1/session/destroy/{}", self.session), None)
+            .session_put(&format!("/v1/session/destroy/{}", names::path_segment(&self.session)), None)
             .await?;
         released.map(|_| ())
     }
@@ -330,6 +380,10 @@ impl LockGuard for ConsulLock {
 
 #[async_trait]
 impl Registry for ConsulRegistry {
+    fn endpoint(&self) -> Option<String> {
+        Some(self.base.to_string())
+    }
+
     async fn try_lock(
         &self,
         service: &str,
@@ -364,7 +418,7 @@ impl Registry for ConsulRegistry {
                 loop {
                     tokio::time::sleep(LOCK_TTL / 3).await;
                     if let Err(e) = consul
-                        .session_put(&format!("/v1/session/renew/{id}"), None)
+                        .session_put(&format!("/v1/session/renew/{}", names::path_segment(&id)), None)
                         .await
                     {
                         tracing::warn!("cannot renew the deploy lock session: {e}");
@@ -378,7 +432,7 @@ impl Registry for ConsulRegistry {
                 renewal,
             })));
         }
-        self.session_put(&format!("/v1/session/destroy/{session}"), None)
+        self.session_put(&format!("/v1/session/destroy/{}", names::path_segment(&session)), None)
             .await?;
         Ok(LockAttempt::Held(self.lock_holder(service).await?))
     }
@@ -399,7 +453,7 @@ impl Registry for ConsulRegistry {
         match pair.and_then(|p| p.session).filter(|s| !s.is_empty()) {
             None => Ok(false),
             Some(session) => {
-                self.session_put(&format!("/v1/session/destroy/{session}"), None)
+                self.session_put(&format!("/v1/session/destroy/{}", names::path_segment(&session)), None)
                     .await?;
                 Ok(true)
             }
@@ -418,12 +472,19 @@ impl Registry for ConsulRegistry {
             ("wait", format!("{}ms", wait.as_millis().max(1))),
         ];
         let path = match dep {
-            Dependency::Key(key) => Self::kv_path(key),
+            Dependency::Key(key) => {
+                Self::valid_key(key)?;
+                Self::kv_path(key)
+            }
             Dependency::Prefix(prefix) => {
+                Self::valid_key(prefix)?;
                 query.push(("recurse", String::new()));
                 Self::kv_path(prefix)
             }
-            Dependency::Service(service) => format!("/v1/health/service/{service}"),
+            Dependency::Service(service) => {
+                Self::valid_service(service)?;
+                format!("/v1/health/service/{}", names::path_segment(service))
+            }
             Dependency::Services => "/v1/catalog/services".to_string(),
         };
         let what = dep.to_string();
@@ -452,6 +513,7 @@ impl Registry for ConsulRegistry {
     }
 
     async fn kv_put(&self, key: &str, value: &[u8]) -> Result<u64, RegistryError> {
+        Self::valid_key(key)?;
         let what = format!("key \"{key}\"");
         let (status, body) = self
             .send(
@@ -471,6 +533,7 @@ impl Registry for ConsulRegistry {
     }
 
     async fn kv_cas(&self, key: &str, value: &[u8], expected: u64) -> Result<bool, RegistryError> {
+        Self::valid_key(key)?;
         let what = format!("key \"{key}\"");
         let url = self.url(&Self::kv_path(key), &[("cas", expected.to_string())]);
         let (status, body) = self
@@ -499,6 +562,7 @@ impl Registry for ConsulRegistry {
     }
 
     async fn kv_list(&self, prefix: &str) -> Result<Vec<KvEntry>, RegistryError> {
+        Self::valid_key(prefix)?;
         let what = format!("keys under \"{prefix}\"");
         let url = self.url(&Self::kv_path(prefix), &[("recurse", String::new())]);
         let (status, body) = self.send(Method::GET, url, None, &what).await?;
@@ -522,7 +586,11 @@ impl Registry for ConsulRegistry {
 
     async fn instances(&self, service: &str) -> Result<Vec<Instance>, RegistryError> {
         let what = format!("service \"{service}\"");
-        let url = self.url(&format!("/v1/health/service/{service}"), &[]);
+        Self::valid_service(service)?;
+        let url = self.url(
+            &format!("/v1/health/service/{}", names::path_segment(service)),
+            &[],
+        );
         let (status, body) = self.send(Method::GET, url, None, &what).await?;
         if status != StatusCode::OK {
             return Err(Self::unexpected(&what, status, &body));
@@ -570,6 +638,17 @@ impl Registry for ConsulRegistry {
 
     async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
         let what = format!("service \"{}\"", instance.name);
+        Self::valid_service(&instance.name)?;
+        // Consul's instance IDs are unique per agent: registering an ID that
+        // another service uses would replace that service's instance.
+        if let Some(owner) = self.instance_owner(&instance.id).await?
+            && owner != instance.name
+        {
+            return Err(RegistryError::Conflict(format!(
+                "instance ID \"{}\" belongs to service \"{owner}\"; pick another ID",
+                instance.id
+            )));
+        }
         // A TCP check on the published port, as Registrator's default.
         let body = serde_json::json!({
             "ID": instance.id,
@@ -595,12 +674,16 @@ impl Registry for ConsulRegistry {
     }
 
     async fn deregister(&self, service: &str, id: &str) -> Result<bool, RegistryError> {
+        // Consul deregisters by ID alone: act only on an ID of this service.
         let existed = self.instances(service).await?.iter().any(|i| i.id == id);
         if !existed {
             return Ok(false);
         }
         let what = format!("instance \"{id}\" of service \"{service}\"");
-        let url = self.url(&format!("/v1/agent/service/deregister/{id}"), &[]);
+        let url = self.url(
+            &format!("/v1/agent/service/deregister/{}", names::path_segment(id)),
+            &[],
+        );
         let (status, body) = self.send(Method::PUT, url, None, &what).await?;
         if status != StatusCode::OK {
             return Err(Self::unexpected(&what, status, &body));

@@ -281,7 +281,17 @@ impl Registry for EmbeddedRegistry {
     async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
         let tags = serde_json::to_string(&instance.tags)
             .map_err(|e| RegistryError::Backend(format!("encoding tags: {e}")))?;
+        let mut owner: Option<String> = None;
         self.write(|tx, _| {
+            // IDs are unique across services, as on a Consul agent: an ID
+            // another service uses is refused, never taken over.
+            owner = tx
+                .prepare_cached("SELECT service FROM instances WHERE id = ?1 AND service != ?2")?
+                .query_row([&instance.id, &instance.name], |r| r.get(0))
+                .optional()?;
+            if owner.is_some() {
+                return Ok(None);
+            }
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO instances (service, id, address, port, tags, healthy)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -296,7 +306,13 @@ impl Registry for EmbeddedRegistry {
             ])?;
             Ok(Some(()))
         })?;
-        Ok(())
+        match owner {
+            Some(owner) => Err(RegistryError::Conflict(format!(
+                "instance ID \"{}\" belongs to service \"{owner}\"; pick another ID",
+                instance.id
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Polls the write counter: any write may have changed `dep` (one
@@ -422,6 +438,35 @@ mod tests {
         assert_eq!(reg.services().await.unwrap(), ["web-blue"]);
         assert!(reg.deregister("web-blue", "n:c:80").await.unwrap());
         assert!(reg.instances("web-blue").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_instance_id_of_another_service_is_refused() {
+        let (_d, reg) = open();
+        let payments = Instance {
+            id: "pay-1".into(),
+            name: "payments".into(),
+            address: "127.0.0.1".into(),
+            port: 9000,
+            tags: vec![],
+            healthy: true,
+        };
+        reg.register(&payments).await.unwrap();
+        let hijack = Instance {
+            name: "books-ms".into(),
+            port: 6666,
+            ..payments.clone()
+        };
+        let before = reg.current_index().unwrap();
+        let Err(RegistryError::Conflict(msg)) = reg.register(&hijack).await else {
+            panic!("registering another service's ID must be refused")
+        };
+        assert!(msg.contains("belongs to service \"payments\""), "{msg}");
+        assert_eq!(reg.instances("payments").await.unwrap(), vec![payments]);
+        assert!(reg.instances("books-ms").await.unwrap().is_empty());
+        // A refused write consumes no index (watchers see no change).
+        assert_eq!(reg.current_index().unwrap(), before);
+        assert!(!reg.deregister("books-ms", "pay-1").await.unwrap());
     }
 
     /// Several runners opening a fresh state dir at the same moment: SQLite

@@ -71,6 +71,27 @@ pub enum RegistryError {
     /// The operation cannot be done as asked; the message says what to do instead.
     #[error("{0}")]
     Refused(String),
+    /// The operation clashes with what is registered (an instance ID owned by
+    /// another service).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// The namespace of runner's own records (deploy history, paused runs, deploy
+/// locks, and whatever later records deploy state): no plugin grant covers
+/// it, `--allow-kv '*'` included, so a stage cannot forge or read them. It
+/// cannot collide with a service's keys: service names start with a letter
+/// or digit.
+pub const RESERVED_PREFIX: &str = "_runner/";
+
+/// Whether `key` (or a prefix) lies in runner's reserved namespace.
+pub fn is_reserved(key: &str) -> bool {
+    key.starts_with(RESERVED_PREFIX) || key == RESERVED_PREFIX.trim_end_matches('/')
+}
+
+/// The key of one of runner's own records about `service`: `_runner/<service>/<record>`.
+pub fn runner_key(service: &str, record: &str) -> String {
+    format!("{RESERVED_PREFIX}{service}/{record}")
 }
 
 /// This machine's name, for lock holders and deploy records.
@@ -158,4 +179,10 @@ pub trait Registry: Send + Sync {
     async fn lock_holder(&self, service: &str) -> Result<Option<LockHolder>, RegistryError>;
     /// Break `service`'s lock (an operator's decision); returns whether one was held.
     async fn force_unlock(&self, service: &str) -> Result<bool, RegistryError>;
+
+    /// The network address clients reach the backend at, if it has one:
+    /// plugins' HTTP grants never open it.
+    fn endpoint(&self) -> Option<String> {
+        None
+    }
 }

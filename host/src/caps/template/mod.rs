@@ -8,7 +8,7 @@ mod watch;
 pub use engine::{
     DataSource, Dependency, RenderError, RenderErrorOrDenied, Snapshot, render as render_text,
 };
-pub use output::{FileError, GrantedDir, write_if_changed};
+pub use output::{FileError, GrantedDir, read_inside_limited, write_if_changed};
 pub use watch::{Rendered, TemplateJob, TemplateJobError, WatchTiming};
 
 use super::catalog::ServiceGrant;
@@ -79,7 +79,9 @@ impl TemplateCap {
 fn file_error(e: FileError, grant: &str) -> PluginError {
     match e {
         FileError::NotFound(_) => PluginError::NotFound(format!("template: {e}")),
-        FileError::Io { .. } => PluginError::Failed(format!("template: {e}")),
+        FileError::Io { .. } | FileError::TooLarge { .. } => {
+            PluginError::Failed(format!("template: {e}"))
+        }
         FileError::NotGranted { ref path, .. } => {
             let dir = path
                 .parent()

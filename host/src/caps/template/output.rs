@@ -17,6 +17,8 @@ pub enum FileError {
     Escapes(PathBuf),
     #[error("path \"{0}\" does not exist")]
     NotFound(PathBuf),
+    #[error("file \"{path}\" is larger than {max} bytes")]
+    TooLarge { path: PathBuf, max: u64 },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -107,6 +109,29 @@ fn locate(dirs: &[GrantedDir], path: &Path) -> Result<(Dir, PathBuf), FileError>
 pub fn read_inside(dirs: &[GrantedDir], path: &Path) -> Result<String, FileError> {
     let (dir, rel) = locate(dirs, path)?;
     dir.read_to_string(&rel).map_err(|e| io_error(path, e))
+}
+
+/// As [`read_inside`], refusing a file larger than `max` bytes (a plugin
+/// decides what the host reads on its behalf, so the host bounds it).
+pub fn read_inside_limited(
+    dirs: &[GrantedDir],
+    path: &Path,
+    max: u64,
+) -> Result<String, FileError> {
+    use std::io::Read;
+    let (dir, rel) = locate(dirs, path)?;
+    let file = dir.open(&rel).map_err(|e| io_error(path, e))?;
+    let mut text = String::new();
+    file.take(max + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| io_error(path, e))?;
+    if text.len() as u64 > max {
+        return Err(FileError::TooLarge {
+            path: path.into(),
+            max,
+        });
+    }
+    Ok(text)
 }
 
 /// Write `content` to `path` inside one of `dirs`, atomically (temp file,
