@@ -39,7 +39,7 @@ struct Deployment {
 impl Deployment {
     fn start(name: &str, consul: bool) -> Self {
         let service = format!("{name}-{}", std::process::id());
-        let label = format!("runner.test={service}");
+        let label = format!("runner-test={service}");
         let env = Env::new();
         let work = env.path().join("deploy");
         let port = free_port();

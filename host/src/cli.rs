@@ -398,6 +398,11 @@ pub struct GrantArgs {
     #[arg(long = "allow-push")]
     pub push: bool,
 
+    /// Limits of the containers the plugin runs, raising or lowering the
+    /// defaults (memory=1GiB,pids=1024, no CPU limit): `memory=4GiB,pids=4096,cpus=2`.
+    #[arg(long = "container-limits", value_name = "LIMITS")]
+    pub container_limits: Option<String>,
+
     /// Allow reloading proxy NAME, defined as [proxies.NAME] in the runner file.
     #[arg(long = "allow-proxy", value_name = "NAME")]
     pub proxies: Vec<String>,

@@ -6,7 +6,7 @@
 //! of its own grant type; this module only gathers them.
 
 use crate::caps::catalog::ServiceGrant;
-use crate::caps::docker::DockerGrant;
+use crate::caps::docker::{ContainerLimits, DockerGrant};
 use crate::caps::http::HttpGrant;
 use crate::caps::kv::KvGrant;
 use crate::caps::proxy::ProxyConfig;
@@ -45,6 +45,10 @@ pub struct GrantsSpec {
     /// Pushing granted images.
     #[serde(default)]
     pub push: bool,
+    /// Resource limits of containers the plugin runs, raising the defaults:
+    /// `memory=4GiB,pids=4096,cpus=2`.
+    #[serde(default)]
+    pub container_limits: Option<String>,
     /// Proxies (defined in `[proxies.NAME]`) the plugin may reload.
     #[serde(default)]
     pub proxies: Vec<String>,
@@ -153,6 +157,9 @@ impl GrantsSpec {
         self.images.extend(other.images);
         self.build |= other.build;
         self.push |= other.push;
+        if other.container_limits.is_some() {
+            self.container_limits = other.container_limits;
+        }
         self.proxies.extend(other.proxies);
         self.hooks.extend(other.hooks);
     }
@@ -185,7 +192,21 @@ impl GrantsSpec {
             .iter()
             .map(|d| existing_dir(Path::new(d)).map_err(|r| invalid("--allow-template-out", d, r)))
             .collect::<Result<_, _>>()?;
+        let limits = self
+            .container_limits
+            .as_deref()
+            .map(ContainerLimits::parse)
+            .transpose()
+            .map_err(|r| {
+                invalid(
+                    "--container-limits",
+                    self.container_limits.as_deref().unwrap_or_default(),
+                    r,
+                )
+            })?
+            .unwrap_or_default();
         let docker = DockerGrant::parse(&self.containers, &self.images, self.build, self.push)
+            .map(|g| g.with_limits(limits))
             .map_err(|r| {
                 invalid(
                     "--allow-container/--allow-image",

@@ -264,6 +264,25 @@ impl State {
                     self.bump();
                     return text(200, "");
                 }
+                if let Some(id) = path
+                    .strip_prefix("/v1/agent/service/")
+                    .filter(|_| method == "GET")
+                {
+                    // Consul's agent-local lookup of one instance by ID.
+                    let Some(s) = self.services.get(id) else {
+                        return text(404, &format!("unknown service ID: {id}"));
+                    };
+                    return json(
+                        200,
+                        serde_json::json!({
+                            "Kind": "", "ID": s.id, "Service": s.name, "Tags": s.tags,
+                            "Meta": {}, "Port": s.port, "Address": s.address,
+                            "Weights": {"Passing": 1, "Warning": 1}, "EnableTagOverride": false,
+                            "ContentHash": "0", "Datacenter": "dc1",
+                        }),
+                        index,
+                    );
+                }
                 if let Some(name) = path
                     .strip_prefix("/v1/catalog/service/")
                     .filter(|_| method == "GET")

@@ -37,6 +37,8 @@ pub const LABEL_MANAGED: &str = "runner.managed";
 const RESERVED_LABELS: &str = "runner.";
 /// Most container log text `logs` returns (the newest part is kept).
 const MAX_LOGS_BYTES: usize = 4 * 1024 * 1024;
+/// Most build output kept for a failed build's error.
+const MAX_BUILD_LOG: usize = 64 * 1024;
 const LABEL_SERVICE: &str = "runner.service";
 const LABEL_SERVICE_PORT: &str = "runner.service-port";
 const LABEL_TAGS: &str = "runner.service-tags";
@@ -54,6 +56,77 @@ pub struct DockerGrant {
     pub build: bool,
     /// `--allow-push`: push granted images.
     pub push: bool,
+    /// Applied to every container the plugin runs.
+    pub limits: ContainerLimits,
+}
+
+/// Resource limits of a container a plugin runs. A plugin's container is
+/// the plugin's reach onto the host: without limits, one image could take
+/// the machine's memory or fork without bound, so the defaults are finite
+/// and the operator raises them per grant (`--container-limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerLimits {
+    pub memory_bytes: u64,
+    pub pids: u32,
+    /// CPUs (in billionths), `None`: no CPU limit (contention, not exhaustion).
+    pub nano_cpus: Option<u64>,
+}
+
+impl Default for ContainerLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 1024 * 1024 * 1024,
+            pids: 1024,
+            nano_cpus: None,
+        }
+    }
+}
+
+impl ContainerLimits {
+    /// `memory=4GiB,pids=4096,cpus=1.5`; unnamed limits keep their defaults.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut limits = Self::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("\"{part}\" is not KEY=VALUE (memory=, pids=, cpus=)"))?;
+            match key.trim() {
+                "memory" => {
+                    let size: bytesize::ByteSize = value
+                        .trim()
+                        .parse()
+                        .map_err(|e| format!("memory \"{value}\": {e}"))?;
+                    if size.as_u64() < 6 * 1024 * 1024 {
+                        return Err("memory must be at least 6MiB (Docker's minimum)".into());
+                    }
+                    limits.memory_bytes = size.as_u64();
+                }
+                "pids" => {
+                    limits.pids = value
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .ok_or_else(|| format!("pids \"{value}\" is not a positive number"))?;
+                }
+                "cpus" => {
+                    let cpus: f64 = value
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|c: &f64| c.is_finite() && *c > 0.0 && *c <= 1024.0)
+                        .ok_or_else(|| format!("cpus \"{value}\" is not a number of CPUs"))?;
+                    limits.nano_cpus = Some((cpus * 1e9) as u64);
+                }
+                other => {
+                    return Err(format!(
+                        "unknown container limit \"{other}\" (memory=, pids=, cpus=)"
+                    ));
+                }
+            }
+        }
+        Ok(limits)
+    }
 }
 
 impl DockerGrant {
@@ -68,7 +141,13 @@ impl DockerGrant {
             images: Globs::parse(images)?,
             build,
             push,
+            limits: ContainerLimits::default(),
         })
+    }
+
+    pub fn with_limits(mut self, limits: ContainerLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn is_empty(&self) -> bool {
@@ -601,6 +680,15 @@ impl docker::Host for DockerCap {
             ));
         }
         self.grant.image("build", &tag)?;
+        if let Some(file) = &dockerfile {
+            let path = std::path::Path::new(file);
+            let inside = path.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+            if file.is_empty() || !inside {
+                return Err(PluginError::InvalidConfig(format!(
+                    "docker build: dockerfile \"{file}\" must be a relative path inside the context, without `..`"
+                )));
+            }
+        }
         let context = self.build_context(&context_dir).await?;
         let docker = self.engine.client().await?;
         let err = self.err("build", &tag);
@@ -628,6 +716,14 @@ impl docker::Host for DockerCap {
                 }
                 if let Some(line) = step.stream {
                     log.push_str(&line);
+                    // Only the tail explains a failure; the host keeps a bounded one.
+                    if log.len() > MAX_BUILD_LOG {
+                        let mut cut = log.len() - MAX_BUILD_LOG / 2;
+                        while !log.is_char_boundary(cut) {
+                            cut += 1;
+                        }
+                        log.replace_range(..cut, "[…]\n");
+                    }
                 }
             }
             let image = docker.inspect_image(&tag).await.map_err(&err)?;
@@ -754,6 +850,15 @@ impl docker::Host for DockerCap {
             exposed_ports: Some(spec.ports.iter().map(|p| format!("{p}/tcp")).collect()),
             host_config: Some(HostConfig {
                 port_bindings: Some(port_bindings),
+                memory: i64::try_from(self.grant.limits.memory_bytes).ok(),
+                // No swap beyond the memory limit.
+                memory_swap: i64::try_from(self.grant.limits.memory_bytes).ok(),
+                pids_limit: Some(i64::from(self.grant.limits.pids)),
+                nano_cpus: self
+                    .grant
+                    .limits
+                    .nano_cpus
+                    .and_then(|n| i64::try_from(n).ok()),
                 restart_policy: Some(RestartPolicy {
                     name: Some(restart),
                     maximum_retry_count: None,
@@ -1003,6 +1108,19 @@ mod tests {
         assert!(g.image("run", "books-ms:v2").is_ok());
         assert!(g.image("run", "evil:latest").is_err());
         assert!(DockerGrant::default().is_empty());
+    }
+
+    #[test]
+    fn container_limits_parse_with_finite_defaults() {
+        let d = ContainerLimits::default();
+        assert_eq!((d.memory_bytes, d.pids, d.nano_cpus), (1 << 30, 1024, None));
+        let l = ContainerLimits::parse("memory=4GiB, pids=4096,cpus=1.5").unwrap();
+        assert_eq!(l.memory_bytes, 4 << 30);
+        assert_eq!(l.pids, 4096);
+        assert_eq!(l.nano_cpus, Some(1_500_000_000));
+        for bad in ["memory=1KiB", "pids=0", "cpus=-1", "swap=1", "memory"] {
+            assert!(ContainerLimits::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

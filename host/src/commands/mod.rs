@@ -191,6 +191,7 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
         images: g.images.clone(),
         build: g.build,
         push: g.push,
+        container_limits: g.container_limits.clone(),
         proxies: g.proxies.clone(),
         hooks: g.hooks.clone(),
     });

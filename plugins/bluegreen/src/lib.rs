@@ -312,7 +312,7 @@ fn deploy(s: &Settings) -> Result<Outcome, Error> {
         name: name.clone(),
         image: image.clone(),
         env: s.env.clone(),
-        labels: [("runner.color".to_string(), next.to_string())]
+        labels: [("bluegreen.color".to_string(), next.to_string())]
             .into_iter()
             .chain(s.labels.clone())
             .collect(),

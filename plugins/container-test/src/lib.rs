@@ -48,7 +48,7 @@ impl Guest for ContainerTest {
             name: name.clone(),
             image: image.to_string(),
             env,
-            labels: vec![("runner.stage".into(), ctx.stage.clone())],
+            labels: vec![("container-test.stage".into(), ctx.stage.clone())],
             command,
             ports: vec![],
             restart: docker::RestartPolicy::No,
