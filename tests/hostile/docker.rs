@@ -342,19 +342,10 @@ fn image_references_outside_the_grammar_are_invalid_config() {
     ]);
     let out = run(&mut cmd).expect_code(0);
     let mut v = Verdict::new(&out);
-    for (i, r) in refs.iter().enumerate() {
-        for op in ["run", "tag-source", "tag-target", "pull", "build"] {
-            v.refused(
-                &format!("{op}-{i}"),
-                "invalid-config",
-                &["image reference", r],
-            );
+    for i in 0..refs.len() {
+        for op in ["run", "tag-source", "tag-target", "pull", "push", "build"] {
+            v.refused(&format!("{op}-{i}"), "invalid-config", &["image reference"]);
         }
-        v.refused(
-            &format!("push-{i}"),
-            "invalid-config",
-            &["image reference", &push_refs[i]],
-        );
     }
     let images = f.granted_images();
     v.check(

@@ -135,13 +135,9 @@ fn kv_keys_are_checked(consul: bool) {
         listed == "books-ms/a,books-ms/b/c",
         format!("a list of books-ms/ returned {listed:?}"),
     );
-    for (i, key) in BAD_KEYS.iter().enumerate() {
+    for i in 0..BAD_KEYS.len() {
         for op in ["get", "put", "cas", "delete"] {
-            let mut needles = vec!["kv: key"];
-            if !key.contains('{') && !key.is_empty() {
-                needles.push(key);
-            }
-            v.refused(&format!("{op}-{i}"), "invalid-config", &needles);
+            v.refused(&format!("{op}-{i}"), "invalid-config", &["kv: key"]);
         }
     }
     for i in 0..BAD_PREFIXES.len() {
@@ -488,7 +484,7 @@ fn a_caller_cannot_override_a_hooks_configured_settings() {
         !out.stdout.contains(&secret),
         "the hook returned secret/y to its caller",
     );
-    v.refused("h", "denied", &["overridable", "arg.read.key"]);
+    v.refused("h", "denied", &["overridable"]);
     v.finish();
 
     // `overridable = ["base_url"]`: that key may be set, the others still not.
@@ -505,7 +501,7 @@ fn a_caller_cannot_override_a_hooks_configured_settings() {
         !out.stdout.contains(&secret),
         "the hook returned secret/y to its caller",
     );
-    v.refused("h", "denied", &["overridable", "arg.read.key"]);
+    v.refused("h", "denied", &["overridable"]);
     v.finish();
 }
 
