@@ -16,6 +16,13 @@
 //! index given is the server-wide one (Consul allows wake-ups on unrelated
 //! writes; clients compare data).
 //!
+//! Paths resolve as Consul's Go `net/http` resolves them: the handlers see
+//! the percent-decoded path (`%2f` is `/`, `%2e%2e` is `..`), and the
+//! `ServeMux` in front answers a path that is not clean (`.` or `..`
+//! segments, `//`) with a 301 to the cleaned path, query kept, before any
+//! handler runs (see [`resolve`]). So a key written as `a/../b` is never
+//! stored under that name: a client that follows the redirect reaches `b`.
+//!
 //! Faults: `fail_next` (500s), `set_delay` (slow), `set_down` (every request's
 //! connection closed unanswered, as a dead server's), `go_down_after` (down
 //! from a given request on), `reset_index` (the index goes backwards, as after
@@ -587,9 +594,11 @@ impl Drop for ConsulServer {
 /// a blocking query (`?index=N`) until the index passes N or its wait ends.
 fn serve(shared: &Shared, mut request: tiny_http::Request) {
     let (lock, writes) = &**shared;
-    let url = url::Url::parse(&format!("http://x{}", request.url())).expect("request url");
-    let query: BTreeMap<String, String> = url
-        .query_pairs()
+    // The request target as sent: parsing it as a URL would resolve `..`
+    // here, hiding from the tests what the client sent.
+    let target = request.url().to_string();
+    let (raw_path, raw_query) = target.split_once('?').unwrap_or((&target, ""));
+    let query: BTreeMap<String, String> = url::form_urlencoded::parse(raw_query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     let token = request
@@ -600,7 +609,7 @@ fn serve(shared: &Shared, mut request: tiny_http::Request) {
     let mut body = Vec::new();
     let _ = std::io::Read::read_to_end(request.as_reader(), &mut body);
     let method = request.method().as_str().to_string();
-    let path = url.path().to_string();
+    let resolved = resolve(raw_path);
     let (delay, down) = {
         let state = lock.lock().unwrap();
         (state.delay, state.down)
@@ -616,6 +625,36 @@ fn serve(shared: &Shared, mut request: tiny_http::Request) {
         return;
     }
     std::thread::sleep(delay);
+    let path = match resolved {
+        Resolved::Path(path) => path,
+        Resolved::BadEscape => {
+            let response = tiny_http::Response::from_string("400 Bad Request: invalid URL escape")
+                .with_status_code(400);
+            let _ = request.respond(response);
+            return;
+        }
+        Resolved::Redirect(clean) => {
+            // ServeMux's redirect: the cleaned path, escaped, with the query.
+            let mut location = escape_path(&clean);
+            if !raw_query.is_empty() {
+                location.push('?');
+                location.push_str(raw_query);
+            }
+            let body = if method == "GET" || method == "HEAD" {
+                format!("<a href=\"{location}\">Moved Permanently</a>.\n\n")
+            } else {
+                String::new()
+            };
+            let response = tiny_http::Response::from_string(body)
+                .with_status_code(301)
+                .with_header(
+                    tiny_http::Header::from_bytes(&b"Location"[..], location.as_bytes())
+                        .expect("location header"),
+                );
+            let _ = request.respond(response);
+            return;
+        }
+    };
     let blocking = query
         .get("index")
         .filter(|_| method == "GET")
@@ -704,4 +743,92 @@ fn front(
         pipe(client_copy, server, shared.clone());
         pipe(server_copy, client, shared.clone());
     }
+}
+
+/// Where a request path leads in Consul's HTTP server.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// Served: the handler sees this (percent-decoded) path.
+    Path(String),
+    /// Answered with 301 to this clean path before any handler runs.
+    Redirect(String),
+    /// Go's URL parser rejects the escape (`%zz`): 400.
+    BadEscape,
+}
+
+/// Resolve a raw request path as Go's `net/http` does in front of Consul's
+/// handlers: `url.ParseRequestURI` decodes it into `URL.Path`, then
+/// `ServeMux` redirects when `cleanPath(URL.Path)` differs. (That is Go up
+/// to 1.21, and later Go with `GODEBUG=httpmuxgo121=1`; the mux of Go 1.22+
+/// cleans the still-escaped path, so there `%2e%2e` and `%2f` reach the
+/// handler decoded but unresolved: the key `a/../b` itself. Either way a
+/// key holding `..` never means what it says.)
+pub fn resolve(raw_path: &str) -> Resolved {
+    let Some(path) = percent_decode(raw_path) else {
+        return Resolved::BadEscape;
+    };
+    let clean = clean_path(&path);
+    if clean == path {
+        Resolved::Path(path)
+    } else {
+        Resolved::Redirect(clean)
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Go's `net/http.cleanPath`: `path.Clean` of the rooted path, keeping a
+/// trailing slash.
+pub fn clean_path(p: &str) -> String {
+    if p.is_empty() {
+        return "/".into();
+    }
+    let rooted = if p.starts_with('/') {
+        p.to_string()
+    } else {
+        format!("/{p}")
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for segment in rooted.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    let mut clean = format!("/{}", parts.join("/"));
+    if rooted.ends_with('/') && clean != "/" {
+        clean.push('/');
+    }
+    clean
+}
+
+/// Go's `url.URL{Path: p}.EscapedPath()`: what a redirect's Location holds.
+fn escape_path(p: &str) -> String {
+    let mut out = String::new();
+    for b in p.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~$&+,/:;=@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod consul;
+pub mod hostile;
 
 use assert_cmd::Command;
 use std::path::{Path, PathBuf};

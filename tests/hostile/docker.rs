@@ -1,1 +1,475 @@
-//! Hostile plugins: docker (filled in below).
+//! Hostile plugins: Docker. Names and image references that the engine
+//! would resolve to something other than what the grant matched (`..`,
+//! escapes, query and fragment characters, ID prefixes, globs crossing `/`),
+//! and labels that would make the host register a container under a service
+//! the plugin was never granted. A victim container and image, made by the
+//! test with the docker CLI, must come through untouched.
+
+use crate::common::hostile::{Calls, Verdict, exec, unique};
+use crate::common::{Env, docker_remove, run};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// What one test made on the engine: a granted image `hx<u>-app:v1`, an
+/// ungranted victim image `hv<u>-secret:v1` and a running victim container
+/// `hv<u>-victim`, all labelled and removed on drop.
+struct Fixture {
+    u: String,
+    label: String,
+    context: tempfile::TempDir,
+    victim_id: String,
+}
+
+fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("running the docker CLI")
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A build context for an image that only sleeps: the host's `sleep` and
+/// the libraries it loads, `FROM scratch` (nothing is pulled).
+fn sleep_context(dir: &Path, label: &str) {
+    let sleep = PathBuf::from("/usr/bin/sleep");
+    let ldd = Command::new("ldd").arg(&sleep).output().expect("ldd");
+    let mut files = vec![sleep.clone()];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            files.push(PathBuf::from(p));
+        }
+    }
+    // The label is in the Dockerfile, so whatever runner builds from this
+    // context (tagged or not) is cleaned up with the rest.
+    let mut dockerfile = format!("FROM scratch\nLABEL {label}\n");
+    for (i, f) in files.iter().enumerate() {
+        let name = format!("f{i}");
+        std::fs::copy(f, dir.join(&name)).unwrap();
+        dockerfile.push_str(&format!("COPY {name} {}\n", f.display()));
+    }
+    dockerfile.push_str(&format!(
+        "CMD [\"{}\", \"3600\"]\nSTOPSIGNAL SIGKILL\n",
+        sleep.display()
+    ));
+    std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+}
+
+impl Fixture {
+    fn start() -> Self {
+        let u = unique();
+        let label = format!("runner-test=hostile-{u}");
+        let context = tempfile::tempdir().unwrap();
+        sleep_context(context.path(), &label);
+        let mut f = Self {
+            u: u.clone(),
+            label: label.clone(),
+            context,
+            victim_id: String::new(),
+        };
+        let ctx = f.context.path().to_str().unwrap().to_string();
+        for (tag, which) in [(f.app(), "app"), (f.secret(), "victim")] {
+            docker_ok(&[
+                "build",
+                "-q",
+                "-t",
+                &tag,
+                "--label",
+                &label,
+                "--label",
+                &format!("which={which}"),
+                &ctx,
+            ]);
+        }
+        f.victim_id = docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            &f.victim(),
+            "--label",
+            &label,
+            &f.secret(),
+        ]);
+        assert!(f.victim_running(), "the victim container runs");
+        f
+    }
+
+    /// The granted image.
+    fn app(&self) -> String {
+        format!("hx{}-app:v1", self.u)
+    }
+
+    /// The victim's image, never granted.
+    fn secret(&self) -> String {
+        format!("hv{}-secret:v1", self.u)
+    }
+
+    /// The victim container, never granted.
+    fn victim(&self) -> String {
+        format!("hv{}-victim", self.u)
+    }
+
+    /// A granted container name.
+    fn granted(&self, suffix: &str) -> String {
+        format!("hx{}-{suffix}", self.u)
+    }
+
+    /// The grant patterns: every container and image named `hx<u>-*`.
+    fn pattern(&self) -> String {
+        format!("hx{}-*", self.u)
+    }
+
+    fn victim_running(&self) -> bool {
+        let out = docker(&["inspect", "-f", "{{.State.Running}}", &self.victim()]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "true"
+    }
+
+    /// The victim container still exists and runs; its image has no other name.
+    fn check_victim(&self, v: &mut Verdict) {
+        let state = docker(&["inspect", "-f", "{{.State.Status}}", &self.victim()]);
+        v.check(
+            self.victim_running(),
+            format!(
+                "the victim container {} was stopped or removed (now: {})",
+                self.victim(),
+                if state.status.success() {
+                    String::from_utf8_lossy(&state.stdout).trim().to_string()
+                } else {
+                    "gone".into()
+                }
+            ),
+        );
+        let tags = docker(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{json .RepoTags}}",
+            &self.secret(),
+        ]);
+        let tags = String::from_utf8_lossy(&tags.stdout).trim().to_string();
+        v.check(
+            tags == format!("[\"{}\"]", self.secret()),
+            format!("the victim image's names changed: {tags}"),
+        );
+    }
+
+    /// Image references named `hx<u>*`, as `repo:tag`.
+    fn granted_images(&self) -> Vec<String> {
+        let list = docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+        let mut all: Vec<String> = list
+            .lines()
+            .filter(|l| l.starts_with(&format!("hx{}", self.u)))
+            .map(str::to_string)
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Containers named `hx<u>*` that exist.
+    fn granted_containers(&self) -> String {
+        docker_ok(&[
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            &format!("name=hx{}", self.u),
+        ])
+    }
+
+    fn exec(&self, env: &Env, calls: &Calls) -> assert_cmd::Command {
+        let mut cmd = exec(env, calls);
+        cmd.args(["--allow-container", &self.pattern()])
+            .args(["--allow-image", &self.pattern()]);
+        cmd
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        docker_remove(
+            &format!("name=hx{}", self.u),
+            &format!("reference=hx{}*", self.u),
+        );
+        docker_remove(
+            &format!("label={}", self.label),
+            &format!("label={}", self.label),
+        );
+    }
+}
+
+/// `image` in a registry on a closed local port: what a push of it tries to
+/// reach, should the engine accept the reference, is 127.0.0.1 (nothing may
+/// go to Docker Hub).
+fn local(image: &str) -> String {
+    format!("127.0.0.1:9/{image}")
+}
+
+/// Names outside Docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]+` (128 at most), each
+/// starting with the granted prefix, and whether the name is printable (so
+/// the message can be checked for it).
+fn bad_names(f: &Fixture) -> Vec<(String, bool)> {
+    let (x, v) = (f.granted("a"), f.victim());
+    vec![
+        (format!("{x}/../{v}"), true),
+        (format!("{x}/%2e%2e/{v}"), true),
+        (format!("{x}/..%2f{v}"), true),
+        (format!("{x}?all=1"), true),
+        (format!("{x}#frag"), true),
+        (format!("{x} b"), true),
+        (format!("{x}{{nul}}"), false),
+        (String::new(), false),
+        (format!("{x}{}", "a".repeat(130)), true),
+    ]
+}
+
+#[test]
+fn container_names_outside_dockers_rule_are_invalid_config() {
+    let f = Fixture::start();
+    let env = Env::new();
+    let ops = [
+        "inspect", "logs", "kill", "remove", "stop", "start", "wait", "run",
+    ];
+    let names = bad_names(&f);
+    let app = f.app();
+    let mut calls = Calls::new();
+    for (i, (name, _)) in names.iter().enumerate() {
+        for op in ops {
+            let mut args = vec![("name", name.as_str())];
+            if op == "run" {
+                args.extend([("image", app.as_str()), ("labels", f.label.as_str())]);
+            }
+            calls = calls.call(&format!("{op}-{i}"), &format!("docker.{op}"), &args);
+        }
+    }
+    let out = run(&mut f.exec(&env, &calls)).expect_code(0);
+    let mut v = Verdict::new(&out);
+    for (i, (name, printable)) in names.iter().enumerate() {
+        for op in ops {
+            let mut needles = vec!["container name"];
+            if *printable {
+                needles.push(name);
+            }
+            v.refused(&format!("{op}-{i}"), "invalid-config", &needles);
+        }
+    }
+    let created = f.granted_containers();
+    v.check(
+        created.is_empty(),
+        format!("containers were created: {created}"),
+    );
+    f.check_victim(&mut v);
+    v.finish();
+}
+
+#[test]
+fn image_references_outside_the_grammar_are_invalid_config() {
+    let f = Fixture::start();
+    let env = Env::new();
+    let (app, secret, u) = (f.app(), f.secret(), f.u.clone());
+    let secret_repo = secret.trim_end_matches(":v1");
+    let refs = [
+        format!("hx{u}-app:x/../{secret}"),
+        format!("hx{u}-app:v1/../../{secret_repo}"),
+        format!("hx{u}-APP:v1"),
+        format!("hx{u}-app/..:v1"),
+        format!("hx{u}-a/../{secret}"),
+        format!("hx{u}-app:v1/../.."),
+    ];
+    // The engine resolves `..` in the API path (`/images/NAME/push`): a push
+    // must not climb out of the closed local registry to Docker Hub, so its
+    // references climb no further than that.
+    let l = local(&format!("hx{u}"));
+    let push_refs = [
+        format!("{l}-a/x/../../{secret}"),
+        format!("{l}-app:v1/x/../../{secret_repo}"),
+        format!("{l}-APP:v1"),
+        format!("{l}-app/.hidden:v1"),
+        format!("{l}-a/b/%2e%2e/{secret}"),
+        format!("{l}-a/b/c/..%2f..%2f{secret}"),
+    ];
+    let context = f.context.path().to_str().unwrap().to_string();
+    let mut calls = Calls::new();
+    for (i, r) in refs.iter().enumerate() {
+        let name = f.granted(&format!("r{i}"));
+        let copy = format!("hx{u}-app:copy{i}");
+        calls = calls
+            .call(
+                &format!("run-{i}"),
+                "docker.run",
+                &[("name", &name), ("image", r), ("labels", &f.label)],
+            )
+            .call(
+                &format!("tag-source-{i}"),
+                "docker.tag",
+                &[("source", r), ("target", &copy)],
+            )
+            .call(
+                &format!("tag-target-{i}"),
+                "docker.tag",
+                &[("source", &app), ("target", r)],
+            )
+            .call(&format!("pull-{i}"), "docker.pull", &[("image", r)])
+            .call(
+                &format!("push-{i}"),
+                "docker.push",
+                &[("image", &push_refs[i])],
+            )
+            .call(
+                &format!("build-{i}"),
+                "docker.build",
+                &[("context", &context), ("tag", r)],
+            );
+    }
+    let mut cmd = f.exec(&env, &calls);
+    cmd.args(["--allow-image", &local(&f.pattern())]).args([
+        "--allow-build",
+        "--allow-push",
+        "--allow-dir",
+        &context,
+    ]);
+    let out = run(&mut cmd).expect_code(0);
+    let mut v = Verdict::new(&out);
+    for i in 0..refs.len() {
+        for op in ["run", "tag-source", "tag-target", "pull", "push", "build"] {
+            v.refused(&format!("{op}-{i}"), "invalid-config", &["image reference"]);
+        }
+    }
+    let images = f.granted_images();
+    v.check(
+        images == [app],
+        format!("images were tagged or built under granted names: {images:?}"),
+    );
+    let created = f.granted_containers();
+    v.check(
+        created.is_empty(),
+        format!("containers were created: {created}"),
+    );
+    f.check_victim(&mut v);
+    v.finish();
+}
+
+#[test]
+fn image_globs_do_not_cross_a_slash() {
+    let f = Fixture::start();
+    let env = Env::new();
+    let (app, u) = (f.app(), f.u.clone());
+    let nested = format!("hx{u}-a/victim:v1");
+    let name = f.granted("g");
+    let calls = Calls::new()
+        .call(
+            "tag",
+            "docker.tag",
+            &[("source", &app), ("target", &nested)],
+        )
+        .call(
+            "run",
+            "docker.run",
+            &[("name", &name), ("image", &nested), ("labels", &f.label)],
+        )
+        .call("push", "docker.push", &[("image", &local(&nested))]);
+    let mut cmd = f.exec(&env, &calls);
+    cmd.args(["--allow-image", &local(&f.pattern()), "--allow-push"]);
+    let out = run(&mut cmd).expect_code(0);
+    let mut v = Verdict::new(&out);
+    for label in ["tag", "run"] {
+        v.refused(label, "denied", &[&nested]);
+    }
+    v.refused("push", "denied", &[&local(&nested)]);
+    v.check(
+        !docker(&["image", "inspect", &nested]).status.success(),
+        format!("{nested} was created"),
+    );
+    f.check_victim(&mut v);
+    v.finish();
+}
+
+#[test]
+fn a_container_id_prefix_does_not_reach_the_victim() {
+    let f = Fixture::start();
+    let env = Env::new();
+    // Granted by a pattern that matches any hex string, the victim's ID
+    // prefix is a granted-looking name the engine would resolve to the victim.
+    let prefix = f.victim_id[..12].to_string();
+    let calls = Calls::new()
+        .call("inspect", "docker.inspect", &[("name", &prefix)])
+        .call("logs", "docker.logs", &[("name", &prefix)])
+        .call("stop", "docker.stop", &[("name", &prefix)])
+        .call("kill", "docker.kill", &[("name", &prefix)])
+        .call("remove", "docker.remove", &[("name", &prefix)]);
+    let mut cmd = exec(&env, &calls);
+    cmd.args(["--allow-container", "[0-9a-f]*"]);
+    let out = run(&mut cmd).expect_code(0);
+    let mut v = Verdict::new(&out);
+    for label in ["inspect", "logs", "stop", "kill", "remove"] {
+        v.refused_as(label, &["not-found", "denied"], &[&prefix]);
+    }
+    v.check(
+        !out.stdout.contains(&f.victim()),
+        "the victim's details (its name) leaked",
+    );
+    f.check_victim(&mut v);
+    v.finish();
+}
+
+#[test]
+fn reserved_labels_cannot_hijack_a_registration() {
+    let f = Fixture::start();
+    let env = Env::new();
+    let payments = format!("hv{}-payments", f.u);
+    let app = f.app();
+    let hijacks = [
+        format!(
+            "runner.service={payments},runner.service-port=80,runner.service-tags=x,{}",
+            f.label
+        ),
+        format!("runner.managed=false,{}", f.label),
+        format!("runner.anything=1,{}", f.label),
+    ];
+    let mut calls = Calls::new();
+    for (i, labels) in hijacks.iter().enumerate() {
+        let name = f.granted(&format!("h{i}"));
+        calls = calls.call(
+            &format!("run-{i}"),
+            "docker.run",
+            &[
+                ("name", &name),
+                ("image", &app),
+                ("labels", labels),
+                ("port", "80"),
+            ],
+        );
+    }
+    let out = run(f.exec(&env, &calls).args(["--allow-service", &f.pattern()])).expect_code(0);
+    let mut v = Verdict::new(&out);
+    for i in 0..hijacks.len() {
+        v.refused(&format!("run-{i}"), "invalid-config", &["reserved"]);
+    }
+    let catalog = run(env.runner().args(["catalog", "list", &payments])).expect_code(0);
+    v.check(
+        !catalog.stdout.contains(&payments),
+        format!(
+            "an instance was registered under {payments}: {}",
+            catalog.stdout.replace('\n', " | ")
+        ),
+    );
+    let created = f.granted_containers();
+    v.check(
+        created.is_empty(),
+        format!("containers were created: {created}"),
+    );
+    f.check_victim(&mut v);
+    v.finish();
+}
