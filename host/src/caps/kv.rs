@@ -259,6 +259,10 @@ mod tests {
         assert!(!all.allows_prefix("_runner/"));
         assert!(all.allows_prefix(""));
         assert!(!all.visible("_runner/books-ms/history/1"));
+        // Where older runners kept records is reserved too: they are moved in on first use.
+        assert!(!all.allows_key("books-ms/runner/history/1"));
+        assert!(!all.allows_key("books-ms/runner/paused"));
+        assert!(all.allows_key("books-ms/runner/other"));
         let Err(PluginError::Denied(msg)) = all.check("put", "_runner/books-ms/paused") else {
             panic!()
         };

@@ -10,13 +10,17 @@ use std::sync::Arc;
 /// Longest log message kept whole (longer ones are cut, with a marker).
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Most log text one run may write; past it, messages are dropped.
-pub const MAX_RUN_LOG: usize = 8 * 1024 * 1024;
+pub const MAX_RUN_LOG: usize = 4 * 1024 * 1024;
+/// Most log messages one run may write (a flood of short lines floods a CI
+/// log as surely as one huge line).
+pub const MAX_RUN_MESSAGES: usize = 20_000;
 
 /// What a run may still log; shared by the `log` interface and the
 /// plugin's stdout/stderr.
 #[derive(Debug)]
 pub struct LogBudget {
     left: usize,
+    messages_left: usize,
     exhausted: bool,
 }
 
@@ -24,6 +28,7 @@ impl Default for LogBudget {
     fn default() -> Self {
         Self {
             left: MAX_RUN_LOG,
+            messages_left: MAX_RUN_MESSAGES,
             exhausted: false,
         }
     }
@@ -37,16 +42,17 @@ impl LogBudget {
         if self.exhausted {
             return None;
         }
-        if self.left == 0 {
+        if self.left == 0 || self.messages_left == 0 {
             self.exhausted = true;
             return Some(
                 format!(
-                    "[log truncated: this run wrote more than {} of log; the rest is dropped]",
+                    "[log truncated: this run wrote more than {} or {MAX_RUN_MESSAGES} messages of log; the rest is dropped]",
                     crate::runtime::format_bytes(MAX_RUN_LOG as u64)
                 )
                 .into(),
             );
         }
+        self.messages_left -= 1;
         let limit = MAX_MESSAGE.min(self.left);
         if message.len() <= limit {
             self.left -= message.len();

@@ -7,11 +7,12 @@
 //!
 //! Older runners kept these records beside the service's own keys
 //! (`<service>/runner/...`), inside the prefix a deploy stage is granted.
-//! They are moved on first use, once per service (a marker records it, so a
-//! record planted at the old place later is never read).
+//! They are moved on first use, once per service (a marker records it), and
+//! no plugin grant covers those old places any more (`registry::is_reserved`),
+//! so nothing a stage writes there under this runner is ever taken for a record.
 
 use super::report::StageSummary;
-use crate::registry::{Registry, RegistryError, runner_key};
+use crate::registry::{self, Registry, RegistryError, runner_key};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -61,17 +62,20 @@ async fn migrate(registry: &dyn Registry, service: &str) -> Result<(), RegistryE
     if registry.kv_get(&marker).await?.is_some() {
         return Ok(());
     }
-    let legacy = format!("{service}/runner/");
-    let old = registry.kv_list(&format!("{legacy}history/")).await?;
+    let legacy = format!("{service}/{}", registry::LEGACY_HISTORY);
+    let old = registry.kv_list(&legacy).await?;
     let moved = old.len();
     for entry in old {
-        let id = &entry.key[legacy.len() + "history/".len()..];
+        let id = &entry.key[legacy.len()..];
         registry
             .kv_put(&format!("{}{id}", prefix(service)), &entry.value)
             .await?;
         registry.kv_delete(&entry.key).await?;
     }
-    if let Some(paused) = registry.kv_get(&format!("{legacy}paused")).await? {
+    if let Some(paused) = registry
+        .kv_get(&format!("{service}/{}", registry::LEGACY_PAUSED))
+        .await?
+    {
         registry.kv_put(&paused_key(service), &paused.value).await?;
         registry.kv_delete(&paused.key).await?;
     }

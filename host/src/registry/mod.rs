@@ -84,10 +84,25 @@ pub enum RegistryError {
 /// or digit.
 pub const RESERVED_PREFIX: &str = "_runner/";
 
-/// Whether `key` (or a prefix) lies in runner's reserved namespace.
+/// Whether `key` (or a prefix) lies in runner's reserved namespace, or is
+/// one of the places older runners kept their records (`<service>/runner/
+/// history/...`, `<service>/runner/paused`): those are moved into the
+/// namespace on first use, so no plugin may write there either, or a record
+/// it planted would be moved in as runner's own.
 pub fn is_reserved(key: &str) -> bool {
-    key.starts_with(RESERVED_PREFIX) || key == RESERVED_PREFIX.trim_end_matches('/')
+    if key.starts_with(RESERVED_PREFIX) || key == RESERVED_PREFIX.trim_end_matches('/') {
+        return true;
+    }
+    let Some((_service, rest)) = key.split_once('/') else {
+        return false;
+    };
+    rest.starts_with(LEGACY_HISTORY) || rest == LEGACY_PAUSED
 }
+
+/// Where runners before the reserved namespace kept history and paused runs,
+/// under `<service>/`.
+pub const LEGACY_HISTORY: &str = "runner/history/";
+pub const LEGACY_PAUSED: &str = "runner/paused";
 
 /// The key of one of runner's own records about `service`: `_runner/<service>/<record>`.
 pub fn runner_key(service: &str, record: &str) -> String {
