@@ -175,7 +175,12 @@ pub fn service_name(name: &str) -> Result<&str, InvalidName> {
 
 /// An instance ID: `[a-zA-Z0-9][a-zA-Z0-9._:-]*` (runner's own IDs have `:`).
 pub fn instance_id(id: &str) -> Result<&str, InvalidName> {
-    ascii_id(NameKind::InstanceId, id, MAX_INSTANCE_ID, &['.', '_', '-', ':'])
+    ascii_id(
+        NameKind::InstanceId,
+        id,
+        MAX_INSTANCE_ID,
+        &['.', '_', '-', ':'],
+    )
 }
 
 fn ascii_id<'a>(
@@ -212,7 +217,10 @@ pub fn path_segment(segment: &str) -> String {
 
 /// Percent-encode each `/`-separated segment of a key, keeping the `/`s.
 pub fn path_segments(key: &str) -> String {
-    key.split('/').map(path_segment).collect::<Vec<_>>().join("/")
+    key.split('/')
+        .map(path_segment)
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[cfg(test)]
@@ -242,7 +250,10 @@ mod tests {
             assert_eq!(e.kind, NameKind::Container, "{bad}");
         }
         let e = container_name("x-a/../victim").unwrap_err();
-        assert!(e.to_string().contains("container name \"x-a/../victim\""), "{e}");
+        assert!(
+            e.to_string().contains("container name \"x-a/../victim\""),
+            "{e}"
+        );
     }
 
     #[test]

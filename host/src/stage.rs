@@ -5,8 +5,8 @@
 use crate::bindings::runner::plugin::hooks::HookOutcome;
 use crate::bindings::{Context as StageContext, PluginError};
 use crate::caps::hooks::{HookCaller, HookRunner};
-use crate::caps::{Capabilities, HostServices};
 use crate::caps::template::{FileError, GrantedDir, read_inside_limited};
+use crate::caps::{Capabilities, HostServices};
 use crate::grants::{Grants, host_path};
 use crate::pipeline::junit::Report;
 use crate::runfile::HookDef;
@@ -91,7 +91,9 @@ impl HookRunner for Hooks {
         if let Some((key, _)) = not_overridable {
             return Err(crate::caps::denied(
                 "hooks",
-                format_args!("the caller may not set \"{key}\" for hook \"{name}\" (not overridable)"),
+                format_args!(
+                    "the caller may not set \"{key}\" for hook \"{name}\" (not overridable)"
+                ),
                 format_args!("overridable = [\"{key}\"] in [hooks.{name}] of the runner file"),
             ));
         }

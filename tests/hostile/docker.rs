@@ -473,3 +473,50 @@ fn reserved_labels_cannot_hijack_a_registration() {
     f.check_victim(&mut v);
     v.finish();
 }
+
+/// A container a plugin runs gets finite memory (no extra swap) and pids
+/// limits by default; the operator raises them per grant.
+#[test]
+fn containers_a_plugin_runs_have_limits_the_grant_can_raise() {
+    let f = Fixture::start();
+    let env = Env::new();
+    let limits = |name: &str| {
+        docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.HostConfig.PidsLimit}} {{.HostConfig.NanoCpus}}",
+            name,
+        ])
+        .trim()
+        .to_string()
+    };
+    let (default, raised) = (f.granted("limits-default"), f.granted("limits-raised"));
+    for (name, extra) in [
+        (&default, None),
+        (&raised, Some("memory=2GiB,pids=4096,cpus=0.5")),
+    ] {
+        let calls = Calls::new().call(
+            "run",
+            "docker.run",
+            &[("name", name.as_str()), ("image", &f.app())],
+        );
+        let mut cmd = f.exec(&env, &calls);
+        if let Some(extra) = extra {
+            cmd.args(["--container-limits", extra]);
+        }
+        let out = run(&mut cmd).expect_code(0);
+        assert_eq!(out.output("run").as_deref(), Some("ok"), "{}", out.stdout);
+    }
+    assert_eq!(limits(&default), "1073741824 1073741824 1024 0");
+    assert_eq!(limits(&raised), "2147483648 2147483648 4096 500000000");
+    // A limit that makes no sense is refused before anything runs.
+    let calls = Calls::new().call(
+        "run",
+        "docker.run",
+        &[("name", &f.granted("limits-bad")), ("image", &f.app())],
+    );
+    run(f.exec(&env, &calls).args(["--container-limits", "pids=0"]))
+        .expect_code(2)
+        .stderr_has("--container-limits");
+    assert!(!f.granted_containers().contains("limits-bad"));
+}

@@ -580,3 +580,36 @@ fn the_consul_test_server_resolves_paths_as_consul_does() {
     assert_eq!((status, answer.as_str()), (200, "true"));
     assert_eq!(get("/v1/kv/other/secret?raw").2, "pwned");
 }
+
+/// `--allow-http 'http://127.0.0.1:*'` (what the shipped examples grant, since
+/// services publish random ports) must not open runner's own Consul: a plugin
+/// reaching it directly would bypass every kv and catalog grant.
+#[test]
+fn an_http_grant_does_not_reach_runners_own_consul() {
+    let registry = Registry::new(true);
+    let consul = registry.consul.as_ref().expect("consul");
+    registry.put("other/secret", "s3cret");
+    let port = consul
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    for url in [
+        format!("http://127.0.0.1:{port}/v1/kv/other/secret?raw"),
+        format!("http://localhost:{port}/v1/kv/other/secret?raw"),
+    ] {
+        let out = run(registry
+            .with_backend(registry.env.probe("http-get"))
+            .args([
+                "--allow-http",
+                "http://127.0.0.1:*",
+                "--allow-http",
+                "http://localhost:*",
+            ])
+            .args(["--config", &format!("url={url}")]));
+        let out = out.expect_code(1).stderr_has("runner's own registry");
+        assert!(!out.stdout.contains("s3cret"), "{url}: {}", out.stdout);
+        assert!(!out.stderr.contains("s3cret"), "{url}: {}", out.stderr);
+    }
+}

@@ -682,7 +682,9 @@ impl docker::Host for DockerCap {
         self.grant.image("build", &tag)?;
         if let Some(file) = &dockerfile {
             let path = std::path::Path::new(file);
-            let inside = path.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+            let inside = path
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
             if file.is_empty() || !inside {
                 return Err(PluginError::InvalidConfig(format!(
                     "docker build: dockerfile \"{file}\" must be a relative path inside the context, without `..`"
@@ -977,7 +979,9 @@ impl docker::Host for DockerCap {
     async fn inspect(&mut self, name: String) -> Result<docker::Container, PluginError> {
         self.grant.container("inspect", &name)?;
         bounded("docker.inspect", self.timeout, async {
-            self.resolve("inspect", &name).await.map(|r| to_wit(&r.info))
+            self.resolve("inspect", &name)
+                .await
+                .map(|r| to_wit(&r.info))
         })
         .await
     }

@@ -127,7 +127,10 @@ impl HttpGrant {
                 .parse::<Url>()
                 .ok();
             if let Some((host, port)) = url.as_ref().and_then(|u| {
-                Some((u.host_str()?.to_ascii_lowercase(), u.port_or_known_default()?))
+                Some((
+                    u.host_str()?.to_ascii_lowercase(),
+                    u.port_or_known_default()?,
+                ))
             }) {
                 self.protected.push((host, port));
             }
@@ -141,9 +144,9 @@ impl HttpGrant {
             return false;
         };
         let host = host.to_ascii_lowercase();
-        self.protected.iter().any(|(h, p)| {
-            *p == port && (*h == host || (is_local(h) && is_local(&host)))
-        })
+        self.protected
+            .iter()
+            .any(|(h, p)| *p == port && (*h == host || (is_local(h) && is_local(&host))))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -334,7 +337,10 @@ mod tests {
     fn runners_own_backends_are_out_of_reach_whatever_the_grant() {
         let g = HttpGrant::parse(&["http://127.0.0.1:*".into(), "http://localhost:*".into()])
             .unwrap()
-            .protecting(&["http://127.0.0.1:8500/".into(), "tcp://127.0.0.1:2375".into()]);
+            .protecting(&[
+                "http://127.0.0.1:8500/".into(),
+                "tcp://127.0.0.1:2375".into(),
+            ]);
         for reserved in [
             "http://127.0.0.1:8500/v1/kv/other/secret",
             "http://localhost:8500/v1/kv/x",

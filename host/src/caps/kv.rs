@@ -116,7 +116,10 @@ fn covers(pattern: &str, key: &str) -> bool {
     if pattern.ends_with('/') {
         return key.starts_with(pattern);
     }
-    key == pattern || key.strip_prefix(pattern).is_some_and(|r| r.starts_with('/'))
+    key == pattern
+        || key
+            .strip_prefix(pattern)
+            .is_some_and(|r| r.starts_with('/'))
 }
 
 fn reserved(op: &str, key: &str) -> PluginError {

@@ -81,7 +81,10 @@ async fn migrate(registry: &dyn Registry, service: &str) -> Result<(), RegistryE
     }
     registry.kv_put(&marker, b"1").await?;
     if moved > 0 {
-        tracing::info!("moved {moved} deploy records of {service} into {}", prefix(service));
+        tracing::info!(
+            "moved {moved} deploy records of {service} into {}",
+            prefix(service)
+        );
     }
     Ok(())
 }
@@ -168,24 +171,46 @@ mod tests {
         reg.kv_put("books-ms/runner/history/001", old("001").as_bytes())
             .await
             .unwrap();
-        reg.kv_put("books-ms/runner/paused", br#"{"record":"001","stage":"deploy","outputs":{}}"#)
-            .await
-            .unwrap();
+        reg.kv_put(
+            "books-ms/runner/paused",
+            br#"{"record":"001","stage":"deploy","outputs":{}}"#,
+        )
+        .await
+        .unwrap();
         let records = list(&reg, "books-ms", 10).await.unwrap();
         assert_eq!(records.len(), 1);
-        assert!(reg.kv_get("books-ms/runner/history/001").await.unwrap().is_none());
-        assert!(reg.kv_get("_runner/books-ms/history/001").await.unwrap().is_some());
-        assert_eq!(paused(&reg, "books-ms").await.unwrap().unwrap().record, "001");
+        assert!(
+            reg.kv_get("books-ms/runner/history/001")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            reg.kv_get("_runner/books-ms/history/001")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            paused(&reg, "books-ms").await.unwrap().unwrap().record,
+            "001"
+        );
         // A record planted at the old place after the move is never read.
         reg.kv_put("books-ms/runner/history/999", old("999").as_bytes())
             .await
             .unwrap();
-        reg.kv_put("books-ms/runner/paused", br#"{"record":"999","stage":"x","outputs":{}}"#)
-            .await
-            .unwrap();
+        reg.kv_put(
+            "books-ms/runner/paused",
+            br#"{"record":"999","stage":"x","outputs":{}}"#,
+        )
+        .await
+        .unwrap();
         let records = list(&reg, "books-ms", 10).await.unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].id, "001");
-        assert_eq!(paused(&reg, "books-ms").await.unwrap().unwrap().record, "001");
+        assert_eq!(
+            paused(&reg, "books-ms").await.unwrap().unwrap().record,
+            "001"
+        );
     }
 }

@@ -78,8 +78,14 @@ mod tests {
             path: dir.path().join(name),
             xml: xml.into(),
         };
-        let a = report("a.xml", r#"<?xml version="1.0"?><testsuites><testsuite name="pre" tests="2" failures="0" errors="0"><testcase name="x"/><testcase name="y"/></testsuite></testsuites>"#);
-        let b = report("b.xml", r#"<testsuite name="post" tests="1" failures="1" errors="0"><testcase name="z"><failure message="no"/></testcase></testsuite>"#);
+        let a = report(
+            "a.xml",
+            r#"<?xml version="1.0"?><testsuites><testsuite name="pre" tests="2" failures="0" errors="0"><testcase name="x"/><testcase name="y"/></testsuite></testsuites>"#,
+        );
+        let b = report(
+            "b.xml",
+            r#"<testsuite name="post" tests="1" failures="1" errors="0"><testcase name="z"><failure message="no"/></testcase></testsuite>"#,
+        );
         let xml = super::merge(&[a, b]).unwrap();
         let doc = roxmltree::Document::parse(&xml).unwrap();
         let root = doc.root_element();

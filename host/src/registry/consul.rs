@@ -277,7 +277,10 @@ impl ConsulRegistry {
 
     /// Each segment percent-encoded: the key that was checked is the key sent.
     fn kv_path(key: &str) -> String {
-        format!("/v1/kv/{}", names::path_segments(key.trim_start_matches('/')))
+        format!(
+            "/v1/kv/{}",
+            names::path_segments(key.trim_start_matches('/'))
+        )
     }
 
     /// Dot segments cannot be encoded away (URL parsers and Consul's Go
@@ -372,7 +375,10 @@ impl LockGuard for ConsulLock {
             .await;
         // Destroying the session releases the lock too, whatever happened above.
         self.consul
-            .session_put(&format!("/v1/session/destroy/{}", names::path_segment(&self.session)), None)
+            .session_put(
+                &format!("/v1/session/destroy/{}", names::path_segment(&self.session)),
+                None,
+            )
             .await?;
         released.map(|_| ())
     }
@@ -418,7 +424,10 @@ impl Registry for ConsulRegistry {
                 loop {
                     tokio::time::sleep(LOCK_TTL / 3).await;
                     if let Err(e) = consul
-                        .session_put(&format!("/v1/session/renew/{}", names::path_segment(&id)), None)
+                        .session_put(
+                            &format!("/v1/session/renew/{}", names::path_segment(&id)),
+                            None,
+                        )
                         .await
                     {
                         tracing::warn!("cannot renew the deploy lock session: {e}");
@@ -432,8 +441,11 @@ impl Registry for ConsulRegistry {
                 renewal,
             })));
         }
-        self.session_put(&format!("/v1/session/destroy/{}", names::path_segment(&session)), None)
-            .await?;
+        self.session_put(
+            &format!("/v1/session/destroy/{}", names::path_segment(&session)),
+            None,
+        )
+        .await?;
         Ok(LockAttempt::Held(self.lock_holder(service).await?))
     }
 
@@ -453,8 +465,11 @@ impl Registry for ConsulRegistry {
         match pair.and_then(|p| p.session).filter(|s| !s.is_empty()) {
             None => Ok(false),
             Some(session) => {
-                self.session_put(&format!("/v1/session/destroy/{}", names::path_segment(&session)), None)
-                    .await?;
+                self.session_put(
+                    &format!("/v1/session/destroy/{}", names::path_segment(&session)),
+                    None,
+                )
+                .await?;
                 Ok(true)
             }
         }
