@@ -120,8 +120,10 @@ pub type StageResult = Result<Outcome, PluginError>;
 /// the memory compiling takes, which `--memory` does not cover.
 pub const DEFAULT_MAX_PLUGIN_BYTES: u64 = 64 * 1024 * 1024;
 
-/// How long compiling one plugin may take: the Python plugin compiles in
-/// about 5 s (release build, 2 cores), 20 s on a busy debug test run.
+/// How long compiling one plugin may take, the default `--deadline`: the
+/// Python plugin compiles in about 5 s with a release runner (2 cores), but
+/// took 92 s (47 s of CPU) with a debug runner on a busy 2-core machine,
+/// where Cranelift's debug assertions are on; a test suite must not trip it.
 pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Process-wide runtime settings.
