@@ -68,3 +68,31 @@ fn an_unwritable_cache_only_costs_speed() {
         .stderr_has("cannot write artifact cache");
     run(env.probe("noop").arg("--no-cache")).expect_code(0);
 }
+
+#[test]
+fn a_cache_copied_from_elsewhere_is_verified_not_trusted() {
+    use std::os::unix::fs::PermissionsExt;
+    let origin = Env::new();
+    run(&mut origin.probe("noop")).expect_code(0);
+    // The key is beside the cache dir, private, and not part of it.
+    let key = std::fs::metadata(origin.path().join("cache.key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    assert_eq!(key.len(), 32);
+
+    // A restored CI cache or another machine's: the artifacts come, the key does not.
+    let env = Env::new();
+    std::fs::create_dir(env.cache_dir()).unwrap();
+    for artifact in std::fs::read_dir(origin.cache_dir()).unwrap() {
+        let path = artifact.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, env.cache_dir().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    run(env.probe("noop").arg("-v"))
+        .expect_code(0)
+        .stderr_has("its content does not match its tag")
+        .stderr_has("Recompiled");
+    run(env.probe("noop").arg("-v"))
+        .expect_code(0)
+        .stderr_has("Hit");
+}

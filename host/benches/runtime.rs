@@ -78,6 +78,7 @@ impl Bench {
         Self {
             runtime: Runtime::new(RuntimeConfig {
                 cache: ArtifactCache::new(cache_dir),
+                ..RuntimeConfig::default()
             })
             .expect("runtime"),
             services: HostServices {

@@ -415,7 +415,7 @@ pub struct GrantArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Limits")]
 pub struct LimitArgs {
-    /// Largest linear memory the plugin may grow to.
+    /// Memory the plugin's run may use: all its linear memories and tables together.
     #[arg(long, default_value = "256MiB", value_name = "SIZE", value_parser = parse_size)]
     pub memory: u64,
 

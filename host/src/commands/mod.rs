@@ -167,6 +167,7 @@ fn runtime(cli: &Cli) -> Result<Runtime, CommandError> {
     };
     Runtime::new(RuntimeConfig {
         cache: ArtifactCache::new(dir),
+        ..RuntimeConfig::default()
     })
     .map_err(|e| CommandError::Engine(e.to_string()))
 }
@@ -448,13 +449,8 @@ async fn template(cli: &Cli, cmd: &crate::cli::TemplateCommand) -> Result<(), Co
 
 fn inspect(cli: &Cli, path: &std::path::Path) -> Result<(), CommandError> {
     let runtime = runtime(cli)?;
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => LoadError::NotFound(path.into()),
-        _ => LoadError::Read {
-            path: path.into(),
-            source: e,
-        },
-    })?;
+    // As `exec` reads it: a regular file under the size cap, no FIFO hang.
+    let bytes = runtime.read_plugin(path)?;
     let (component, _) = runtime.compile(path, &bytes)?;
     let report = crate::inspect::report(runtime.engine(), path, bytes.len(), &component);
     std::io::stdout().lock().write_all(report.as_bytes())?;

@@ -7,13 +7,19 @@ mod cache;
 mod limits;
 mod stdio;
 
-pub use cache::{ArtifactCache, CacheOutcome};
-pub use limits::{Limits, MemoryLimitExceeded};
+pub use cache::{ArtifactCache, CacheOutcome, CacheRefused};
+pub use limits::{
+    Limits, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, MemoryLimitExceeded, TABLE_ELEMENT_BYTES,
+};
 
 use crate::bindings::{Context as StageContext, Outcome, PluginError, Stage, StagePre};
 use crate::caps::{self, Capabilities, CapabilitiesView};
 use crate::grants::DirGrant;
+use futures_util::FutureExt;
 use limits::MemoryLimiter;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +44,20 @@ pub enum LoadError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("plugin {path} is {kind}, not a regular file; pass the path of a .wasm component")]
+    NotAFile { path: PathBuf, kind: &'static str },
+    #[error(
+        "plugin {path} is {}, over runner's limit of {} for a plugin file; \
+         a stage component is far smaller (a Python one with CPython inside is about 18 MB)",
+        format_size(*size), format_bytes(*cap)
+    )]
+    TooLarge { path: PathBuf, size: u64, cap: u64 },
+    #[error(
+        "compiling plugin {path} took longer than {} (runner's limit for compiling a plugin); \
+         a stage component compiles in seconds, so this one is broken or hostile",
+        humantime::format_duration(*timeout)
+    )]
+    CompileTimeout { path: PathBuf, timeout: Duration },
     #[error("{0} is not a WebAssembly file (no \\0asm header); pass a .wasm component")]
     NotWasm(PathBuf),
     #[error(
@@ -57,7 +77,11 @@ pub enum LoadError {
 /// A run that ended without an outcome from the plugin.
 #[derive(Debug, thiserror::Error)]
 pub enum Fault {
-    #[error("plugin {plugin} exceeded its memory limit ({}); raise it with --memory", format_bytes(*limit))]
+    #[error(
+        "plugin {plugin} exceeded its memory limit ({}) for all its memories and tables together; \
+         raise it with --memory",
+        format_bytes(*limit)
+    )]
     Memory { plugin: String, limit: u64 },
     #[error("plugin {plugin} ran past its deadline ({deadline}); raise it with --deadline")]
     Deadline { plugin: String, deadline: String },
@@ -70,21 +94,54 @@ pub enum Fault {
     },
     #[error("plugin {plugin} could not start: {reason}")]
     Instantiate { plugin: String, reason: String },
+    #[error(
+        "plugin {plugin} tried to create more than {cap} {what} in one run, runner's fixed cap \
+         (real plugins use a handful); a component that needs more is not a stage runner can run"
+    )]
+    TooMany {
+        plugin: String,
+        what: &'static str,
+        cap: usize,
+    },
+    #[error(
+        "runner failed while running plugin {plugin}: internal error (a panic: {message}); \
+         the run was stopped. This is a bug in runner, please report it"
+    )]
+    HostPanic { plugin: String, message: String },
 }
 
 /// The result of a stage that ran to completion: the plugin's own answer.
 pub type StageResult = Result<Outcome, PluginError>;
 
+/// The largest plugin file runner reads: 64 MiB, 3.5× the largest real
+/// plugin (componentize-py 0.25.1's output for examples/color-python, which
+/// embeds CPython and its standard library: 18 MB; the Rust plugins are
+/// 0.1–0.5 MB). It also bounds what Cranelift is given to compile, and so
+/// the memory compiling takes, which `--memory` does not cover.
+pub const DEFAULT_MAX_PLUGIN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How long compiling one plugin may take, the default `--deadline`: the
+/// Python plugin compiles in about 5 s with a release runner (2 cores), but
+/// took 92 s (47 s of CPU) with a debug runner on a busy 2-core machine,
+/// where Cranelift's debug assertions are on; a test suite must not trip it.
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Process-wide runtime settings.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     pub cache: ArtifactCache,
+    /// Largest plugin file `Runtime::load` accepts.
+    pub max_plugin_bytes: u64,
+    /// Time limit on compiling one plugin (a cache miss).
+    pub compile_timeout: Duration,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             cache: ArtifactCache::new(ArtifactCache::default_dir()),
+            max_plugin_bytes: DEFAULT_MAX_PLUGIN_BYTES,
+            compile_timeout: DEFAULT_COMPILE_TIMEOUT,
         }
     }
 }
@@ -182,6 +239,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<RunState>,
     cache: ArtifactCache,
+    max_plugin_bytes: u64,
+    compile_timeout: Duration,
     _ticker: EpochTicker,
 }
 
@@ -198,6 +257,8 @@ impl Runtime {
             engine,
             linker,
             cache: config.cache,
+            max_plugin_bytes: config.max_plugin_bytes,
+            compile_timeout: config.compile_timeout,
         })
     }
 
@@ -211,6 +272,43 @@ impl Runtime {
 
     /// Read, compile (or load precompiled) and type-check a plugin.
     pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin".into());
+        let (file, meta) = self.open_plugin(path)?;
+        let mut rejected = false;
+        match self.cache.load_by_identity(&self.engine, &meta) {
+            cache::IdentityLookup::Hit(component) => {
+                return Ok(Plugin {
+                    name: Arc::from(name),
+                    pre: self.link(path, &component)?,
+                    cache: CacheOutcome::Hit,
+                });
+            }
+            cache::IdentityLookup::Rejected => rejected = true,
+            cache::IdentityLookup::Absent => {}
+        }
+        let bytes = self.read_capped(path, file)?;
+        let mut plugin = self.load_bytes(&name, path, &bytes)?;
+        if rejected && plugin.cache == CacheOutcome::Miss {
+            plugin.cache = CacheOutcome::Recompiled;
+        }
+        self.cache.remember_identity(&self.engine, &meta, &bytes);
+        Ok(plugin)
+    }
+
+    /// Read a plugin file as [`Runtime::load`] does: a regular file of at
+    /// most the configured size, never blocking on a FIFO or a device.
+    pub fn read_plugin(&self, path: &Path) -> Result<Vec<u8>, LoadError> {
+        let (file, _) = self.open_plugin(path)?;
+        self.read_capped(path, file)
+    }
+
+    /// Open without blocking (a FIFO with no writer would hang a plain open)
+    /// and check the opened handle, not the path, so what is read is what
+    /// was checked. The metadata is what the identity index keys on.
+    fn open_plugin(&self, path: &Path) -> Result<(std::fs::File, std::fs::Metadata), LoadError> {
         let read_error = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::NotFound => LoadError::NotFound(path.into()),
             _ => LoadError::Read {
@@ -218,22 +316,60 @@ impl Runtime {
                 source: e,
             },
         };
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "plugin".into());
-        let meta = std::fs::metadata(path).map_err(read_error)?;
-        if let Some(component) = self.cache.load_by_identity(&self.engine, &meta) {
-            return Ok(Plugin {
-                name: Arc::from(name),
-                pre: self.link(path, &component)?,
-                cache: CacheOutcome::Hit,
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(read_error)?;
+        let meta = file.metadata().map_err(read_error)?;
+        let kind = meta.file_type();
+        if !kind.is_file() {
+            let kind = if kind.is_dir() {
+                "a directory"
+            } else if kind.is_fifo() {
+                "a FIFO (named pipe)"
+            } else if kind.is_char_device() {
+                "a character device"
+            } else if kind.is_block_device() {
+                "a block device"
+            } else if kind.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            };
+            return Err(LoadError::NotAFile {
+                path: path.into(),
+                kind,
             });
         }
-        let bytes = std::fs::read(path).map_err(read_error)?;
-        let plugin = self.load_bytes(&name, path, &bytes)?;
-        self.cache.remember_identity(&self.engine, &meta, &bytes);
-        Ok(plugin)
+        if meta.len() > self.max_plugin_bytes {
+            return Err(self.too_large(path, meta.len()));
+        }
+        Ok((file, meta))
+    }
+
+    /// Read at most the cap plus one byte: a file that grew past the cap
+    /// since it was checked is refused, not read to its end.
+    fn read_capped(&self, path: &Path, file: std::fs::File) -> Result<Vec<u8>, LoadError> {
+        let mut bytes = Vec::new();
+        file.take(self.max_plugin_bytes.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| LoadError::Read {
+                path: path.into(),
+                source: e,
+            })?;
+        if bytes.len() as u64 > self.max_plugin_bytes {
+            return Err(self.too_large(path, bytes.len() as u64));
+        }
+        Ok(bytes)
+    }
+
+    fn too_large(&self, path: &Path, size: u64) -> LoadError {
+        LoadError::TooLarge {
+            path: path.into(),
+            size,
+            cap: self.max_plugin_bytes,
+        }
     }
 
     /// As [`Runtime::load`], from bytes already in memory.
@@ -254,12 +390,47 @@ impl Runtime {
         bytes: &[u8],
     ) -> Result<(Component, CacheOutcome), LoadError> {
         check_header(path, bytes)?;
+        if bytes.len() as u64 > self.max_plugin_bytes {
+            return Err(self.too_large(path, bytes.len() as u64));
+        }
         self.cache
-            .load(&self.engine, bytes)
-            .map_err(|e| LoadError::Invalid {
-                path: path.into(),
-                reason: root_cause(&e),
+            .load(&self.engine, bytes, || self.compile_bounded(bytes))
+            .map_err(|e| match e.downcast_ref::<CompileTimedOut>() {
+                Some(_) => LoadError::CompileTimeout {
+                    path: path.into(),
+                    timeout: self.compile_timeout,
+                },
+                None => LoadError::Invalid {
+                    path: path.into(),
+                    reason: root_cause(&e),
+                },
             })
+    }
+
+    /// Compile on a thread of its own and wait at most the compile timeout.
+    /// Cranelift cannot be interrupted: past the limit the thread is left to
+    /// finish on its own and its result dropped; the process exits on the
+    /// load error soon after, which ends it. Its memory is bounded by the
+    /// plugin size cap (compiling is roughly linear in the code's size).
+    fn compile_bounded(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
+        let (send, receive) = std::sync::mpsc::sync_channel(1);
+        let engine = self.engine.clone();
+        // The thread may outlive this call, so it owns its copy of the bytes.
+        let owned = bytes.to_vec();
+        std::thread::Builder::new()
+            .name("runner-compile".into())
+            .spawn(move || {
+                let _ = send.send(Component::new(&engine, &owned));
+            })
+            .map_err(wasmtime::Error::from)?;
+        match receive.recv_timeout(self.compile_timeout) {
+            Ok(result) => result,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(CompileTimedOut.into()),
+            // The thread died without sending: Cranelift panicked.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(wasmtime::Error::msg(
+                "the compiler failed (panicked) on this component",
+            )),
+        }
     }
 
     fn link(&self, path: &Path, component: &Component) -> Result<StagePre<RunState>, LoadError> {
@@ -353,11 +524,65 @@ impl Runtime {
         };
         // Epochs fire only inside guest code; this catches a run stuck in a
         // host call past its deadline (host calls have their own, shorter limit).
+        // A panic in host code (a capability, WASI, the limiter) while the
+        // stage runs ends this run as a fault naming the plugin, not the
+        // process: the caller still releases its lock and reports. The store
+        // the panic went through is dropped, never used again.
+        let call = catch_host_panic(&name, call);
         let result = match tokio::time::timeout(deadline + EPOCH_TICK * 10, call).await {
-            Ok(result) => result,
+            Ok(Ok(result)) => result,
+            Ok(Err(fault)) => return Err(fault),
             Err(_) => return Err(deadline_fault(&name, deadline)),
         };
-        result.map_err(|e| classify_fault(&name, &limits, store.data().limiter.exceeded, e))
+        let limiter = &store.data().limiter;
+        tracing::debug!(
+            plugin = %name,
+            memory_and_tables = limiter.used(),
+            memories = limiter.memories_created,
+            tables = limiter.tables_created,
+            "run's resources"
+        );
+        result.map_err(|e| classify_fault(&name, &limits, limiter.exceeded, e))
+    }
+}
+
+/// The compile time limit ran out (see [`Runtime::compile_bounded`]).
+#[derive(Debug, thiserror::Error)]
+#[error("compiling took too long")]
+struct CompileTimedOut;
+
+/// Run `future`, turning a panic inside it into [`Fault::HostPanic`].
+async fn catch_host_panic<T>(
+    plugin: &str,
+    future: impl std::future::Future<Output = T>,
+) -> Result<T, Fault> {
+    AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .map_err(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            tracing::error!(
+                plugin,
+                "host code panicked while running the plugin: {message}"
+            );
+            Fault::HostPanic {
+                plugin: plugin.to_string(),
+                message,
+            }
+        })
+}
+
+/// A file's size, exact in bytes too when it is not a whole unit.
+fn format_size(bytes: u64) -> String {
+    let short = format_bytes(bytes);
+    if short.ends_with(" B") || bytes.is_multiple_of(1024) {
+        short
+    } else {
+        format!("{short} ({bytes} bytes)")
     }
 }
 
@@ -390,6 +615,13 @@ fn classify_fault(
         return Fault::Memory {
             plugin: plugin.to_string(),
             limit: limits.memory_bytes,
+        };
+    }
+    if let Some((what, cap)) = limits::count_cap_hit(&format!("{e:#}")) {
+        return Fault::TooMany {
+            plugin: plugin.to_string(),
+            what,
+            cap,
         };
     }
     let backtrace = e
@@ -439,5 +671,107 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
             path: path.into(),
             reason: "unknown WebAssembly layer in the header".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(config: RuntimeConfig) -> Runtime {
+        Runtime::new(config).expect("runtime")
+    }
+
+    fn uncached() -> RuntimeConfig {
+        RuntimeConfig {
+            cache: ArtifactCache::new(None),
+            ..RuntimeConfig::default()
+        }
+    }
+
+    #[test]
+    fn only_regular_files_under_the_cap_are_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = runtime(RuntimeConfig {
+            max_plugin_bytes: 100,
+            ..uncached()
+        });
+        let small = tmp.path().join("small.wasm");
+        std::fs::write(&small, [0u8; 100]).unwrap();
+        assert_eq!(rt.read_plugin(&small).unwrap().len(), 100);
+
+        let big = tmp.path().join("big.wasm");
+        std::fs::write(&big, [0u8; 101]).unwrap();
+        let err = rt.read_plugin(&big).unwrap_err().to_string();
+        assert!(
+            err.contains("is 101 B, over runner's limit of 100 B"),
+            "{err}"
+        );
+
+        let err = rt
+            .read_plugin(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a character device"), "{err}");
+        let err = rt.read_plugin(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("is a directory"), "{err}");
+        assert!(matches!(
+            rt.read_plugin(&tmp.path().join("missing.wasm")),
+            Err(LoadError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn a_fifo_is_refused_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("p.wasm");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // No writer: a blocking open would never return. Bound the test.
+        let (send, receive) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = runtime(uncached());
+            let _ = send.send(rt.load(&fifo).err().map(|e| e.to_string()));
+        });
+        let err = receive
+            .recv_timeout(Duration::from_secs(30))
+            .expect("load returned")
+            .expect("an error");
+        assert!(err.contains("is a FIFO (named pipe)"), "{err}");
+    }
+
+    #[test]
+    fn compiling_is_bounded_in_time() {
+        let rt = runtime(RuntimeConfig {
+            compile_timeout: Duration::from_millis(1),
+            ..uncached()
+        });
+        // Thousands of functions: far more than a millisecond of Cranelift.
+        let funcs = "(func (result i32) i32.const 1 i32.const 2 i32.add)".repeat(20_000);
+        let text = format!("(component (core module {funcs}))");
+        let bytes = wat::parse_str(text).unwrap();
+        let err = rt.compile(Path::new("slow.wasm"), &bytes).err().unwrap();
+        assert!(matches!(err, LoadError::CompileTimeout { .. }), "{err}");
+        assert!(err.to_string().contains("took longer than 1ms"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_host_panic_is_a_fault_naming_the_plugin() {
+        let fault = catch_host_panic("color", async {
+            if true {
+                panic!("index out of bounds: the len is 0 but the index is 3");
+            }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(fault.to_string().lines().count(), 1);
+        let message = fault.to_string();
+        assert!(message.contains("plugin color"), "{message}");
+        assert!(
+            message.contains("the len is 0 but the index is 3"),
+            "{message}"
+        );
+        assert_eq!(catch_host_panic("color", async { 7 }).await.unwrap(), 7);
     }
 }
