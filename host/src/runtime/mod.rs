@@ -475,13 +475,17 @@ impl Runtime {
         let name = plugin.name.to_string();
         let limits = request.limits;
         let mut wasi = WasiCtx::builder();
+        // stdout and stderr share one bound: what the plugin prints is log text.
+        let budget = stdio::SharedBudget::default();
         wasi.stdout(stdio::LogStream::new(
             plugin.name.clone(),
             stdio::Stream::Stdout,
+            budget.clone(),
         ))
         .stderr(stdio::LogStream::new(
             plugin.name.clone(),
             stdio::Stream::Stderr,
+            budget,
         ))
         .allow_tcp(false)
         .allow_udp(false)

@@ -1,8 +1,10 @@
 //! A plugin's stdout and stderr, line by line into the log, prefixed by the
-//! plugin's name.
+//! plugin's name, under the same per-message and per-run bounds as the
+//! `log` interface (`caps::log::LogBudget`).
 
 use std::pin::Pin;
-use std::sync::Arc;
+use crate::caps::log::LogBudget;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -13,15 +15,23 @@ pub enum Stream {
     Stderr,
 }
 
+/// One run's log budget, shared by its stdout and stderr.
+pub type SharedBudget = Arc<Mutex<LogBudget>>;
+
 #[derive(Clone)]
 pub struct LogStream {
     plugin: Arc<str>,
     stream: Stream,
+    budget: SharedBudget,
 }
 
 impl LogStream {
-    pub fn new(plugin: Arc<str>, stream: Stream) -> Self {
-        Self { plugin, stream }
+    pub fn new(plugin: Arc<str>, stream: Stream, budget: SharedBudget) -> Self {
+        Self {
+            plugin,
+            stream,
+            budget,
+        }
     }
 }
 
@@ -55,6 +65,12 @@ impl LineWriter {
         if text.trim().is_empty() {
             return;
         }
+        let Ok(mut budget) = self.sink.budget.lock() else {
+            return;
+        };
+        let Some(text) = budget.admit(text) else {
+            return;
+        };
         let plugin = &*self.sink.plugin;
         match self.sink.stream {
             Stream::Stdout => tracing::info!(target: "plugin", "[{plugin}] {text}"),
