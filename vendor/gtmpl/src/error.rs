@@ -31,6 +31,8 @@ pub enum ParseError {
     NoDynamicTemplate,
     #[error("unable to parse string: {0}")]
     UnableToParseString(String),
+    #[error("nested deeper than {0} levels")]
+    TooDeep(usize),
 }
 
 impl ParseError {
@@ -75,6 +77,10 @@ pub enum PrintError {
     WithAfterIndex,
     #[error("precision after index (e.g. %[3].2d)")]
     PrecisionAfterIndex,
+    #[error("format width or precision {0} is larger than {1}")]
+    WidthTooLarge(usize, usize),
+    #[error("argument index 0 (they count from 1)")]
+    IndexZero,
 }
 
 #[derive(Error, Debug)]
@@ -101,6 +107,18 @@ pub enum ExecError {
     TemplateNotDefined(String),
     #[error("exceeded max template depth")]
     MaxTemplateDepth,
+    #[error("template calls nested deeper than {0} levels")]
+    TemplateDepth(usize),
+    #[error("execution took more than {0} steps")]
+    TooManySteps(u64),
+    #[error("execution ran past its deadline")]
+    DeadlineExceeded,
+    #[error("{function} returned {size} bytes, more than {max}")]
+    ValueTooLarge {
+        function: String,
+        size: usize,
+        max: usize,
+    },
     #[error("error evaluating pipe: {0}")]
     ErrorEvaluatingPipe(PipeNode),
     #[error("no arguments for command node: {0}")]

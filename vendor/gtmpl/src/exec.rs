@@ -1,5 +1,8 @@
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::Write;
+use std::rc::Rc;
+use std::time::Instant;
 
 use crate::error::ExecError;
 use crate::node::*;
@@ -9,6 +12,54 @@ use crate::utils::is_true;
 use gtmpl_value::{Func, Value};
 
 const MAX_TEMPLATE_DEPTH: usize = 100_000;
+
+/// Bounds on parsing and executing one template (runner patch, see
+/// PATCHES.md). The defaults are gtmpl's own behaviour: unbounded but for
+/// 100 000 nested `{{template}}` calls.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How deeply `{{template}}` calls may nest.
+    pub max_template_depth: usize,
+    /// How deeply `if`/`range`/`with`/`else if`/`block` and parentheses may
+    /// nest in the text (the parser recurses once per level).
+    pub max_syntax_nesting: usize,
+    /// Work units one execution may spend: one per node walked, range
+    /// iteration and command or argument evaluated, plus one per KiB of every
+    /// value copied or returned by a function.
+    pub max_steps: u64,
+    /// The largest value (in bytes, roughly as printed) a function may return.
+    pub max_value_bytes: usize,
+    /// When execution gives up, checked every 1024 steps.
+    pub deadline: Option<Instant>,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_template_depth: MAX_TEMPLATE_DEPTH,
+            max_syntax_nesting: usize::MAX,
+            max_steps: u64::MAX,
+            max_value_bytes: usize::MAX,
+            deadline: None,
+        }
+    }
+}
+
+/// Roughly how many bytes `v` takes printed (and so to copy).
+pub fn value_size(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        Value::Array(a) => a
+            .iter()
+            .fold(2, |n, v| n.saturating_add(value_size(v)).saturating_add(1)),
+        Value::Object(o) | Value::Map(o) => o.iter().fold(5, |n, (k, v)| {
+            n.saturating_add(k.len())
+                .saturating_add(value_size(v))
+                .saturating_add(2)
+        }),
+        _ => 24,
+    }
+}
 
 struct Variable {
     name: String,
@@ -21,6 +72,7 @@ struct State<'a, 'b, T: Write> {
     node: Option<&'a Nodes>,
     vars: VecDeque<VecDeque<Variable>>,
     depth: usize,
+    steps: Rc<Cell<u64>>,
 }
 
 /// A Context for the template. Passed to the template exectution.
@@ -58,6 +110,7 @@ impl<'b> Template {
             node: None,
             vars,
             depth: 0,
+            steps: Rc::new(Cell::new(0)),
         };
 
         let root = self
@@ -78,6 +131,28 @@ impl<'b> Template {
 }
 
 impl<'a, 'b, T: Write> State<'a, 'b, T> {
+    /// Spends `units` of the step budget (runner patch).
+    fn charge(&self, units: u64) -> Result<(), ExecError> {
+        let limits = &self.template.limits;
+        let before = self.steps.get();
+        let after = before.saturating_add(units);
+        self.steps.set(after);
+        if after > limits.max_steps {
+            return Err(ExecError::TooManySteps(limits.max_steps));
+        }
+        if let Some(deadline) = limits.deadline {
+            if before >> 10 != after >> 10 && Instant::now() >= deadline {
+                return Err(ExecError::DeadlineExceeded);
+            }
+        }
+        Ok(())
+    }
+
+    /// Spends a step plus one per KiB of `v`, before `v` is copied.
+    fn charge_value(&self, v: &Value) -> Result<(), ExecError> {
+        self.charge(1 + (value_size(v) / 1024) as u64)
+    }
+
     fn set_kth_last_var_value(&mut self, k: usize, value: Value) -> Result<(), ExecError> {
         if let Some(last_vars) = self.vars.back_mut() {
             let i = last_vars.len() - k;
@@ -94,6 +169,7 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
         for context in self.vars.iter().rev() {
             for var in context.iter().rev() {
                 if var.name == key {
+                    self.charge_value(&var.value)?;
                     return Ok(var.value.clone());
                 }
             }
@@ -111,6 +187,7 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
     // Top level walk function. Steps through the major parts for the template strcuture and
     // writes to the output.
     fn walk(&mut self, ctx: &Context, node: &'a Nodes) -> Result<(), ExecError> {
+        self.charge(1)?;
         self.node = Some(node);
         match *node {
             Nodes::Action(ref n) => {
@@ -140,8 +217,10 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
                 }
             }
         };
-        if self.depth >= MAX_TEMPLATE_DEPTH {
-            return Err(ExecError::MaxTemplateDepth);
+        if self.depth >= self.template.limits.max_template_depth {
+            return Err(ExecError::TemplateDepth(
+                self.template.limits.max_template_depth,
+            ));
         }
         let tree = self.template.tree_set.get(&name);
         if let Some(tree) = tree {
@@ -153,6 +232,7 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
                 } else {
                     Value::NoValue
                 };
+                self.charge_value(&value)?;
                 dot.push_back(Variable {
                     name: "$".to_owned(),
                     value: value.clone(),
@@ -164,6 +244,7 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
                     node: None,
                     vars,
                     depth: self.depth + 1,
+                    steps: self.steps.clone(),
                 };
                 return new_state.walk(&Context::from(value), root);
             }
@@ -179,6 +260,7 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
         }
         let val = val.ok_or_else(|| ExecError::ErrorEvaluatingPipe(pipe.clone()))?;
         for var in &pipe.decl {
+            self.charge_value(&val)?;
             self.vars
                 .back_mut()
                 .map(|v| {
@@ -198,6 +280,7 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
         cmd: &CommandNode,
         val: &Option<Value>,
     ) -> Result<Value, ExecError> {
+        self.charge(1)?;
         let first_word = &cmd
             .args
             .first()
@@ -214,7 +297,10 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
         not_a_function(&cmd.args, val)?;
         match *(*first_word) {
             Nodes::Bool(ref n) => Ok(n.value.clone()),
-            Nodes::Dot(_) => Ok(ctx.dot.clone()),
+            Nodes::Dot(_) => {
+                self.charge_value(&ctx.dot)?;
+                Ok(ctx.dot.clone())
+            }
             Nodes::Number(ref n) => Ok(n.value.clone()),
             Nodes::String(ref n) => Ok(n.value.clone()),
             _ => Err(ExecError::CannotEvaluateCommand((*first_word).clone())),
@@ -234,7 +320,17 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
             .funcs
             .get(name.as_str())
             .ok_or_else(|| ExecError::UndefinedFunction(name.to_string()))?;
-        self.eval_call(ctx, *function, args, fin)
+        let value = self.eval_call(ctx, *function, args, fin)?;
+        let size = value_size(&value);
+        if size > self.template.limits.max_value_bytes {
+            return Err(ExecError::ValueTooLarge {
+                function: name.to_string(),
+                size,
+                max: self.template.limits.max_value_bytes,
+            });
+        }
+        self.charge_value(&value)?;
+        Ok(value)
     }
 
     fn eval_call(
@@ -252,6 +348,7 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
             }
         }
         if let Some(ref f) = *fin {
+            self.charge_value(f)?;
             arg_vals.push(f.clone());
         }
 
@@ -276,8 +373,12 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
     }
 
     fn eval_arg(&mut self, ctx: &Context, node: &Nodes) -> Result<Value, ExecError> {
+        self.charge(1)?;
         match *node {
-            Nodes::Dot(_) => Ok(ctx.dot.clone()),
+            Nodes::Dot(_) => {
+                self.charge_value(&ctx.dot)?;
+                Ok(ctx.dot.clone())
+            }
             //Nodes::Nil
             Nodes::Field(ref n) => self.eval_field_node(ctx, n, &[], &None), // args?
             Nodes::Variable(ref n) => self.eval_variable_node(n, &[], &None),
@@ -331,6 +432,11 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
         let has_args = args.len() > 1 || fin.is_some();
         if has_args {
             return Err(ExecError::NotAFunctionButArguments(field_name.to_string()));
+        }
+        if let Value::Object(ref o) | Value::Map(ref o) = *receiver {
+            if let Some(v) = o.get(field_name) {
+                self.charge_value(v)?;
+            }
         }
         let ret = match *receiver {
             Value::Object(ref o) => o
@@ -396,6 +502,7 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
         val: Value,
         range: &'a RangeNode,
     ) -> Result<(), ExecError> {
+        self.charge_value(&val)?;
         if !range.pipe.decl.is_empty() {
             self.set_kth_last_var_value(1, val.clone())?;
         }
@@ -414,12 +521,14 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
         let val = self.eval_pipeline(ctx, &range.pipe)?;
         match val {
             Value::Object(ref map) | Value::Map(ref map) => {
+                self.charge_value(&val)?;
                 for (k, v) in map.clone() {
                     self.one_iteration(Value::from(k), v, range)?;
                 }
             }
             Value::Array(ref vec) => {
                 for (k, v) in vec.iter().enumerate() {
+                    self.charge_value(v)?;
                     self.one_iteration(Value::from(k), v.clone(), range)?;
                 }
             }
@@ -432,6 +541,7 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
     }
 
     fn print_value(&mut self, val: &Value) -> Result<(), ExecError> {
+        self.charge_value(val)?;
         write!(self.writer, "{}", val).map_err(ExecError::IOError)?;
         Ok(())
     }

@@ -5,7 +5,6 @@ use std::fmt::Write;
 use gtmpl_value::{Func, FuncError, Value};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
-use crate::printf::sprintf;
 use crate::utils::is_true;
 
 const QUERY_ENCODE: &AsciiSet = &CONTROLS
@@ -330,11 +329,17 @@ pub fn println(args: &[Value]) -> Result<Value, FuncError> {
 /// assert_eq!(&equal.unwrap(), "Hello world !");
 /// ```
 pub fn printf(args: &[Value]) -> Result<Value, FuncError> {
+    printf_bounded(args, crate::printf::MAX_FORMAT_WIDTH)
+}
+
+/// `printf` refusing widths and precisions above `max_width` (runner patch).
+pub fn printf_bounded(args: &[Value], max_width: usize) -> Result<Value, FuncError> {
     if args.is_empty() {
         return Err(FuncError::AtLeastXArgs("printf".into(), 1));
     }
     if let Value::String(ref s) = args[0] {
-        let s = sprintf(s, &args[1..]).map_err(|e| FuncError::Other(e.into()))?;
+        let s = crate::printf::sprintf_bounded(s, &args[1..], max_width)
+            .map_err(|e| FuncError::Other(e.into()))?;
         Ok(val!(s))
     } else {
         Err(FuncError::Generic("printf requires a format string".into()))

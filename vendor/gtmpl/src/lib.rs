@@ -25,6 +25,9 @@ pub use crate::template::Template;
 pub use crate::exec::Context;
 
 #[doc(inline)]
+pub use crate::exec::{value_size, Limits};
+
+#[doc(inline)]
 pub use gtmpl_value::Func;
 
 pub use gtmpl_value::FuncError;
@@ -32,7 +35,7 @@ pub use gtmpl_value::FuncError;
 #[doc(inline)]
 pub use gtmpl_value::from_value;
 
-pub use error::TemplateError;
+pub use error::{ExecError, ParseError, PrintError, TemplateError};
 pub use gtmpl_value::Value;
 
 /// Provides simple basic templating given just a template sting and context.

@@ -17,6 +17,9 @@ pub struct Parser {
     tree: Option<Tree>,
     tree_stack: VecDeque<Tree>,
     max_tree_id: TreeId,
+    // runner patch: how deep the recursive descent is, and may go.
+    nesting: usize,
+    max_nesting: usize,
 }
 
 pub struct Tree {
@@ -40,6 +43,8 @@ impl Parser {
             tree: None,
             tree_stack: VecDeque::new(),
             max_tree_id: 0,
+            nesting: 0,
+            max_nesting: usize::MAX,
         }
     }
 }
@@ -63,9 +68,11 @@ pub fn parse(
     name: String,
     text: String,
     funcs: HashSet<String>,
+    max_nesting: usize,
 ) -> Result<HashMap<String, Tree>, ParseError> {
     let mut p = Parser::new(name);
     p.funcs = funcs;
+    p.max_nesting = max_nesting;
     p.lex = Some(Lexer::new(text));
     p.parse_tree()?;
     Ok(p.tree_set)
@@ -349,7 +356,30 @@ impl Parser {
         )))
     }
 
+    /// Runs one level of recursive descent, refusing to go deeper than
+    /// `max_nesting` (runner patch: the parser recurses per level).
+    fn nested<R>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<R, ParseError>,
+    ) -> Result<R, ParseError> {
+        if self.nesting >= self.max_nesting {
+            return Err(ParseError::TooDeep(self.max_nesting));
+        }
+        self.nesting += 1;
+        let r = f(self);
+        self.nesting -= 1;
+        r
+    }
+
     fn parse_control(
+        &mut self,
+        allow_else_if: bool,
+        context: &str,
+    ) -> Result<(Pos, PipeNode, ListNode, Option<ListNode>), ParseError> {
+        self.nested(|p| p.parse_control_inner(allow_else_if, context))
+    }
+
+    fn parse_control_inner(
         &mut self,
         allow_else_if: bool,
         context: &str,
@@ -435,6 +465,10 @@ impl Parser {
     }
 
     fn block_control(&mut self) -> Result<Nodes, ParseError> {
+        self.nested(|p| p.block_control_inner())
+    }
+
+    fn block_control_inner(&mut self) -> Result<Nodes, ParseError> {
         let context = "block clause";
         let token = self.next_non_space_must(context)?;
         let name = self.parse_template_name(&token, context)?;
@@ -696,7 +730,7 @@ impl Parser {
                 }
             }
             ItemType::ItemLeftParen => {
-                let pipe = self.pipeline("parenthesized pipeline")?;
+                let pipe = self.nested(|p| p.pipeline("parenthesized pipeline"))?;
                 let next = self.next_must("parenthesized pipeline")?;
                 if next.typ != ItemType::ItemRightParen {
                     return self.error(&format!("unclosed right paren: unexpected {}", next));
@@ -807,6 +841,8 @@ mod tests_mocked {
             tree: None,
             tree_stack: VecDeque::new(),
             max_tree_id: 0,
+            nesting: 0,
+            max_nesting: usize::MAX,
         }
     }
 

@@ -1,3 +1,4 @@
+use std::convert::TryFrom;
 use std::char;
 
 use gtmpl_value::{FromValue, Value};
@@ -5,14 +6,24 @@ use gtmpl_value::{FromValue, Value};
 use crate::error::PrintError;
 use crate::print_verb::print;
 
-pub fn sprintf(s: &str, args: &[Value]) -> Result<String, PrintError> {
+/// The widest width or precision Rust's formatter takes without panicking.
+pub const MAX_FORMAT_WIDTH: usize = u16::MAX as usize;
+
+#[cfg(test)]
+fn sprintf(s: &str, args: &[Value]) -> Result<String, PrintError> {
+    sprintf_bounded(s, args, MAX_FORMAT_WIDTH)
+}
+
+/// `sprintf` refusing widths and precisions above `max_width` (runner patch).
+pub fn sprintf_bounded(s: &str, args: &[Value], max_width: usize) -> Result<String, PrintError> {
+    let max_width = max_width.min(MAX_FORMAT_WIDTH);
     let tokens = tokenize(s)?;
     let mut fmt = String::new();
     let mut i = 0;
     let mut index = 0;
     for t in tokens {
         fmt.push_str(&s[i..t.start]);
-        let (s, idx) = process_verb(&s[t.start + 1..t.end], t.typ, args, index)?;
+        let (s, idx) = process_verb(&s[t.start + 1..t.end], t.typ, args, index, max_width)?;
         fmt.push_str(&s);
         index = idx;
         i = t.end + 1;
@@ -45,6 +56,7 @@ fn process_verb(
     typ: char,
     args: &[Value],
     mut index: usize,
+    max_width: usize,
 ) -> Result<(String, usize), PrintError> {
     let mut params = FormatParams::default();
     let mut complex = false;
@@ -88,7 +100,7 @@ fn process_verb(
                     // Golang does not pad with zeros to the right.
                     params.zero = false;
                 }
-                params.width = width.abs() as usize;
+                params.width = usize::try_from(width.unsigned_abs()).unwrap_or(usize::MAX);
             }
             after_index = false;
         } else if let Some((width, till)) = parse_num(&s[pos..])? {
@@ -122,7 +134,8 @@ fn process_verb(
                     if prec < 0 {
                         params.precision = None;
                     }
-                    params.precision = Some(prec.abs() as usize);
+                    params.precision =
+                        Some(usize::try_from(prec.unsigned_abs()).unwrap_or(usize::MAX));
                 }
             } else if let Some((prec, till)) = parse_num(&s[pos..])? {
                 if after_index {
@@ -143,6 +156,10 @@ fn process_verb(
         i
     };
 
+    let widest = params.width.max(params.precision.unwrap_or(0));
+    if widest > max_width {
+        return Err(PrintError::WidthTooLarge(widest, max_width));
+    }
     if arg_num < args.len() {
         return print(&params, typ, &args[arg_num]).map(|s| (s, index));
     }
@@ -156,8 +173,12 @@ fn parse_index(s: &str) -> Result<Option<(usize, usize)>, PrintError> {
             .ok_or_else(|| PrintError::MissingClosingBracket(s.to_string()))?;
         s[1..till]
             .parse::<usize>()
-            .map(|u| Some((u - 1, till + 1)))
             .map_err(PrintError::UnableToParseIndex)
+            .and_then(|u: usize| {
+                u.checked_sub(1)
+                    .map(|i| Some((i, till + 1)))
+                    .ok_or(PrintError::IndexZero)
+            })
     } else {
         Ok(None)
     }

@@ -1,6 +1,7 @@
 use std::collections::HashMap;
 
 use crate::error::{ParseError, TemplateError};
+use crate::exec::Limits;
 use crate::funcs::BUILTINS;
 use crate::parse::{parse, Tree};
 
@@ -12,6 +13,8 @@ pub struct Template {
     pub text: String,
     pub funcs: HashMap<String, Func>,
     pub tree_set: HashMap<String, Tree>,
+    /// Bounds on parsing and executing (runner patch).
+    pub limits: Limits,
 }
 
 impl Default for Template {
@@ -21,6 +24,7 @@ impl Default for Template {
             text: String::from(""),
             funcs: BUILTINS.iter().map(|&(k, v)| (k.to_owned(), v)).collect(),
             tree_set: HashMap::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -93,6 +97,7 @@ impl Template {
             self.name.clone(),
             text.into(),
             self.funcs.keys().cloned().collect(),
+            self.limits.max_syntax_nesting,
         )?;
         self.tree_set.extend(tree_set);
         Ok(())
@@ -120,6 +125,7 @@ impl Template {
             name.into(),
             text.into(),
             self.funcs.keys().cloned().collect(),
+            self.limits.max_syntax_nesting,
         )?;
         self.tree_set.extend(tree_set);
         Ok(())
