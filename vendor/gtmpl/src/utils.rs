@@ -31,6 +31,8 @@ pub fn unquote_str(s: &str) -> Option<String> {
     let mut i = 0;
     while i < raw.len() {
         match unqote(&raw[i..]) {
+            // runner patch: an escape that decodes nothing (`"\x"`) looped forever.
+            Some((_, 0)) => return None,
             Some((c, len)) => {
                 r += &c;
                 i += len;
@@ -43,18 +45,19 @@ pub fn unquote_str(s: &str) -> Option<String> {
 
 fn unqote(raw: &str) -> Option<(String, usize)> {
     if raw.starts_with('\\') {
-        match &raw[..2] {
-            r"\x" => extract_bytes_x(raw),
-            r"\U" => extract_bytes_u32(raw),
-            r"\u" => extract_bytes_u16(raw),
-            r"\b" => Some(('\u{0008}'.to_string(), 2)),
-            r"\f" => Some(('\u{000C}'.to_string(), 2)),
-            r"\n" => Some(('\n'.to_string(), 2)),
-            r"\r" => Some(('\r'.to_string(), 2)),
-            r"\t" => Some(('\t'.to_string(), 2)),
-            r"\'" => Some(('\''.to_string(), 2)),
-            r#"\""# => Some(('\"'.to_string(), 2)),
-            r#"\\"# => Some(('\\'.to_string(), 2)),
+        // runner patch: `get`, as `&raw[..2]` panicked inside a multi-byte char.
+        match raw.get(..2) {
+            Some(r"\x") => extract_bytes_x(raw),
+            Some(r"\U") => extract_bytes_u32(raw),
+            Some(r"\u") => extract_bytes_u16(raw),
+            Some(r"\b") => Some(('\u{0008}'.to_string(), 2)),
+            Some(r"\f") => Some(('\u{000C}'.to_string(), 2)),
+            Some(r"\n") => Some(('\n'.to_string(), 2)),
+            Some(r"\r") => Some(('\r'.to_string(), 2)),
+            Some(r"\t") => Some(('\t'.to_string(), 2)),
+            Some(r"\'") => Some(('\''.to_string(), 2)),
+            Some(r#"\""#) => Some(('\"'.to_string(), 2)),
+            Some(r#"\\"#) => Some(('\\'.to_string(), 2)),
             _ => None,
         }
     } else {
@@ -72,7 +75,7 @@ fn extract_bytes_u32(s: &str) -> Option<(String, usize)> {
     if s.len() != 10 {
         return None;
     }
-    u32::from_str_radix(&s[2..10], 16)
+    u32::from_str_radix(s.get(2..10)?, 16)
         .ok()
         .and_then(char::from_u32)
         .map(|c| (c.to_string(), 10))
@@ -82,7 +85,7 @@ fn extract_bytes_u16(s: &str) -> Option<(String, usize)> {
     let mut bytes = vec![];
     let mut i = 0;
     while s.len() > i && s.starts_with(r"\u") && s[i..].len() >= 6 {
-        match u16::from_str_radix(&s[(i + 2)..(i + 6)], 16) {
+        match u16::from_str_radix(s.get((i + 2)..(i + 6))?, 16) {
             Ok(x) => bytes.push(x),
             _ => {
                 return None;
@@ -97,7 +100,7 @@ fn extract_bytes_x(s: &str) -> Option<(String, usize)> {
     let mut bytes = vec![];
     let mut i = 0;
     while s.len() > i && s.starts_with(r"\x") && s[i..].len() >= 4 {
-        match u8::from_str_radix(&s[(i + 2)..(i + 4)], 16) {
+        match u8::from_str_radix(s.get((i + 2)..(i + 4))?, 16) {
             Ok(x) => bytes.push(x),
             _ => {
                 return None;
