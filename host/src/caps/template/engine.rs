@@ -334,13 +334,15 @@ pub enum RenderErrorOrDenied {
 }
 
 fn parse(text: &str) -> Result<Template, RenderError> {
-    let mut template = Template::default();
-    template.limits = Limits {
-        max_template_depth: MAX_NESTING,
-        max_syntax_nesting: MAX_SYNTAX_NESTING,
-        max_steps: MAX_STEPS,
-        max_value_bytes: MAX_OUTPUT_BYTES,
-        deadline: Some(Instant::now() + MAX_RENDER_TIME),
+    let mut template = Template {
+        limits: Limits {
+            max_template_depth: MAX_NESTING,
+            max_syntax_nesting: MAX_SYNTAX_NESTING,
+            max_steps: MAX_STEPS,
+            max_value_bytes: MAX_OUTPUT_BYTES,
+            deadline: Some(Instant::now() + MAX_RENDER_TIME),
+        },
+        ..Template::default()
     };
     template.add_funcs(&[
         // Overrides gtmpl's own, to bound widths.
