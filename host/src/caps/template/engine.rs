@@ -8,11 +8,68 @@
 //! nothing new. The known data lives in a thread-local scope that exists only
 //! during one synchronous `render` call, so concurrent renders on other
 //! threads (or tasks) never see each other's data.
+//!
+//! # Bounds
+//!
+//! Template text can come from a plugin (`template.render-string` needs no
+//! grant), so a render must never outrun or crash the host, whatever the text.
+//! gtmpl had no hooks for that: its evaluator recursed once per nested
+//! `{{template}}` (to a depth of 100 000, far past the stack), looped over
+//! `range`s and expanded templates without any budget, and panicked on
+//! `printf "%100000d"`. Its parse tree cannot be inspected from outside (the
+//! node types are private), so no static analysis is possible short of
+//! re-implementing its lexer, whose every disagreement with the real one would
+//! be a way around the analysis; and a static bound on `range` has to assume
+//! every loop runs over the largest list in the data, rejecting ordinary
+//! nested loops over a big catalog. So gtmpl is vendored (`vendor/gtmpl`, see
+//! its `PATCHES.md`) with one mechanism added where the work happens: a step
+//! budget the evaluator itself charges for every node walked, range
+//! iteration, command and argument evaluated and every KiB of value copied or
+//! returned by a function, with limits on `{{template}}` depth, parser
+//! nesting, value size and printf widths. Whatever the text, a render stops at
+//! [`MAX_STEPS`] (well under a second), which makes exponential expansion,
+//! recursion and long loops the same error. Around that, this module caps the
+//! text and the output (a writer that refuses past [`MAX_OUTPUT_BYTES`]),
+//! renders on its own thread with a stack that the nesting limits cannot
+//! exhaust (so the async caller can give up at its timeout, and an abandoned
+//! render still stops by itself at the step budget or [`MAX_RENDER_TIME`]),
+//! and turns any panic left in gtmpl into [`RenderError::Panicked`].
 
 use crate::registry::{Instance, KvEntry};
-use gtmpl::{Context, FuncError, Template, Value};
+use gtmpl::{Context, ExecError, FuncError, Limits, ParseError, PrintError, Template, Value};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The largest template text: a consul-template file is a few KiB; parsing is
+/// linear in the text, and every node costs steps, so this keeps both small.
+pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
+/// How deeply `{{template}}` calls may nest: real templates nest a handful of
+/// partials; a recursive template hits this at once instead of the stack.
+pub const MAX_NESTING: usize = 64;
+/// How deeply `if`/`range`/`with`/`else if`/`block` and parentheses may nest
+/// within the text: gtmpl parses and walks them recursively, one stack frame
+/// group per level.
+pub const MAX_SYNTAX_NESTING: usize = 100;
+/// The work one render pass may do, in gtmpl steps (a node, a range
+/// iteration, an argument, a KiB copied): a large real template takes
+/// thousands to a few hundred thousand; the limit takes well under a second.
+pub const MAX_STEPS: u64 = 2_000_000;
+/// The largest rendered output, and the largest value a function may return:
+/// a generated config file is KiBs; this bounds memory whatever the text.
+pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
+/// The widest printf width or precision: a column wider than a screen is never
+/// needed, and Rust's formatter panics above 65 535.
+pub const MAX_FORMAT_WIDTH: usize = 1024;
+/// Wall-clock limit on one render pass, a backstop behind [`MAX_STEPS`] so
+/// that a render the caller gave up on cannot keep a thread busy.
+pub const MAX_RENDER_TIME: Duration = Duration::from_secs(10);
+/// The render thread's stack: the nesting limits bound recursion to
+/// `MAX_NESTING * MAX_SYNTAX_NESTING` levels of a few hundred bytes each.
+const RENDER_STACK_BYTES: usize = 64 << 20;
+/// Errors quote template values, which may be large; keep messages readable.
+const MAX_ERROR_CHARS: usize = 500;
 
 pub use crate::registry::Dependency;
 
@@ -33,6 +90,43 @@ pub enum RenderError {
     Exec(String),
     #[error("template still needed new data after {0} passes (a dependency cycle?)")]
     TooManyPasses(usize),
+    #[error("template text is {0} bytes, over the {MAX_TEMPLATE_BYTES}-byte limit")]
+    TextTooLarge(usize),
+    #[error("template nesting deeper than {0} levels (a recursive {{{{template}}}}?)")]
+    TooDeep(usize),
+    #[error(
+        "template syntax nested deeper than {0} levels (if/range/with/else if/block/parentheses)"
+    )]
+    SyntaxTooDeep(usize),
+    #[error(
+        "template rendering took more than {0} steps (a loop or {{{{template}}}} calls that expand exponentially?)"
+    )]
+    TooManySteps(u64),
+    #[error("template output larger than {0} bytes")]
+    OutputTooLarge(usize),
+    #[error(
+        "template function {function} returned {size} bytes, over the {max}-byte limit on values"
+    )]
+    ValueTooLarge {
+        function: String,
+        size: usize,
+        max: usize,
+    },
+    #[error("template printf width or precision {0} is over the limit of {1}")]
+    FormatWidth(usize, usize),
+    #[error("template rendering took longer than {}s", .0.as_secs())]
+    TookTooLong(Duration),
+    #[error("template engine panicked: {0}")]
+    Panicked(String),
+    #[error("cannot start a template render thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+impl RenderError {
+    /// Errors a later pass with more data cannot fix.
+    fn is_final(&self) -> bool {
+        !matches!(self, RenderError::Exec(_))
+    }
 }
 
 /// Where a render gets its data; the template capability implements it with
@@ -47,6 +141,7 @@ pub trait DataSource {
 
 const MAX_PASSES: usize = 8;
 
+#[derive(Debug)]
 struct Scope {
     snapshot: Snapshot,
     missing: BTreeSet<Dependency>,
@@ -95,17 +190,19 @@ fn with_scope<T>(f: impl FnOnce(&mut Scope) -> T) -> Result<T, FuncError> {
     })
 }
 
-/// Parse once, then render in passes until every dependency is fetched.
+/// Render in passes until every dependency is fetched; each pass runs on its
+/// own thread within the bounds above.
 pub async fn render(text: &str, source: &impl DataSource) -> Result<String, RenderErrorOrDenied> {
-    let template = parse(text)?;
+    if text.len() > MAX_TEMPLATE_BYTES {
+        return Err(RenderError::TextTooLarge(text.len()).into());
+    }
+    let text: Arc<str> = Arc::from(text);
     let mut snapshot = Snapshot::default();
     for _ in 0..MAX_PASSES {
-        let guard = ScopeGuard::enter(snapshot);
-        let result = template.render(&Context::empty());
-        let scope = guard.leave();
+        let (result, scope) = render_pass(text.clone(), snapshot).await?;
         snapshot = scope.snapshot;
-        if scope.missing.is_empty() {
-            return result.map_err(|e| RenderError::Exec(e.to_string()).into());
+        if scope.missing.is_empty() || result.as_ref().is_err_and(RenderError::is_final) {
+            return result.map_err(Into::into);
         }
         // A pass with missing data may fail on placeholders: fetch and retry.
         for dep in &scope.missing {
@@ -113,6 +210,118 @@ pub async fn render(text: &str, source: &impl DataSource) -> Result<String, Rend
         }
     }
     Err(RenderError::TooManyPasses(MAX_PASSES).into())
+}
+
+/// One pass off the async executor. Dropping the future (a caller's timeout)
+/// abandons the thread, which stops by itself within the step budget.
+async fn render_pass(text: Arc<str>, snapshot: Snapshot) -> Result<Pass, RenderError> {
+    render_pass_with(text, snapshot, render_once).await
+}
+
+type Pass = (Result<String, RenderError>, Scope);
+
+async fn render_pass_with(
+    text: Arc<str>,
+    snapshot: Snapshot,
+    render_once: fn(&str, Snapshot) -> Pass,
+) -> Result<Pass, RenderError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("template-render".into())
+        .stack_size(RENDER_STACK_BYTES)
+        .spawn(move || {
+            let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                render_once(&text, snapshot)
+            }));
+            // The receiver is gone if the caller gave up; nothing to do.
+            let _ = tx.send(pass.map_err(panic_message));
+        })
+        .map_err(RenderError::Thread)?;
+    match rx.await {
+        Ok(pass) => pass.map_err(RenderError::Panicked),
+        Err(_) => Err(RenderError::Panicked(
+            "the render thread ended without a result".into(),
+        )),
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    truncate(message)
+}
+
+/// Parse and execute once, with the data known so far.
+fn render_once(text: &str, snapshot: Snapshot) -> Pass {
+    let guard = ScopeGuard::enter(snapshot);
+    let result = parse(text).and_then(|template| execute(&template));
+    (result, guard.leave())
+}
+
+fn execute(template: &Template) -> Result<String, RenderError> {
+    let mut out = CappedWriter::default();
+    template
+        .execute(&mut out, &Context::empty())
+        .map_err(|e| exec_error(e, out.overflowed))?;
+    String::from_utf8(out.buf).map_err(|e| RenderError::Exec(e.to_string()))
+}
+
+/// Collects output, failing (and so stopping the render) past the cap.
+#[derive(Default)]
+struct CappedWriter {
+    buf: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > MAX_OUTPUT_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("template output cap reached"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn exec_error(e: ExecError, output_overflowed: bool) -> RenderError {
+    match e {
+        ExecError::IOError(_) if output_overflowed => RenderError::OutputTooLarge(MAX_OUTPUT_BYTES),
+        ExecError::TemplateDepth(n) => RenderError::TooDeep(n),
+        ExecError::TooManySteps(n) => RenderError::TooManySteps(n),
+        ExecError::DeadlineExceeded => RenderError::TookTooLong(MAX_RENDER_TIME),
+        ExecError::ValueTooLarge {
+            function,
+            size,
+            max,
+        } => RenderError::ValueTooLarge {
+            function,
+            size,
+            max,
+        },
+        ExecError::FuncError(FuncError::Other(ref inner)) => {
+            match inner.downcast_ref::<PrintError>() {
+                Some(PrintError::WidthTooLarge(n, max)) => RenderError::FormatWidth(*n, *max),
+                _ => RenderError::Exec(truncate(e.to_string())),
+            }
+        }
+        e => RenderError::Exec(truncate(e.to_string())),
+    }
+}
+
+fn truncate(mut message: String) -> String {
+    if let Some((cut, _)) = message.char_indices().nth(MAX_ERROR_CHARS) {
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    message
 }
 
 /// Either a template problem or a refused/failed data fetch.
@@ -125,8 +334,19 @@ pub enum RenderErrorOrDenied {
 }
 
 fn parse(text: &str) -> Result<Template, RenderError> {
-    let mut template = Template::default();
+    let mut template = Template {
+        limits: Limits {
+            max_template_depth: MAX_NESTING,
+            max_syntax_nesting: MAX_SYNTAX_NESTING,
+            max_steps: MAX_STEPS,
+            max_value_bytes: MAX_OUTPUT_BYTES,
+            deadline: Some(Instant::now() + MAX_RENDER_TIME),
+        },
+        ..Template::default()
+    };
     template.add_funcs(&[
+        // Overrides gtmpl's own, to bound widths.
+        ("printf", printf as gtmpl::Func),
         ("service", service as gtmpl::Func),
         ("services", services as gtmpl::Func),
         ("key", key as gtmpl::Func),
@@ -135,10 +355,16 @@ fn parse(text: &str) -> Result<Template, RenderError> {
         ("ls", ls as gtmpl::Func),
         ("tree", tree as gtmpl::Func),
     ]);
-    template
-        .parse(text)
-        .map_err(|e| RenderError::Parse(e.to_string()))?;
+    template.parse(text).map_err(|e| match e {
+        ParseError::TooDeep(n) => RenderError::SyntaxTooDeep(n),
+        e => RenderError::Parse(truncate(e.to_string())),
+    })?;
     Ok(template)
+}
+
+/// gtmpl's `printf`, refusing widths and precisions over [`MAX_FORMAT_WIDTH`].
+fn printf(args: &[Value]) -> Result<Value, FuncError> {
+    gtmpl::funcs::printf_bounded(args, MAX_FORMAT_WIDTH)
 }
 
 fn string_arg(name: &str, args: &[Value], i: usize) -> Result<String, FuncError> {
@@ -493,6 +719,245 @@ mod tests {
     fn parse_errors_are_reported() {
         let err = block_on(render("{{range}}", &MapSource::default())).unwrap_err();
         assert!(err.to_string().contains("does not parse"), "{err}");
+    }
+
+    fn render_err(text: &str) -> RenderError {
+        match block_on(render(text, &MapSource::default())) {
+            Err(RenderErrorOrDenied::Render(e)) => e,
+            other => panic!("expected a render error, got {other:?}"),
+        }
+    }
+
+    /// `{{define "tN"}}` calling `t(N+1)` twice, 40 levels: 2^40 leaves.
+    fn exponential(leaf: &str) -> String {
+        let mut text = String::new();
+        for i in 0..40 {
+            text.push_str(&format!(
+                "{{{{define \"t{i}\"}}}}{{{{template \"t{n}\"}}}}{{{{template \"t{n}\"}}}}{{{{end}}}}",
+                n = i + 1
+            ));
+        }
+        text.push_str(&format!(
+            "{{{{define \"t40\"}}}}{leaf}{{{{end}}}}{{{{template \"t0\"}}}}"
+        ));
+        text
+    }
+
+    // Before the bounds, this overflowed the stack and aborted the process.
+    #[test]
+    fn self_recursion_is_a_nesting_error() {
+        let err = render_err(r#"{{define "r"}}x{{template "r"}}{{end}}{{template "r"}}"#);
+        assert!(matches!(err, RenderError::TooDeep(MAX_NESTING)), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("nesting deeper than 64 levels (a recursive {{template}}?)"),
+            "{err}"
+        );
+    }
+
+    // Before: a stack overflow (abort), as above.
+    #[test]
+    fn mutual_recursion_is_a_nesting_error() {
+        let err = render_err(
+            r#"{{define "a"}}{{template "b" .}}{{end}}{{define "b"}}{{template "a" .}}{{end}}{{template "a" 1}}"#,
+        );
+        assert!(matches!(err, RenderError::TooDeep(MAX_NESTING)), "{err:?}");
+    }
+
+    #[test]
+    fn nesting_up_to_the_cap_still_renders() {
+        // d0 .. d{depth-1}: `depth` nested calls.
+        let chain = |depth: usize| {
+            let mut text = String::new();
+            for i in 0..depth - 1 {
+                text.push_str(&format!(
+                    "{{{{define \"d{i}\"}}}}{{{{template \"d{}\"}}}}{{{{end}}}}",
+                    i + 1
+                ));
+            }
+            text.push_str(&format!(
+                "{{{{define \"d{}\"}}}}deep{{{{end}}}}{{{{template \"d0\"}}}}",
+                depth - 1
+            ));
+            text
+        };
+        assert_eq!(
+            block_on(render(&chain(MAX_NESTING), &MapSource::default())).unwrap(),
+            "deep"
+        );
+        let err = render_err(&chain(MAX_NESTING + 1));
+        assert!(matches!(err, RenderError::TooDeep(MAX_NESTING)), "{err:?}");
+    }
+
+    // Before: `%100000d` panicked inside gtmpl; width 2000 and precision
+    // 5000 rendered.
+    #[test]
+    fn printf_width_and_precision_are_capped() {
+        for (text, n) in [
+            (r#"{{printf "%100000d" 1}}"#, 100_000),
+            (r#"{{printf "%2000s" "x"}}"#, 2000),
+            (r#"{{printf "%.5000f" 1.5}}"#, 5000),
+            (r#"{{printf "%*d" 70000 1}}"#, 70_000),
+            (r#"{{printf "%.*s" 9999 "x"}}"#, 9999),
+        ] {
+            let err = render_err(text);
+            assert!(
+                matches!(err, RenderError::FormatWidth(got, MAX_FORMAT_WIDTH) if got == n),
+                "{text}: {err:?}"
+            );
+            assert!(err.to_string().contains("over the limit of 1024"), "{err}");
+        }
+        assert_eq!(
+            block_on(render(
+                r#"{{printf "%-6s|%5.2f" "ab" 3.14159}}"#,
+                &MapSource::default()
+            ))
+            .unwrap(),
+            "ab    | 3.14"
+        );
+    }
+
+    // Before: ran for hours, writing 2^40 bytes.
+    #[test]
+    fn exponential_expansion_with_output_stops_at_the_step_budget() {
+        let err = render_err(&exponential("x"));
+        assert!(
+            matches!(err, RenderError::TooManySteps(MAX_STEPS)),
+            "{err:?}"
+        );
+    }
+
+    // Before: ran for hours without writing a byte.
+    #[test]
+    fn exponential_expansion_without_output_stops_at_the_step_budget() {
+        let err = render_err(&exponential(""));
+        assert!(
+            matches!(err, RenderError::TooManySteps(MAX_STEPS)),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("more than 2000000 steps"), "{err}");
+    }
+
+    // Before: rendered 32 MiB.
+    #[test]
+    fn huge_output_is_capped() {
+        let leaf = "y".repeat(4096);
+        let mut text = String::new();
+        for i in 0..13 {
+            text.push_str(&format!(
+                "{{{{define \"o{i}\"}}}}{{{{template \"o{n}\"}}}}{{{{template \"o{n}\"}}}}{{{{end}}}}",
+                n = i + 1
+            ));
+        }
+        text.push_str(&format!(
+            "{{{{define \"o13\"}}}}{leaf}{{{{end}}}}{{{{template \"o0\"}}}}"
+        ));
+        let err = render_err(&text);
+        assert!(
+            matches!(err, RenderError::OutputTooLarge(MAX_OUTPUT_BYTES)),
+            "{err:?}"
+        );
+    }
+
+    // Before: each `print $x $x` doubled a string that is never written, to
+    // 2^40 bytes.
+    #[test]
+    fn values_that_double_without_output_are_capped() {
+        let mut text = String::from(r#"{{$v0 := printf "%1000s" ""}}"#);
+        for i in 1..=40 {
+            text.push_str(&format!("{{{{$v{i} := print $v{p} $v{p}}}}}", p = i - 1));
+        }
+        let err = render_err(&text);
+        assert!(
+            matches!(err, RenderError::ValueTooLarge { ref function, .. } if function == "print"),
+            "{err:?}"
+        );
+    }
+
+    // Before: rendered.
+    #[test]
+    fn text_over_the_size_cap_is_refused() {
+        let err = render_err(&"x".repeat(MAX_TEMPLATE_BYTES + 1));
+        assert!(matches!(err, RenderError::TextTooLarge(_)), "{err:?}");
+        assert!(err.to_string().contains("1048576-byte limit"), "{err}");
+    }
+
+    // Before: the parser recursed per parenthesis and overflowed the stack.
+    #[test]
+    fn deep_syntax_nesting_is_refused() {
+        for text in [
+            format!("{{{{{}1{}}}}}", "(".repeat(50_000), ")".repeat(50_000)),
+            format!("{}x{}", "{{if 1}}".repeat(5000), "{{end}}".repeat(5000)),
+            format!("{{{{if 0}}}}{}{{{{end}}}}", "{{else if 0}}".repeat(5000)),
+        ] {
+            let err = render_err(&text);
+            assert!(
+                matches!(err, RenderError::SyntaxTooDeep(MAX_SYNTAX_NESTING)),
+                "{err:?}"
+            );
+        }
+    }
+
+    // The deepest recursion the limits allow fits the render thread's stack.
+    #[test]
+    fn deepest_allowed_nesting_fits_the_stack() {
+        let ifs = MAX_SYNTAX_NESTING;
+        let body =
+            |inner: &str| format!("{}{inner}{}", "{{if 1}}".repeat(ifs), "{{end}}".repeat(ifs));
+        let mut text = String::new();
+        // n0 .. n63: 64 nested calls, each inside 100 nested ifs.
+        let leaf = MAX_NESTING - 1;
+        for i in 0..leaf {
+            let call = format!("{{{{template \"n{}\"}}}}", i + 1);
+            text.push_str(&format!(
+                "{{{{define \"n{i}\"}}}}{}{{{{end}}}}",
+                body(&call)
+            ));
+        }
+        text.push_str(&format!(
+            "{{{{define \"n{leaf}\"}}}}{}{{{{end}}}}{{{{template \"n0\"}}}}",
+            body("ok")
+        ));
+        assert_eq!(
+            block_on(render(&text, &MapSource::default())).unwrap(),
+            "ok"
+        );
+    }
+
+    // Before: `%[0]d` overflowed an index (a panic in debug builds).
+    #[test]
+    fn printf_argument_index_zero_is_an_error() {
+        let err = render_err(r#"{{printf "%[0]d" 1}}"#);
+        assert!(err.to_string().contains("index 0"), "{err}");
+    }
+
+    // Before: `"\x"` looped forever in gtmpl's parser; `"\é"` and `"\x1é"`
+    // panicked slicing a multi-byte character.
+    #[test]
+    fn malformed_string_escapes_are_parse_errors() {
+        for text in [r#"{{"\x"}}"#, r#"{{"\u"}}"#, r#"{{"\é"}}"#, r#"{{"\x1é"}}"#] {
+            let err = render_err(text);
+            assert!(matches!(err, RenderError::Parse(_)), "{text}: {err:?}");
+        }
+    }
+
+    // Whatever still panics in gtmpl is an error, not an abort.
+    #[test]
+    fn a_panic_while_rendering_is_an_error() {
+        let err = block_on(render_pass_with(
+            Arc::from("x"),
+            Snapshot::default(),
+            |_, _| panic!("boom"),
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(err, RenderError::Panicked(ref m) if m == "boom"),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("template engine panicked: boom"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -67,6 +67,10 @@ impl TemplateCap {
         bounded("template.render", self.timeout, async {
             render_text(text, self).await.map_err(|e| match e {
                 RenderErrorOrDenied::Fetch(e) => e,
+                // The host's fault, not the template's.
+                RenderErrorOrDenied::Render(
+                    e @ (RenderError::Panicked(_) | RenderError::Thread(_)),
+                ) => PluginError::Failed(format!("template: {e}")),
                 RenderErrorOrDenied::Render(e) => {
                     PluginError::InvalidConfig(format!("template: {e}"))
                 }
