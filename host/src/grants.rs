@@ -114,6 +114,11 @@ pub struct Grants {
     pub http: HttpGrant,
     pub dirs: Vec<DirGrant>,
     pub template_out: Vec<GrantedDir>,
+    /// Output directories a proxy grant opened (its config dir) without an
+    /// explicit `template_out` grant: only templates from read-only
+    /// `--allow-dir`s (the operator's) may render there, never text the
+    /// plugin wrote, which could add any directive to the proxy's config.
+    pub operator_templates_only: Vec<GrantedDir>,
     pub docker: DockerGrant,
     pub proxies: Vec<ProxyConfig>,
     pub hooks: Vec<String>,
@@ -217,6 +222,7 @@ impl GrantsSpec {
                 )
             })?;
         let mut granted_proxies = Vec::new();
+        let mut operator_templates_only = Vec::new();
         for name in &self.proxies {
             let proxy =
                 proxies
@@ -227,8 +233,13 @@ impl GrantsSpec {
                         table: "proxies",
                         name: name.clone(),
                     })?;
-            // Rendering the proxy's config is what the proxy grant is for.
-            template_out.push(proxy.config_dir.clone());
+            // Rendering the proxy's config is what the proxy grant is for, from
+            // the operator's templates only, unless the operator also granted
+            // the directory as a template output (raw config from the plugin).
+            if !template_out.iter().any(|d| d.same_dir(&proxy.config_dir)) {
+                template_out.push(proxy.config_dir.clone());
+                operator_templates_only.push(proxy.config_dir.clone());
+            }
             granted_proxies.push(proxy.clone());
         }
         if let Some(name) = self.hooks.iter().find(|h| !hooks.contains(h)) {
@@ -244,6 +255,7 @@ impl GrantsSpec {
             http,
             dirs,
             template_out,
+            operator_templates_only,
             docker,
             proxies: granted_proxies,
             hooks: self.hooks.clone(),

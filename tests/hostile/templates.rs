@@ -122,3 +122,107 @@ fn runner_is_usable_after_a_hostile_template() {
         "<ok>"
     );
 }
+
+/// A proxy grant opens the proxy's config directory to the operator's
+/// templates only: text the plugin wrote (inline, or a file in a directory
+/// it can write) could add any directive to the proxy (`server { root / }`).
+/// An explicit `--allow-template-out` for the directory relaxes it.
+#[test]
+fn a_proxy_grant_renders_only_the_operators_templates() {
+    let env = Env::new();
+    for dir in ["proxy", "tpl", "scratch"] {
+        std::fs::create_dir_all(env.path().join(dir)).unwrap();
+    }
+    std::fs::write(
+        env.path().join("tpl/ok.ctmpl"),
+        "upstream app { server 127.0.0.1:1; }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        env.path().join("scratch/evil.ctmpl"),
+        "server { root /; }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        env.path().join("runner.toml"),
+        "[proxies.edge]\nconfig_dir = \"proxy\"\ncheck = [\"true\"]\nreload = [\"true\"]\n",
+    )
+    .unwrap();
+    let dest = env.path().join("proxy/app.conf");
+    let probe = |source: (&str, &str), extra: &[&str]| {
+        run(env
+            .probe("template")
+            .args([
+                "-f",
+                "runner.toml",
+                "--allow-proxy",
+                "edge",
+                "--allow-dir",
+                "tpl",
+            ])
+            .args(["--allow-dir", "scratch:/scratch:rw"])
+            .args(extra)
+            .args(["--config", &format!("{}={}", source.0, source.1)])
+            .args(["--config", &format!("dest={}", dest.display())]))
+    };
+    // Inline text, and a file from the plugin's own writable directory: refused.
+    for source in [
+        ("text", "server { root /; }"),
+        ("file", "/scratch/evil.ctmpl"),
+    ] {
+        probe(source, &[])
+            .expect_code(1)
+            .stderr_has("only the operator's templates")
+            .stderr_has("--allow-template-out");
+        assert!(!dest.exists(), "{source:?} wrote the proxy's config");
+    }
+    // The operator's template from a read-only grant renders.
+    probe(("file", "tpl/ok.ctmpl"), &[]).expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(&dest).unwrap(),
+        "upstream app { server 127.0.0.1:1; }\n"
+    );
+    // An explicit output grant of the directory lets the plugin write raw config.
+    let proxy_dir = env.path().join("proxy").display().to_string();
+    probe(("text", "raw"), &["--allow-template-out", &proxy_dir]).expect_code(0);
+    assert_eq!(std::fs::read_to_string(&dest).unwrap(), "raw");
+}
+
+/// A template reads data under the plugin's grants, checked as a direct read:
+/// runner's records stay out of reach (`*` included), bad keys are invalid,
+/// and a listing shows nothing of the reserved namespace.
+#[test]
+fn templates_read_no_more_than_the_plugin_could() {
+    let env = Env::new();
+    run(env.runner().args(["kv", "put", "books-ms/color", "blue"])).expect_code(0);
+    let out = env.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let grant = out.display().to_string();
+    let render = |text: &str| {
+        run(env.probe("template").args([
+            "--allow-kv",
+            "*",
+            "--allow-template-out",
+            &grant,
+            "--config",
+            &format!("text={text}"),
+            "--config",
+            &format!("dest={grant}/x.conf"),
+        ]))
+    };
+    // The operator (not a plugin) may write there: a record of runner's.
+    run(env
+        .runner()
+        .args(["kv", "put", "_runner/books-ms/migrated", "1"]))
+    .expect_code(0);
+    render(r#"{{key "_runner/books-ms/migrated"}}"#)
+        .expect_code(1)
+        .stderr_has("reserved");
+    render(r#"{{key "books-ms/../_runner/books-ms/migrated"}}"#)
+        .expect_code(1)
+        .stderr_has("invalid");
+    render(r#"{{range ls "_"}}{{.Key}};{{end}}{{range tree ""}}{{.Key}};{{end}}"#).expect_code(0);
+    let listed = std::fs::read_to_string(out.join("x.conf")).unwrap();
+    assert!(!listed.contains("_runner"), "{listed}");
+    assert!(listed.contains("books-ms/color"), "{listed}");
+}

@@ -2,8 +2,8 @@
 //! plugin's name, under the same per-message and per-run bounds as the
 //! `log` interface (`caps::log::LogBudget`).
 
-use std::pin::Pin;
 use crate::caps::log::LogBudget;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;

@@ -6,7 +6,8 @@ mod output;
 mod watch;
 
 pub use engine::{
-    DataSource, Dependency, RenderError, RenderErrorOrDenied, Snapshot, render as render_text,
+    DataSource, Dependency, MAX_TEMPLATE_BYTES, RenderError, RenderErrorOrDenied, Snapshot,
+    render as render_text,
 };
 pub use output::{FileError, GrantedDir, read_inside_limited, write_if_changed};
 pub use watch::{Rendered, TemplateJob, TemplateJobError, WatchTiming};
@@ -29,6 +30,10 @@ pub struct TemplateCap {
     sources: Vec<GrantedDir>,
     /// Where rendered files may be written (`--allow-template-out`).
     outputs: Vec<GrantedDir>,
+    /// Output dirs only the operator's templates may render into (proxy config).
+    operator_only: Vec<GrantedDir>,
+    /// Read-only `--allow-dir`s: where the operator's templates are.
+    operator_sources: Vec<GrantedDir>,
     /// The `--allow-dir` grants with the paths the plugin sees them at.
     guest_dirs: Vec<crate::grants::DirGrant>,
     registry: Arc<dyn Registry>,
@@ -44,6 +49,13 @@ impl TemplateCap {
             services: grants.services.clone(),
             sources,
             outputs: grants.template_out.clone(),
+            operator_only: grants.operator_templates_only.clone(),
+            operator_sources: grants
+                .dirs
+                .iter()
+                .filter(|d| !d.writable)
+                .map(|d| d.granted.clone())
+                .collect(),
             guest_dirs: grants.dirs.clone(),
             registry: services.registry.clone(),
             timeout: services.host_call_timeout,
@@ -57,8 +69,48 @@ impl TemplateCap {
                 // As the plugin sees it (`/templates/x.ctmpl`), or a host path.
                 let host = crate::grants::host_path(&self.guest_dirs, &path)
                     .unwrap_or_else(|| path.into());
-                output::read_inside(&self.sources, &host)
+                output::read_inside_limited(&self.sources, &host, MAX_TEMPLATE_BYTES as u64)
                     .map_err(|e| file_error(e, "--allow-dir DIR"))
+            }
+        }
+    }
+
+    /// The text of an operator's template for `destination`, a proxy's config
+    /// directory: a file in a read-only `--allow-dir`, never inline text or a
+    /// file the plugin could have written.
+    fn operator_template(
+        &self,
+        source: template::Source,
+        destination: &str,
+        dir: &GrantedDir,
+    ) -> Result<String, PluginError> {
+        let raw = || {
+            denied(
+                "template",
+                format_args!(
+                    "\"{destination}\" is a proxy's config, which only the operator's templates \
+                     (files in a read-only --allow-dir) may render"
+                ),
+                format_args!(
+                    "--allow-template-out {} to let this plugin write raw proxy config",
+                    dir.path().display()
+                ),
+            )
+        };
+        match source {
+            template::Source::Inline(_) => Err(raw()),
+            template::Source::File(path) => {
+                let host = crate::grants::host_path(&self.guest_dirs, &path)
+                    .unwrap_or_else(|| path.into());
+                output::read_inside_limited(
+                    &self.operator_sources,
+                    &host,
+                    MAX_TEMPLATE_BYTES as u64,
+                )
+                .map_err(|e| match e {
+                    FileError::NotGranted { .. } => raw(),
+                    e => file_error(e, "--allow-dir DIR"),
+                })
             }
         }
     }
@@ -128,21 +180,22 @@ async fn fetch_from(
 /// template cannot read what the plugin could not read directly.
 impl DataSource for TemplateCap {
     async fn fetch(&self, dep: &Dependency, into: &mut Snapshot) -> Result<(), PluginError> {
+        // The same checks, in the same order, as reading directly: the name
+        // is validated, then the grant (runner's records are outside it).
         match dep {
-            Dependency::Service(name) if !self.services.allows(name) => {
-                return Err(self.services.deny("template read", name));
-            }
-            Dependency::Key(key) if !self.kv.allows_key(key) => {
-                return Err(self.kv.deny("template read", key));
-            }
-            Dependency::Prefix(prefix) if !self.kv.allows_prefix(prefix) => {
-                return Err(self.kv.deny("template list", prefix));
-            }
-            _ => {}
+            Dependency::Service(name) => self.services.check("template read", name)?,
+            Dependency::Key(key) => self.kv.check("template read", key)?,
+            Dependency::Prefix(prefix) => self.kv.check_prefix("template list", prefix)?,
+            Dependency::Services => {}
         }
         fetch_from(&*self.registry, dep, into).await?;
         if let Some(names) = into.service_names.as_mut() {
             names.retain(|n| self.services.allows(n));
+        }
+        if let Dependency::Prefix(prefix) = dep
+            && let Some(entries) = into.prefixes.get_mut(prefix)
+        {
+            entries.retain(|e| self.kv.visible(&e.key));
         }
         Ok(())
     }
@@ -172,7 +225,11 @@ impl template::Host for TemplateCap {
                 "--allow-template-out DIR",
             ));
         }
-        let text = self.source_text(source)?;
+        let dest = Path::new(&destination);
+        let text = match self.operator_only.iter().find(|d| d.holds(dest)) {
+            Some(dir) => self.operator_template(source, &destination, dir)?,
+            None => self.source_text(source)?,
+        };
         let content = TemplateCap::render(self, &text).await?;
         let changed =
             output::write_if_changed(&self.outputs, Path::new(&destination), content.as_bytes())

@@ -46,6 +46,20 @@ impl GrantedDir {
         &self.root
     }
 
+    /// Whether both name the same directory.
+    pub fn same_dir(&self, other: &GrantedDir) -> bool {
+        self.canonical == other.canonical
+    }
+
+    /// Whether `path` (absolute or relative to the working directory, as
+    /// given) names something inside this directory.
+    pub fn holds(&self, path: &Path) -> bool {
+        std::path::absolute(path)
+            .ok()
+            .and_then(|abs| self.relative(&abs).map(|rel| !rel.as_os_str().is_empty()))
+            .unwrap_or(false)
+    }
+
     /// Whether the symlink-resolved `path` lies inside this directory.
     pub fn contains(&self, canonical: &Path) -> bool {
         canonical.starts_with(&self.canonical)
@@ -105,13 +119,7 @@ fn locate(dirs: &[GrantedDir], path: &Path) -> Result<(Dir, PathBuf), FileError>
     })
 }
 
-/// Read a file inside one of `dirs`.
-pub fn read_inside(dirs: &[GrantedDir], path: &Path) -> Result<String, FileError> {
-    let (dir, rel) = locate(dirs, path)?;
-    dir.read_to_string(&rel).map_err(|e| io_error(path, e))
-}
-
-/// As [`read_inside`], refusing a file larger than `max` bytes (a plugin
+/// Read a file inside one of `dirs`, refusing a file larger than `max` bytes (a plugin
 /// decides what the host reads on its behalf, so the host bounds it).
 pub fn read_inside_limited(
     dirs: &[GrantedDir],

@@ -131,10 +131,12 @@ impl Guest for Probe {
                     .with_output("body", String::from_utf8_lossy(&response.body)))
             }
             "template" => {
-                let rendered = template::render(
-                    &template::Source::Inline(arg(&ctx, "text")?.into()),
-                    arg(&ctx, "dest")?,
-                )?;
+                // `file` names a template file; otherwise `text` is the template.
+                let source = match cfg.get("file") {
+                    Some(file) => template::Source::File(file.into()),
+                    None => template::Source::Inline(arg(&ctx, "text")?.into()),
+                };
+                let rendered = template::render(&source, arg(&ctx, "dest")?)?;
                 Ok(runner_sdk::outcome("rendered")
                     .with_output("changed", rendered.changed.to_string()))
             }
