@@ -381,25 +381,22 @@ impl DockerCap {
         // `build:/build` grant) or as a host path.
         let host = crate::grants::host_path(&self.guest_dirs, context_dir)
             .unwrap_or_else(|| context_dir.into());
-        let path = std::path::absolute(&host).map_err(|e| {
-            PluginError::InvalidConfig(format!("docker build: context \"{context_dir}\": {e}"))
-        })?;
-        let canonical = path.canonicalize().map_err(|e| {
-            PluginError::NotFound(format!("docker build: context \"{context_dir}\": {e}"))
-        })?;
-        if !self.build_dirs.iter().any(|d| d.contains(&canonical)) {
-            return Err(denied(
-                "docker",
-                format_args!("build context \"{context_dir}\" is outside the granted directories"),
-                format_args!("--allow-dir {context_dir}"),
-            ));
-        }
+        let dir =
+            super::template::open_dir_inside(&self.build_dirs, &host).map_err(|e| match e {
+                super::template::FileError::NotGranted { .. } => denied(
+                    "docker",
+                    format_args!(
+                        "build context \"{context_dir}\" is outside the granted directories"
+                    ),
+                    format_args!("--allow-dir {context_dir}"),
+                ),
+                super::template::FileError::NotFound(_) => {
+                    PluginError::NotFound(format!("docker build: context \"{context_dir}\": {e}"))
+                }
+                e => PluginError::Denied(format!("docker build: context \"{context_dir}\": {e}")),
+            })?;
         tokio::task::spawn_blocking(move || {
-            let mut archive = tar::Builder::new(Vec::new());
-            // Symlinks go in as links: a context cannot smuggle in files from outside.
-            archive.follow_symlinks(false);
-            archive.append_dir_all(".", &canonical)?;
-            archive.into_inner()
+            super::build_context::pack(&dir, super::build_context::MAX_CONTEXT_BYTES)
         })
         .await
         .map_err(|e| PluginError::Failed(format!("docker build: packing the context: {e}")))?

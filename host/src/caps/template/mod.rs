@@ -9,7 +9,7 @@ pub use engine::{
     DataSource, Dependency, MAX_TEMPLATE_BYTES, RenderError, RenderErrorOrDenied, Snapshot,
     render as render_text,
 };
-pub use output::{FileError, GrantedDir, read_inside_limited, write_if_changed};
+pub use output::{FileError, GrantedDir, open_dir_inside, read_inside_limited, write_if_changed};
 pub use watch::{Rendered, TemplateJob, TemplateJobError, WatchTiming};
 
 use super::catalog::ServiceGrant;

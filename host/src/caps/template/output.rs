@@ -119,6 +119,29 @@ fn locate(dirs: &[GrantedDir], path: &Path) -> Result<(Dir, PathBuf), FileError>
     })
 }
 
+/// Open the directory `path` inside one of `dirs` (the grant's root itself
+/// included), through cap-std: no `..`, no symlink out of the grant.
+pub fn open_dir_inside(dirs: &[GrantedDir], path: &Path) -> Result<Dir, FileError> {
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(FileError::ParentComponent(path.into()));
+    }
+    let abs = std::path::absolute(path).map_err(|e| io_error(path, e))?;
+    for dir in dirs {
+        if let Some(rel) = dir.relative(&abs) {
+            let root = Dir::open_ambient_dir(&dir.root, ambient_authority())
+                .map_err(|e| io_error(&dir.root, e))?;
+            if rel.as_os_str().is_empty() {
+                return Ok(root);
+            }
+            return root.open_dir(rel).map_err(|e| io_error(path, e));
+        }
+    }
+    Err(FileError::NotGranted {
+        path: path.into(),
+        granted: list(dirs),
+    })
+}
+
 /// Read a file inside one of `dirs`, refusing a file larger than `max` bytes (a plugin
 /// decides what the host reads on its behalf, so the host bounds it).
 pub fn read_inside_limited(
