@@ -28,7 +28,7 @@ pub fn merge(reports: &[Report]) -> Result<String, JunitError> {
     let (mut tests, mut failures, mut errors) = (0u64, 0u64, 0u64);
     let mut suites = String::new();
     for Report { path, xml: text } in reports {
-        let doc = roxmltree::Document::parse(&text).map_err(|e| JunitError::Parse {
+        let doc = roxmltree::Document::parse(text).map_err(|e| JunitError::Parse {
             path: path.clone(),
             message: e.to_string(),
         })?;
