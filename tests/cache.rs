@@ -3,17 +3,6 @@
 mod common;
 
 use common::{Env, run};
-use std::path::PathBuf;
-
-fn artifacts(env: &Env) -> Vec<PathBuf> {
-    std::fs::read_dir(env.cache_dir())
-        .map(|d| {
-            d.map(|e| e.unwrap().path())
-                .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[test]
 fn first_run_stores_an_artifact_and_later_runs_use_it() {
@@ -21,7 +10,7 @@ fn first_run_stores_an_artifact_and_later_runs_use_it() {
     run(env.probe("noop").arg("-v"))
         .expect_code(0)
         .stderr_has("Miss");
-    assert_eq!(artifacts(&env).len(), 1);
+    assert_eq!(env.artifacts().len(), 1);
     run(env.probe("noop").arg("-v"))
         .expect_code(0)
         .stderr_has("Hit");
@@ -31,7 +20,7 @@ fn first_run_stores_an_artifact_and_later_runs_use_it() {
 fn corrupt_or_truncated_cache_files_are_recompiled() {
     let env = Env::new();
     run(&mut env.probe("noop")).expect_code(0);
-    let [artifact] = artifacts(&env).try_into().unwrap();
+    let [artifact] = env.artifacts().try_into().unwrap();
     let good = std::fs::read(&artifact).unwrap();
 
     std::fs::write(&artifact, b"garbage, not an artifact").unwrap();

@@ -103,6 +103,17 @@ impl Env {
         cmd
     }
 
+    /// The precompiled artifacts in this env's cache.
+    pub fn artifacts(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.cache_dir())
+            .map(|d| {
+                d.map(|e| e.unwrap().path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// `runner exec --plugin <probe> --config mode=MODE`.
     pub fn probe(&self, mode: &str) -> Command {
         let mut cmd = self.runner();

@@ -165,6 +165,16 @@ impl Fixture {
         );
     }
 
+    /// No granted-name container was created, and the victim is as it was.
+    fn check_untouched(&self, v: &mut Verdict) {
+        let created = self.granted_containers();
+        v.check(
+            created.is_empty(),
+            format!("containers were created: {created}"),
+        );
+        self.check_victim(v);
+    }
+
     /// Image references named `hx<u>*`, as `repo:tag`.
     fn granted_images(&self) -> Vec<String> {
         let list = docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
@@ -265,12 +275,7 @@ fn container_names_outside_dockers_rule_are_invalid_config() {
             v.refused(&format!("{op}-{i}"), "invalid-config", &needles);
         }
     }
-    let created = f.granted_containers();
-    v.check(
-        created.is_empty(),
-        format!("containers were created: {created}"),
-    );
-    f.check_victim(&mut v);
+    f.check_untouched(&mut v);
     v.finish();
 }
 
@@ -352,12 +357,7 @@ fn image_references_outside_the_grammar_are_invalid_config() {
         images == [app],
         format!("images were tagged or built under granted names: {images:?}"),
     );
-    let created = f.granted_containers();
-    v.check(
-        created.is_empty(),
-        format!("containers were created: {created}"),
-    );
-    f.check_victim(&mut v);
+    f.check_untouched(&mut v);
     v.finish();
 }
 
@@ -465,12 +465,7 @@ fn reserved_labels_cannot_hijack_a_registration() {
             catalog.stdout.replace('\n', " | ")
         ),
     );
-    let created = f.granted_containers();
-    v.check(
-        created.is_empty(),
-        format!("containers were created: {created}"),
-    );
-    f.check_victim(&mut v);
+    f.check_untouched(&mut v);
     v.finish();
 }
 

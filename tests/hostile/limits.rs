@@ -192,16 +192,6 @@ fn an_oversized_plugin_file_is_refused() {
     );
 }
 
-fn artifacts(env: &Env) -> Vec<PathBuf> {
-    std::fs::read_dir(env.cache_dir())
-        .map(|d| {
-            d.map(|e| e.unwrap().path())
-                .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_tampered_cached_artifact_is_recompiled_not_run() {
     let env = Env::new();
@@ -215,7 +205,7 @@ fn a_tampered_cached_artifact_is_recompiled_not_run() {
         cmd
     };
     run(&mut noop(&env)).expect_code(0).stderr_has("Miss");
-    let [artifact] = artifacts(&env).try_into().unwrap();
+    let [artifact] = env.artifacts().try_into().unwrap();
     let good = std::fs::read(&artifact).unwrap();
     // Flip bytes deep in the file (machine code and metadata), header intact.
     let mut bad = good.clone();
@@ -269,7 +259,7 @@ fn a_group_writable_cache_dir_is_not_used() {
         out.stderr
     );
     assert!(
-        artifacts(&env).is_empty(),
+        env.artifacts().is_empty(),
         "nothing written to the refused cache"
     );
 }

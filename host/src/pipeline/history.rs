@@ -162,49 +162,37 @@ mod tests {
     async fn legacy_records_move_once_into_the_reserved_namespace() {
         let dir = tempfile::tempdir().unwrap();
         let reg = EmbeddedRegistry::open(dir.path(), Duration::from_secs(5)).unwrap();
-        let old = |id: &str| {
-            serde_json::json!({"id": id, "kind": "run", "started_at": "", "user": "u",
-                "host": "h", "version": "v1", "color": "blue", "outcome": "succeeded",
-                "duration_ms": 1, "stages": []})
-            .to_string()
+        // Records as an older runner left them, at the old places.
+        let plant = |id: &'static str| {
+            let reg = &reg;
+            async move {
+                let record = serde_json::json!({"id": id, "kind": "run", "started_at": "",
+                    "user": "u", "host": "h", "version": "v1", "color": "blue",
+                    "outcome": "succeeded", "duration_ms": 1, "stages": []});
+                let paused = serde_json::json!({"record": id, "stage": "deploy", "outputs": {}});
+                let history = format!("books-ms/runner/history/{id}");
+                reg.kv_put(&history, record.to_string().as_bytes())
+                    .await
+                    .unwrap();
+                let paused = paused.to_string();
+                reg.kv_put("books-ms/runner/paused", paused.as_bytes())
+                    .await
+                    .unwrap();
+            }
         };
-        reg.kv_put("books-ms/runner/history/001", old("001").as_bytes())
-            .await
-            .unwrap();
-        reg.kv_put(
-            "books-ms/runner/paused",
-            br#"{"record":"001","stage":"deploy","outputs":{}}"#,
-        )
-        .await
-        .unwrap();
+        plant("001").await;
         let records = list(&reg, "books-ms", 10).await.unwrap();
         assert_eq!(records.len(), 1);
-        assert!(
-            reg.kv_get("books-ms/runner/history/001")
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            reg.kv_get("_runner/books-ms/history/001")
-                .await
-                .unwrap()
-                .is_some()
-        );
+        let moved = reg.kv_get("_runner/books-ms/history/001").await.unwrap();
+        assert!(moved.is_some());
+        let left = reg.kv_get("books-ms/runner/history/001").await.unwrap();
+        assert!(left.is_none());
         assert_eq!(
             paused(&reg, "books-ms").await.unwrap().unwrap().record,
             "001"
         );
         // A record planted at the old place after the move is never read.
-        reg.kv_put("books-ms/runner/history/999", old("999").as_bytes())
-            .await
-            .unwrap();
-        reg.kv_put(
-            "books-ms/runner/paused",
-            br#"{"record":"999","stage":"x","outputs":{}}"#,
-        )
-        .await
-        .unwrap();
+        plant("999").await;
         let records = list(&reg, "books-ms", 10).await.unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].id, "001");
