@@ -515,3 +515,106 @@ fn containers_a_plugin_runs_have_limits_the_grant_can_raise() {
         .stderr_has("--container-limits");
     assert!(!f.granted_containers().contains("limits-bad"));
 }
+
+/// An image may carry `runner.*` labels of its own (the plugin built it, or
+/// chose it): the engine merges them into the container's, and they must
+/// register nothing.
+#[test]
+fn an_images_own_runner_labels_register_nothing() {
+    let f = Fixture::start();
+    let env = Env::new();
+    let payments = format!("hv{}-payments", f.u);
+    let labelled = format!("hx{}-labelled:v1", f.u);
+    let ctx = f.context.path().to_str().unwrap().to_string();
+    docker_ok(&[
+        "build",
+        "-q",
+        "-t",
+        &labelled,
+        "--label",
+        &f.label,
+        "--label",
+        &format!("runner.service={payments}"),
+        "--label",
+        "runner.service-port=80",
+        "--label",
+        "runner.managed=true",
+        &ctx,
+    ]);
+    let calls = Calls::new().call(
+        "run",
+        "docker.run",
+        &[
+            ("name", &f.granted("labelled")),
+            ("image", &labelled),
+            ("port", "80"),
+        ],
+    );
+    let out = run(f
+        .exec(&env, &calls)
+        .args(["--allow-service", &format!("hv{}-*", f.u)]))
+    .expect_code(0);
+    assert_eq!(out.output("run").as_deref(), Some("ok"), "{}", out.stdout);
+    let catalog = run(env.runner().args(["catalog", "list", &payments])).expect_code(0);
+    assert!(
+        !catalog.stdout.contains(&f.granted("labelled")),
+        "the image's labels registered the container under {payments}: {}",
+        catalog.stdout
+    );
+    // A later run's reconcile registers nothing from them either.
+    run(f.exec(&env, &Calls::new()).args(["--service", "books-ms"])).expect_code(0);
+    let catalog = run(env.runner().args(["catalog", "list", &payments])).expect_code(0);
+    assert!(
+        !catalog.stdout.contains(&f.granted("labelled")),
+        "{}",
+        catalog.stdout
+    );
+}
+
+/// The engine takes an image ID (or an ID prefix) where a reference is
+/// expected; `*` matches the hex, but never the image's names with a `/`.
+#[test]
+fn an_image_id_does_not_stand_in_for_an_ungranted_name() {
+    let f = Fixture::start();
+    let env = Env::new();
+    let hidden = format!("127.0.0.1:9/hv{}/secret:v1", f.u);
+    docker_ok(&["tag", &f.secret(), &hidden]);
+    docker_ok(&["rmi", &f.secret()]);
+    let id = docker_ok(&["image", "inspect", "-f", "{{.Id}}", &hidden]);
+    let short = id.trim_start_matches("sha256:")[..12].to_string();
+    let calls = Calls::new()
+        .call(
+            "run",
+            "docker.run",
+            &[("name", &f.granted("byid")), ("image", &short)],
+        )
+        .call(
+            "run-full",
+            "docker.run",
+            &[("name", &f.granted("byid2")), ("image", &id)],
+        )
+        .call(
+            "tag",
+            "docker.tag",
+            &[("source", &short), ("target", &f.granted("copy:v1"))],
+        );
+    let mut cmd = exec(&env, &calls);
+    cmd.args(["--allow-container", &f.pattern(), "--allow-image", "*"]);
+    let out = run(&mut cmd).expect_code(0);
+    let mut v = Verdict::new(&out);
+    v.refused_as("run", &["not-found", "invalid-config"], &[]);
+    v.refused_as("run-full", &["not-found", "invalid-config"], &[]);
+    v.refused_as("tag", &["not-found", "invalid-config"], &[]);
+    let images = f.granted_images();
+    v.check(
+        images == [f.app()],
+        format!("the hidden image was copied to a granted name: {images:?}"),
+    );
+    let created = f.granted_containers();
+    v.check(
+        created.is_empty(),
+        format!("containers ran from it: {created}"),
+    );
+    v.finish();
+    // The hidden tag carries the fixture's label: Drop removes it.
+}

@@ -613,3 +613,33 @@ fn an_http_grant_does_not_reach_runners_own_consul() {
         assert!(!out.stderr.contains("s3cret"), "{url}: {}", out.stderr);
     }
 }
+
+/// `runner:<container>:<port>` IDs are the ones the host gives the containers
+/// it registers: a plugin taking one first would block another service's
+/// registration (or shadow it in the catalog's reconcile).
+#[test]
+fn the_hosts_instance_ids_are_not_a_plugins() {
+    for consul in [false, true] {
+        let r = Registry::new(consul);
+        let calls = Calls::new()
+            .call(
+                "register",
+                "catalog.register",
+                &[("id", "runner:payments-blue:8080"), ("service", "books-ms")],
+            )
+            .call(
+                "deregister",
+                "catalog.deregister",
+                &[("id", "runner:payments-blue:8080"), ("service", "books-ms")],
+            );
+        let out = run(r.hostile(&calls).args(["--allow-service", "books-ms"])).expect_code(0);
+        let mut v = Verdict::new(&out);
+        v.refused("register", "invalid-config", &["reserved"]);
+        v.refused("deregister", "invalid-config", &["reserved"]);
+        v.check(
+            !r.catalog("books-ms").contains("runner:"),
+            "the plugin registered a host ID",
+        );
+        v.finish();
+    }
+}

@@ -176,6 +176,22 @@ fn a_proxy_grant_renders_only_the_operators_templates() {
             .stderr_has("--allow-template-out");
         assert!(!dest.exists(), "{source:?} wrote the proxy's config");
     }
+    // A file under a directory the plugin can write, even one inside a
+    // read-only grant, is the plugin's.
+    std::fs::create_dir_all(env.path().join("tpl/out")).unwrap();
+    std::fs::write(
+        env.path().join("tpl/out/evil.ctmpl"),
+        "server { root /; }\n",
+    )
+    .unwrap();
+    let out_dir = env.path().join("tpl/out").display().to_string();
+    probe(
+        ("file", "tpl/out/evil.ctmpl"),
+        &["--allow-template-out", &out_dir],
+    )
+    .expect_code(1)
+    .stderr_has("only the operator's templates");
+    assert!(!dest.exists());
     // The operator's template from a read-only grant renders.
     probe(("file", "tpl/ok.ctmpl"), &[]).expect_code(0);
     assert_eq!(

@@ -66,6 +66,21 @@ impl CatalogCap {
     }
 }
 
+/// An instance ID a plugin may use: valid, and not one of the IDs the host
+/// gives the containers it registers (`runner:…`), which a plugin could
+/// otherwise take first and so block or shadow another service's container.
+fn plugin_instance_id(id: &str) -> Result<(), PluginError> {
+    names::instance_id(id).map_err(|e| e.to_plugin_error("catalog"))?;
+    if id.starts_with(crate::caps::docker::REGISTRATION_PREFIX) {
+        return Err(PluginError::InvalidConfig(format!(
+            "catalog: instance ID \"{id}\" is reserved: IDs starting with \"{}\" are the host's, \
+             for the containers it registers",
+            crate::caps::docker::REGISTRATION_PREFIX
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn to_wit(i: Instance) -> catalog::Instance {
     catalog::Instance {
         id: i.id,
@@ -113,7 +128,7 @@ impl catalog::Host for CatalogCap {
 
     async fn register(&mut self, instance: catalog::Instance) -> Result<(), PluginError> {
         self.check("register", &instance.name)?;
-        names::instance_id(&instance.id).map_err(|e| e.to_plugin_error("catalog"))?;
+        plugin_instance_id(&instance.id)?;
         let instance = Instance {
             id: instance.id,
             name: instance.name,
@@ -133,7 +148,7 @@ impl catalog::Host for CatalogCap {
 
     async fn deregister(&mut self, service: String, id: String) -> Result<bool, PluginError> {
         self.check("deregister", &service)?;
-        names::instance_id(&id).map_err(|e| e.to_plugin_error("catalog"))?;
+        plugin_instance_id(&id)?;
         bounded("catalog.deregister", self.timeout, async {
             self.registry
                 .deregister(&service, &id)

@@ -43,7 +43,7 @@ const LABEL_SERVICE: &str = "runner.service";
 const LABEL_SERVICE_PORT: &str = "runner.service-port";
 const LABEL_TAGS: &str = "runner.service-tags";
 /// Catalog ids of instances runner registered: `runner:<container>:<port>`.
-const REGISTRATION_PREFIX: &str = "runner:";
+pub(crate) const REGISTRATION_PREFIX: &str = "runner:";
 
 /// What a plugin may do with the engine.
 #[derive(Debug, Clone, Default)]
@@ -320,8 +320,8 @@ impl DockerCap {
                 "docker {op} {name}: no container has that name"
             )));
         }
-        if let Some(service) = labels(&info).get(LABEL_SERVICE)
-            && !self.services.allows(service)
+        if let Some(service) = registered_service(&info)
+            && !self.services.allows(&service)
         {
             return Err(denied(
                 "docker",
@@ -343,6 +343,8 @@ impl DockerCap {
     /// Register the container if it was run for a service.
     async fn register(&self, info: &ContainerInspectResponse) -> Result<(), PluginError> {
         if let Some(instance) = registration(info) {
+            // Only what this stage could register itself.
+            self.services.check("register", &instance.name)?;
             self.registry
                 .register(&instance)
                 .await
@@ -361,12 +363,12 @@ impl DockerCap {
     async fn deregister(&self, info: &ContainerInspectResponse) -> Result<(), PluginError> {
         let labels = labels(info);
         if let (Some(service), Some(port)) =
-            (labels.get(LABEL_SERVICE), labels.get(LABEL_SERVICE_PORT))
+            (registered_service(info), labels.get(LABEL_SERVICE_PORT))
         {
             let id = registration_id(&container_name(info), port);
             if self
                 .registry
-                .deregister(service, &id)
+                .deregister(&service, &id)
                 .await
                 .map_err(|e| registry_error("docker registration", e))?
             {
@@ -376,7 +378,46 @@ impl DockerCap {
         Ok(())
     }
 
-    async fn build_context(&self, context_dir: &str) -> Result<Vec<u8>, PluginError> {
+    /// The ID of the local image named exactly `reference`. The engine also
+    /// takes IDs and ID prefixes where a name is expected (`3f2a`,
+    /// `sha256:…`), which a pattern such as `*` would match; only a name the
+    /// image really carries counts.
+    async fn resolve_image(&self, op: &str, reference: &str) -> Result<String, PluginError> {
+        let docker = self.engine.client().await?;
+        let image = docker
+            .inspect_image(reference)
+            .await
+            .map_err(self.err(op, reference))?;
+        let named = if reference.contains('@') {
+            image
+                .repo_digests
+                .unwrap_or_default()
+                .iter()
+                .any(|d| d == reference)
+        } else {
+            let last = reference.rsplit('/').next().unwrap_or(reference);
+            let tagged = if last.contains(':') {
+                reference.to_string()
+            } else {
+                format!("{reference}:latest")
+            };
+            image.repo_tags.unwrap_or_default().contains(&tagged)
+        };
+        match image.id {
+            Some(id) if named => Ok(id),
+            _ => Err(PluginError::NotFound(format!(
+                "docker {op} {reference}: no local image is named exactly that (image IDs are not accepted)"
+            ))),
+        }
+    }
+
+    /// The packed context, and the text of its Dockerfile (`dockerfile`
+    /// inside it) when there is one, read through the same handle.
+    async fn build_context(
+        &self,
+        context_dir: &str,
+        dockerfile: &str,
+    ) -> Result<(Vec<u8>, Option<String>), PluginError> {
         // The plugin may name the context as it sees it (`/build/app` for a
         // `build:/build` grant) or as a host path.
         let host = crate::grants::host_path(&self.guest_dirs, context_dir)
@@ -395,8 +436,11 @@ impl DockerCap {
                 }
                 e => PluginError::Denied(format!("docker build: context \"{context_dir}\": {e}")),
             })?;
+        let dockerfile = dockerfile.to_string();
         tokio::task::spawn_blocking(move || {
-            super::build_context::pack(&dir, super::build_context::MAX_CONTEXT_BYTES)
+            let text = super::build_context::read_dockerfile(&dir, &dockerfile)?;
+            let packed = super::build_context::pack(&dir, super::build_context::MAX_CONTEXT_BYTES)?;
+            Ok::<_, super::build_context::ContextError>((packed, text))
         })
         .await
         .map_err(|e| PluginError::Failed(format!("docker build: packing the context: {e}")))?
@@ -440,6 +484,15 @@ fn labels(info: &ContainerInspectResponse) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The service a container was run for, by runner (`runner.managed`).
+fn registered_service(info: &ContainerInspectResponse) -> Option<String> {
+    let labels = labels(info);
+    if labels.get(LABEL_MANAGED).map(String::as_str) != Some("true") {
+        return None;
+    }
+    labels.get(LABEL_SERVICE).filter(|s| !s.is_empty()).cloned()
+}
+
 fn registration_id(container: &str, container_port: &str) -> String {
     format!("{REGISTRATION_PREFIX}{container}:{container_port}")
 }
@@ -474,7 +527,13 @@ fn published_ports(info: &ContainerInspectResponse) -> Vec<docker::PortBinding> 
 fn registration(info: &ContainerInspectResponse) -> Option<Instance> {
     let running = info.state.as_ref().and_then(|s| s.running).unwrap_or(false);
     let labels = labels(info);
+    // Registration follows runner's labels on containers runner ran (it sets
+    // all of them, so an image's own `runner.*` labels never count).
+    if labels.get(LABEL_MANAGED).map(String::as_str) != Some("true") {
+        return None;
+    }
     let (service, port) = (labels.get(LABEL_SERVICE)?, labels.get(LABEL_SERVICE_PORT)?);
+    crate::names::service_name(service).ok()?;
     let container_port: u16 = port.parse().ok()?;
     let binding = published_ports(info)
         .into_iter()
@@ -688,12 +747,27 @@ impl docker::Host for DockerCap {
                 )));
             }
         }
-        let context = self.build_context(&context_dir).await?;
+        let dockerfile = dockerfile.unwrap_or_else(|| "Dockerfile".into());
+        let (context, text) = self.build_context(&context_dir, &dockerfile).await?;
+        // A build copies its base images into the new tag: each must be
+        // granted as if the plugin ran or tagged it.
+        if let Some(text) = text {
+            let bases = super::build_context::base_images(&text).map_err(|e| {
+                PluginError::InvalidConfig(format!("docker build {tag}: {dockerfile}: {e}"))
+            })?;
+            for base in bases {
+                self.grant.image("build from", &base)?;
+            }
+        }
         let docker = self.engine.client().await?;
         let err = self.err("build", &tag);
         bounded("docker.build", self.image_timeout(), async {
+            let memory = i32::try_from(self.grant.limits.memory_bytes).unwrap_or(i32::MAX);
             let options = BuildImageOptions {
-                dockerfile: dockerfile.unwrap_or_else(|| "Dockerfile".into()),
+                dockerfile,
+                // RUN steps get the container limits (the API field is 32-bit).
+                memory: Some(memory),
+                memswap: Some(memory),
                 t: Some(tag.clone()),
                 rm: true,
                 buildargs: Some(build_args.into_iter().collect()),
@@ -739,10 +813,11 @@ impl docker::Host for DockerCap {
             None => (target.clone(), "latest".to_string()),
         };
         let docker = self.engine.client().await?;
+        let source_id = self.resolve_image("tag", &source).await?;
         bounded("docker.tag", self.timeout, async {
             docker
                 .tag_image(
-                    &source,
+                    &source_id,
                     Some(TagImageOptions {
                         repo: Some(repo),
                         tag: Some(tag),
@@ -816,11 +891,16 @@ impl docker::Host for DockerCap {
         }
         let mut labels: HashMap<String, String> = spec.labels.into_iter().collect();
         labels.insert(LABEL_MANAGED.into(), "true".into());
-        if let (Some(service), Some(port)) = (&spec.service, spec.ports.first()) {
-            labels.insert(LABEL_SERVICE.into(), service.clone());
-            labels.insert(LABEL_SERVICE_PORT.into(), port.to_string());
-            labels.insert(LABEL_TAGS.into(), spec.tags.join(","));
-        }
+        // Always set, empty when there is no service: the engine merges the
+        // image's own labels into the container's, and an image carrying
+        // `runner.service=payments` must not register anything.
+        let (service, port) = match (&spec.service, spec.ports.first()) {
+            (Some(service), Some(port)) => (service.clone(), port.to_string()),
+            _ => (String::new(), String::new()),
+        };
+        labels.insert(LABEL_SERVICE.into(), service);
+        labels.insert(LABEL_SERVICE_PORT.into(), port);
+        labels.insert(LABEL_TAGS.into(), spec.tags.join(","));
         // Published on loopback only, on a random host port each.
         let port_bindings = spec
             .ports
@@ -868,6 +948,7 @@ impl docker::Host for DockerCap {
         };
         let docker = self.engine.client().await?;
         let name = spec.name.clone();
+        self.resolve_image("run", &spec.image).await?;
         let info = bounded("docker.run", self.timeout, async {
             let created = docker
                 .create_container(

@@ -101,11 +101,20 @@ pub struct HttpGrant {
 /// Whether `host` is this machine's loopback (or the unspecified address,
 /// which reaches it too): every spelling of it is one origin here.
 fn is_local(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+    use std::net::IpAddr;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    let local = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| match ip {
+            // `::ffff:127.0.0.1` reaches 127.0.0.1 too.
+            IpAddr::V6(v6) => local(ip) || v6.to_ipv4_mapped().is_some_and(|v4| local(v4.into())),
+            IpAddr::V4(_) => local(ip),
+        })
 }
 
 impl HttpGrant {
@@ -335,7 +344,7 @@ mod tests {
 
     #[test]
     fn runners_own_backends_are_out_of_reach_whatever_the_grant() {
-        let g = HttpGrant::parse(&["http://127.0.0.1:*".into(), "http://localhost:*".into()])
+        let g = HttpGrant::parse(&["http://*:*".into()])
             .unwrap()
             .protecting(&[
                 "http://127.0.0.1:8500/".into(),
@@ -345,6 +354,11 @@ mod tests {
             "http://127.0.0.1:8500/v1/kv/other/secret",
             "http://localhost:8500/v1/kv/x",
             "http://127.0.0.1:2375/containers/json",
+            "http://[::ffff:127.0.0.1]:8500/v1/kv/x",
+            "http://[::1]:8500/v1/kv/x",
+            "http://localhost.:8500/v1/kv/x",
+            "http://0.0.0.0:8500/v1/kv/x",
+            "http://0x7f.1:8500/v1/kv/x",
         ] {
             assert!(g.is_protected(&url(reserved)), "{reserved}");
             assert!(!g.allows(&url(reserved)), "{reserved}");

@@ -130,6 +130,22 @@ fn reserved(op: &str, key: &str) -> PluginError {
     ))
 }
 
+/// Largest value a plugin may write: Consul's own limit (512 KiB), so a
+/// store behaves the same on both backends and a grant cannot fill it with
+/// a few writes.
+pub const MAX_VALUE_BYTES: usize = 512 * 1024;
+
+fn check_value(key: &str, value: &[u8]) -> Result<(), PluginError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(PluginError::InvalidConfig(format!(
+            "kv: the value for \"{key}\" is {} bytes, over the {} KiB limit of a value",
+            value.len(),
+            MAX_VALUE_BYTES >> 10
+        )));
+    }
+    Ok(())
+}
+
 pub struct KvCap {
     grant: KvGrant,
     registry: Arc<dyn Registry>,
@@ -175,6 +191,7 @@ impl kv::Host for KvCap {
 
     async fn put(&mut self, key: String, value: Vec<u8>) -> Result<u64, PluginError> {
         self.check("put", &key)?;
+        check_value(&key, &value)?;
         bounded("kv.put", self.timeout, async {
             self.registry
                 .kv_put(&key, &value)
@@ -191,6 +208,7 @@ impl kv::Host for KvCap {
         expected_index: u64,
     ) -> Result<bool, PluginError> {
         self.check("cas", &key)?;
+        check_value(&key, &value)?;
         bounded("kv.cas", self.timeout, async {
             self.registry
                 .kv_cas(&key, &value, expected_index)
@@ -285,6 +303,17 @@ mod tests {
             grant(&["*"]).check_prefix("list", "a//"),
             Err(PluginError::InvalidConfig(_))
         ));
+    }
+
+    #[test]
+    fn values_are_bounded() {
+        assert!(check_value("a/b", &vec![0; MAX_VALUE_BYTES]).is_ok());
+        let Err(PluginError::InvalidConfig(msg)) =
+            check_value("a/b", &vec![0; MAX_VALUE_BYTES + 1])
+        else {
+            panic!()
+        };
+        assert!(msg.contains("512 KiB"), "{msg}");
     }
 
     #[test]

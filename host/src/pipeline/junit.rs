@@ -32,16 +32,22 @@ pub fn merge(reports: &[Report]) -> Result<String, JunitError> {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        for suite in doc.descendants().filter(|n| n.has_tag_name("testsuite")) {
+        // Outermost suites only: a nested suite is inside its parent's text
+        // already (and copying every level would grow with the nesting).
+        let outermost = |n: &roxmltree::Node| {
+            n.has_tag_name("testsuite")
+                && !n.ancestors().skip(1).any(|a| a.has_tag_name("testsuite"))
+        };
+        for suite in doc.descendants().filter(outermost) {
             let count = |name: &str| {
                 suite
                     .attribute(name)
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0)
             };
-            tests += count("tests");
-            failures += count("failures");
-            errors += count("errors");
+            tests = tests.saturating_add(count("tests"));
+            failures = failures.saturating_add(count("failures"));
+            errors = errors.saturating_add(count("errors"));
             suites.push_str("  ");
             suites.push_str(&text[suite.range()]);
             suites.push('\n');
@@ -97,5 +103,27 @@ mod tests {
             .map(|n| n.attribute("name").unwrap())
             .collect();
         assert_eq!(names, ["pre", "post"]);
+    }
+
+    #[test]
+    fn nested_suites_are_copied_once_and_counts_saturate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut xml = String::new();
+        for _ in 0..200 {
+            xml.push_str(r#"<testsuite name="n" tests="18446744073709551615">"#);
+        }
+        xml.push_str(&"</testsuite>".repeat(200));
+        let merged = super::merge(&[super::Report {
+            path: dir.path().join("n.xml"),
+            xml: xml.clone(),
+        }])
+        .unwrap();
+        // The outermost suite once (nested ones inside it), not 200 copies.
+        assert!(merged.len() < xml.len() + 300, "{}", merged.len());
+        let doc = roxmltree::Document::parse(&merged).unwrap();
+        assert_eq!(
+            doc.root_element().attribute("tests"),
+            Some("18446744073709551615")
+        );
     }
 }

@@ -592,6 +592,10 @@ impl Registry for ConsulRegistry {
                     .filter(|p| p.key.starts_with(prefix))
                     .map(Self::decode)
                     .collect::<Result<Vec<_>, _>>()?;
+                let bytes: usize = entries.iter().map(|e| e.key.len() + e.value.len()).sum();
+                if bytes > super::MAX_LIST_BYTES {
+                    return Err(super::list_too_large(prefix));
+                }
                 entries.sort_by(|a, b| a.key.cmp(&b.key));
                 Ok(entries)
             }
@@ -689,8 +693,9 @@ impl Registry for ConsulRegistry {
     }
 
     async fn deregister(&self, service: &str, id: &str) -> Result<bool, RegistryError> {
-        // Consul deregisters by ID alone: act only on an ID of this service.
-        let existed = self.instances(service).await?.iter().any(|i| i.id == id);
+        // Consul deregisters by ID alone, on this agent: act only on an ID
+        // this agent holds for this service.
+        let existed = self.instance_owner(id).await?.as_deref() == Some(service);
         if !existed {
             return Ok(false);
         }

@@ -249,14 +249,24 @@ impl Registry for EmbeddedRegistry {
     }
 
     async fn kv_list(&self, prefix: &str) -> Result<Vec<KvEntry>, RegistryError> {
-        self.with_conn(|c| {
-            c.prepare_cached(
+        let listed = self.with_conn(|c| {
+            let mut statement = c.prepare_cached(
                 "SELECT key, value, create_index, modify_index FROM kv
                  WHERE key >= ?1 AND key < ?2 ORDER BY key",
-            )?
-            .query_map(params![prefix, prefix_upper_bound(prefix)], entry_from_row)?
-            .collect()
-        })
+            )?;
+            let mut rows = statement.query(params![prefix, prefix_upper_bound(prefix)])?;
+            let (mut entries, mut bytes) = (Vec::new(), 0usize);
+            while let Some(row) = rows.next()? {
+                let entry = entry_from_row(row)?;
+                bytes += entry.key.len() + entry.value.len();
+                if bytes > super::MAX_LIST_BYTES {
+                    return Ok(None);
+                }
+                entries.push(entry);
+            }
+            Ok(Some(entries))
+        })?;
+        listed.ok_or_else(|| super::list_too_large(prefix))
     }
 
     async fn instances(&self, service: &str) -> Result<Vec<Instance>, RegistryError> {

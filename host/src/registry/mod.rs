@@ -109,6 +109,17 @@ pub fn runner_key(service: &str, record: &str) -> String {
     format!("{RESERVED_PREFIX}{service}/{record}")
 }
 
+/// Most bytes (keys and values) one listing returns: a prefix can hold any
+/// number of keys, and a listing is held in memory whole.
+pub const MAX_LIST_BYTES: usize = 64 * 1024 * 1024;
+
+pub(crate) fn list_too_large(prefix: &str) -> RegistryError {
+    RegistryError::Refused(format!(
+        "the keys under \"{prefix}\" hold more than {} MiB; list a narrower prefix",
+        MAX_LIST_BYTES >> 20
+    ))
+}
+
 /// This machine's name, for lock holders and deploy records.
 pub fn this_host() -> String {
     whoami::fallible::hostname().unwrap_or_else(|_| "unknown".into())

@@ -90,6 +90,8 @@ pub enum RenderError {
     Exec(String),
     #[error("template still needed new data after {0} passes (a dependency cycle?)")]
     TooManyPasses(usize),
+    #[error("template data: {0}")]
+    BadDependency(String),
     #[error("template text is {0} bytes, over the {MAX_TEMPLATE_BYTES}-byte limit")]
     TextTooLarge(usize),
     #[error("template nesting deeper than {0} levels (a recursive {{{{template}}}}?)")]
@@ -145,6 +147,49 @@ const MAX_PASSES: usize = 8;
 struct Scope {
     snapshot: Snapshot,
     missing: BTreeSet<Dependency>,
+    /// Why a dependency was refused (an invalid name, too many of them).
+    refused: Option<String>,
+}
+
+/// Most distinct data one template may depend on: each is fetched and held,
+/// and a template builds their names.
+pub const MAX_DEPENDENCIES: usize = 4096;
+
+impl Scope {
+    /// Record data a pass needs. Names are checked here, as a direct read
+    /// checks them, so a template cannot hold unbounded names either.
+    fn need(&mut self, dep: Dependency) {
+        if self.refused.is_some() || self.missing.contains(&dep) {
+            return;
+        }
+        // An empty name is a placeholder from a lookup still to be fetched
+        // (`service (key "x")` on the first pass): nothing to fetch yet.
+        let empty = matches!(&dep, Dependency::Service(n) | Dependency::Key(n) if n.is_empty());
+        if empty {
+            return;
+        }
+        let invalid = match &dep {
+            Dependency::Service(name) => crate::names::service_name(name).err(),
+            Dependency::Key(key) => crate::names::kv_key(key).err(),
+            Dependency::Prefix(prefix) => crate::names::kv_prefix(prefix).err(),
+            Dependency::Services => None,
+        };
+        if let Some(e) = invalid {
+            self.refused = Some(e.to_string());
+        } else if self.missing.len() + self.snapshot.len() >= MAX_DEPENDENCIES {
+            self.refused = Some(format!(
+                "the template reads more than {MAX_DEPENDENCIES} keys, prefixes and services"
+            ));
+        } else {
+            self.missing.insert(dep);
+        }
+    }
+}
+
+impl Snapshot {
+    fn len(&self) -> usize {
+        self.services.len() + self.keys.len() + self.prefixes.len()
+    }
 }
 
 thread_local! {
@@ -160,6 +205,7 @@ impl ScopeGuard {
             *s.borrow_mut() = Some(Scope {
                 snapshot,
                 missing: BTreeSet::new(),
+                refused: None,
             })
         });
         ScopeGuard
@@ -171,6 +217,7 @@ impl ScopeGuard {
         scope.unwrap_or_else(|| Scope {
             snapshot: Snapshot::default(),
             missing: BTreeSet::new(),
+            refused: None,
         })
     }
 }
@@ -201,6 +248,9 @@ pub async fn render(text: &str, source: &impl DataSource) -> Result<String, Rend
     for _ in 0..MAX_PASSES {
         let (result, scope) = render_pass(text.clone(), snapshot).await?;
         snapshot = scope.snapshot;
+        if let Some(reason) = scope.refused {
+            return Err(RenderError::BadDependency(reason).into());
+        }
         if scope.missing.is_empty() || result.as_ref().is_err_and(RenderError::is_final) {
             return result.map_err(Into::into);
         }
@@ -441,7 +491,7 @@ fn service(args: &[Value]) -> Result<Value, FuncError> {
                 .collect(),
         ),
         None => {
-            scope.missing.insert(Dependency::Service(name));
+            scope.need(Dependency::Service(name));
             Value::Array(vec![])
         }
     })
@@ -461,7 +511,7 @@ fn services(_args: &[Value]) -> Result<Value, FuncError> {
                 .collect(),
         ),
         None => {
-            scope.missing.insert(Dependency::Services);
+            scope.need(Dependency::Services);
             Value::Array(vec![])
         }
     })
@@ -473,7 +523,7 @@ fn lookup_key(name: &str, args: &[Value]) -> Result<(String, Option<Option<Strin
     let found = with_scope(|scope| match scope.snapshot.keys.get(&path) {
         Some(v) => Some(v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())),
         None => {
-            scope.missing.insert(Dependency::Key(path.clone()));
+            scope.need(Dependency::Key(path.clone()));
             None
         }
     })?;
@@ -536,7 +586,7 @@ fn pairs(name: &str, args: &[Value], top_level_only: bool) -> Result<Value, Func
                 .collect(),
         ),
         None => {
-            scope.missing.insert(Dependency::Prefix(base.clone()));
+            scope.need(Dependency::Prefix(base.clone()));
             Value::Array(vec![])
         }
     })
@@ -980,6 +1030,22 @@ mod tests {
             .collect();
         for t in threads {
             t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn dependencies_are_checked_and_bounded() {
+        let source = MapSource::default();
+        let many: String = (0..=MAX_DEPENDENCIES)
+            .map(|i| format!(r#"{{{{keyOrDefault "k/{i}" ""}}}}"#))
+            .collect();
+        for text in [
+            r#"{{key "a/../b"}}"#,
+            r#"{{service "x/../y"}}"#,
+            many.as_str(),
+        ] {
+            let err = block_on(render(text, &source)).unwrap_err().to_string();
+            assert!(err.contains("template data:"), "{text}: {err}");
         }
     }
 }

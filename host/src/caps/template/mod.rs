@@ -34,6 +34,9 @@ pub struct TemplateCap {
     operator_only: Vec<GrantedDir>,
     /// Read-only `--allow-dir`s: where the operator's templates are.
     operator_sources: Vec<GrantedDir>,
+    /// Directories the plugin can write (rw `--allow-dir`s, template outputs):
+    /// a file under one is the plugin's, even inside a read-only grant.
+    plugin_writable: Vec<GrantedDir>,
     /// The `--allow-dir` grants with the paths the plugin sees them at.
     guest_dirs: Vec<crate::grants::DirGrant>,
     registry: Arc<dyn Registry>,
@@ -55,6 +58,13 @@ impl TemplateCap {
                 .iter()
                 .filter(|d| !d.writable)
                 .map(|d| d.granted.clone())
+                .collect(),
+            plugin_writable: grants
+                .dirs
+                .iter()
+                .filter(|d| d.writable)
+                .map(|d| d.granted.clone())
+                .chain(grants.template_out.iter().cloned())
                 .collect(),
             guest_dirs: grants.dirs.clone(),
             registry: services.registry.clone(),
@@ -102,6 +112,12 @@ impl TemplateCap {
             template::Source::File(path) => {
                 let host = crate::grants::host_path(&self.guest_dirs, &path)
                     .unwrap_or_else(|| path.into());
+                let writable = std::fs::canonicalize(&host)
+                    .map(|c| self.plugin_writable.iter().any(|d| d.contains(&c)))
+                    .unwrap_or(false);
+                if writable {
+                    return Err(raw());
+                }
                 output::read_inside_limited(
                     &self.operator_sources,
                     &host,
