@@ -618,3 +618,37 @@ fn an_image_id_does_not_stand_in_for_an_ungranted_name() {
     v.finish();
     // The hidden tag carries the fixture's label: Drop removes it.
 }
+
+/// A build copies its base images into the new tag: `FROM` an ungranted
+/// image is refused, as running or tagging it would be.
+#[test]
+fn a_build_reads_only_granted_base_images() {
+    let f = Fixture::start();
+    let env = Env::new();
+    let ctx = tempfile::tempdir().unwrap();
+    let dir = ctx.path().display().to_string();
+    for (name, dockerfile) in [
+        ("from", format!("FROM {}\n", f.secret())),
+        (
+            "copy",
+            format!("FROM scratch\nCOPY --from={} /usr /usr\n", f.secret()),
+        ),
+        ("arg", "ARG B\nFROM $B\n".to_string()),
+    ] {
+        std::fs::write(ctx.path().join("Dockerfile"), dockerfile).unwrap();
+        let calls = Calls::new().call(
+            name,
+            "docker.build",
+            &[("context", &dir), ("tag", &f.granted("built:v1"))],
+        );
+        let out = run(f
+            .exec(&env, &calls)
+            .args(["--allow-build", "--allow-dir", &dir]))
+        .expect_code(0);
+        let mut v = Verdict::new(&out);
+        v.refused_as(name, &["denied", "invalid-config"], &[]);
+        v.finish();
+    }
+    let images = f.granted_images();
+    assert_eq!(images, [f.app()], "a build copied the victim image");
+}
