@@ -136,9 +136,19 @@ fn one_huge_log_message_is_truncated() {
 
 #[test]
 fn a_flood_of_log_lines_is_capped_per_run() {
+    flood_is_capped("log.lines");
+}
+
+/// What a plugin prints is log text too: stdout and stderr share the bound.
+#[test]
+fn a_flood_of_printed_lines_is_capped_per_run() {
+    flood_is_capped("print.lines");
+}
+
+fn flood_is_capped(op: &str) {
     let env = Env::new();
     let n = 200_000u64;
-    let calls = Calls::new().call("many", "log.lines", &[("n", &n.to_string())]);
+    let calls = Calls::new().call("many", op, &[("n", &n.to_string())]);
     let out = run(&mut exec(&env, &calls)).expect_code(0);
     assert_eq!(out.answer("many"), "ok");
     let logged = out

@@ -452,6 +452,19 @@ impl DockerCap {
     }
 }
 
+/// Past `max` bytes, keep the newest half of `text` behind `marker`: engine
+/// output (logs, build steps) can be any size, and its end is what matters.
+fn keep_tail(text: &mut String, max: usize, marker: &str) {
+    if text.len() <= max {
+        return;
+    }
+    let mut cut = text.len() - max / 2;
+    while !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    text.replace_range(..cut, marker);
+}
+
 /// A container resolved by exact name: act on `id`.
 struct Resolved {
     id: String,
@@ -527,13 +540,11 @@ fn published_ports(info: &ContainerInspectResponse) -> Vec<docker::PortBinding> 
 fn registration(info: &ContainerInspectResponse) -> Option<Instance> {
     let running = info.state.as_ref().and_then(|s| s.running).unwrap_or(false);
     let labels = labels(info);
-    // Registration follows runner's labels on containers runner ran (it sets
-    // all of them, so an image's own `runner.*` labels never count).
-    if labels.get(LABEL_MANAGED).map(String::as_str) != Some("true") {
-        return None;
-    }
-    let (service, port) = (labels.get(LABEL_SERVICE)?, labels.get(LABEL_SERVICE_PORT)?);
-    crate::names::service_name(service).ok()?;
+    // Runner sets all its labels on the containers it runs, so an image's own
+    // `runner.*` labels never count.
+    let service = registered_service(info)?;
+    let port = labels.get(LABEL_SERVICE_PORT)?;
+    crate::names::service_name(&service).ok()?;
     let container_port: u16 = port.parse().ok()?;
     let binding = published_ports(info)
         .into_iter()
@@ -790,13 +801,7 @@ impl docker::Host for DockerCap {
                 if let Some(line) = step.stream {
                     log.push_str(&line);
                     // Only the tail explains a failure; the host keeps a bounded one.
-                    if log.len() > MAX_BUILD_LOG {
-                        let mut cut = log.len() - MAX_BUILD_LOG / 2;
-                        while !log.is_char_boundary(cut) {
-                            cut += 1;
-                        }
-                        log.replace_range(..cut, "[…]\n");
-                    }
+                    keep_tail(&mut log, MAX_BUILD_LOG, "[…]\n");
                 }
             }
             let image = docker.inspect_image(&tag).await.map_err(&err)?;
@@ -813,8 +818,8 @@ impl docker::Host for DockerCap {
             None => (target.clone(), "latest".to_string()),
         };
         let docker = self.engine.client().await?;
-        let source_id = self.resolve_image("tag", &source).await?;
         bounded("docker.tag", self.timeout, async {
+            let source_id = self.resolve_image("tag", &source).await?;
             docker
                 .tag_image(
                     &source_id,
@@ -948,8 +953,8 @@ impl docker::Host for DockerCap {
         };
         let docker = self.engine.client().await?;
         let name = spec.name.clone();
-        self.resolve_image("run", &spec.image).await?;
         let info = bounded("docker.run", self.timeout, async {
+            self.resolve_image("run", &spec.image).await?;
             let created = docker
                 .create_container(
                     Some(CreateContainerOptions {
@@ -1011,9 +1016,9 @@ impl docker::Host for DockerCap {
 
     async fn remove(&mut self, name: String, force: bool) -> Result<(), PluginError> {
         self.grant.container("remove", &name)?;
-        let Resolved { id, info } = self.resolve("remove", &name).await?;
         let docker = self.engine.client().await?;
-        bounded("docker.remove", self.timeout, async {
+        let info = bounded("docker.remove", self.timeout, async {
+            let Resolved { id, info } = self.resolve("remove", &name).await?;
             docker
                 .remove_container(
                     &id,
@@ -1024,7 +1029,8 @@ impl docker::Host for DockerCap {
                     }),
                 )
                 .await
-                .map_err(self.err("remove", &name))
+                .map_err(self.err("remove", &name))?;
+            Ok(info)
         })
         .await?;
         self.deregister(&info).await
@@ -1160,13 +1166,11 @@ impl docker::Host for DockerCap {
             while let Some(chunk) = stream.next().await {
                 text.push_str(&chunk.map_err(self.err("logs", &name))?.to_string());
                 // A container can log gigabytes; the host holds a bounded tail.
-                if text.len() > MAX_LOGS_BYTES {
-                    let mut cut = text.len() - MAX_LOGS_BYTES / 2;
-                    while !text.is_char_boundary(cut) {
-                        cut += 1;
-                    }
-                    text.replace_range(..cut, "[… earlier log lines truncated]\n");
-                }
+                keep_tail(
+                    &mut text,
+                    MAX_LOGS_BYTES,
+                    "[… earlier log lines truncated]\n",
+                );
             }
             Ok(text)
         })

@@ -564,11 +564,7 @@ async fn catch_host_panic<T>(
         .catch_unwind()
         .await
         .map_err(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".into());
+            let message = panic_message(panic.as_ref());
             tracing::error!(
                 plugin,
                 "host code panicked while running the plugin: {message}"
@@ -578,6 +574,15 @@ async fn catch_host_panic<T>(
                 message,
             }
         })
+}
+
+/// The message a panic carried (`panic!` gives a `&str` or a `String`).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// A file's size, exact in bytes too when it is not a whole unit.

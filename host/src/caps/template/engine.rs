@@ -296,12 +296,7 @@ async fn render_pass_with(
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into());
-    truncate(message)
+    truncate(crate::runtime::panic_message(payload.as_ref()))
 }
 
 /// Parse and execute once, with the data known so far.

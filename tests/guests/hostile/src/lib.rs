@@ -19,7 +19,7 @@
 //! `docker.run name image [labels k=v,k=v] [service] [command a b]`,
 //! `docker.tag source target`, `docker.pull|push image`,
 //! `docker.build context tag`, `docker.list [pattern] [label]`;
-//! `hooks.run name [config k=v,k=v]`; `log.huge bytes`, `log.lines n`;
+//! `hooks.run name [config k=v,k=v]`; `log.huge bytes`, `log.lines n`, `print.lines n`;
 //! `fs.symlink target link`, `fs.write path content`, `fs.read path`.
 
 use runner_sdk::{Context, Error, Guest, Outcome, catalog, config, docker, hooks, kv, log};
@@ -264,6 +264,18 @@ fn call(op: &str, a: &Args) -> Result<Extra, Error> {
             let n = a.num("n", 100_000);
             for i in 0..n {
                 log::write(log::Level::Info, &format!("spam line {i}"));
+            }
+            vec![]
+        }
+        "print.lines" => {
+            // The same flood through WASI stdout and stderr, alternating.
+            let n = a.num("n", 100_000);
+            for i in 0..n {
+                if i % 2 == 0 {
+                    println!("spam line {i}");
+                } else {
+                    eprintln!("spam line {i}");
+                }
             }
             vec![]
         }
