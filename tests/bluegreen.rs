@@ -8,249 +8,10 @@
 
 mod common;
 
-use common::{Env, Output, free_port, plugin, repo, run};
-use std::path::PathBuf;
+use common::deployment::{Deployment, keepalive_load, load, sh};
+use common::{Env, plugin, run};
 use std::process::Command;
-use std::time::{Duration, Instant};
-
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// One isolated deployment: its own service name, images, nginx and state.
-struct Deployment {
-    env: Env,
-    /// The Consul test server when the Consul backend is under test.
-    consul: Option<common::consul::ConsulServer>,
-    work: PathBuf,
-    port: u16,
-    service: String,
-    label: String,
-}
-
-impl Deployment {
-    fn start(name: &str, consul: bool) -> Self {
-        let service = format!("{name}-{}", std::process::id());
-        let label = format!("runner-test={service}");
-        let env = Env::new();
-        let work = env.path().join("deploy");
-        let port = free_port();
-        let plugins = plugin("bluegreen").parent().unwrap().to_path_buf();
-        let deployment = Self {
-            env,
-            consul: consul.then(|| common::consul::ConsulServer::start(None)),
-            work,
-            port,
-            service,
-            label,
-        };
-        // Images first: the Drop below removes them whatever happens next.
-        for (tag, version, broken) in [
-            ("v1", "v1", ""),
-            ("v2", "v2", ""),
-            ("badhealth", "v3", "health"),
-            ("badbooks", "v5", "books"),
-            ("badpost", "v4", "proxied"),
-        ] {
-            sh(
-                Command::new(repo().join("examples/books-service/build-image"))
-                    .args([&format!("{}:{tag}", deployment.service), version, broken])
-                    .env("IMAGE_LABELS", &deployment.label),
-            );
-        }
-        sh(Command::new(repo().join("examples/bluegreen/env"))
-            .arg("up")
-            .arg(&deployment.work)
-            .arg(port.to_string())
-            .arg(&plugins)
-            .arg(&deployment.service));
-        deployment
-    }
-
-    fn runner(&self) -> assert_cmd::Command {
-        let mut cmd = self.env.runner();
-        cmd.current_dir(&self.work);
-        if let Some(consul) = &self.consul {
-            cmd.env("CONSUL_HTTP_ADDR", consul.url());
-        }
-        cmd
-    }
-
-    /// `runner exec` of the blue-green stage for image tag `tag`.
-    fn bluegreen(&self, args: &[&str]) -> Output {
-        let mut cmd = self.runner();
-        cmd.args([
-            "exec",
-            "-f",
-            "runner.toml",
-            "--plugin",
-            "plugins/bluegreen.wasm",
-            "--service",
-            &self.service,
-        ])
-        .args(["-c", &format!("proxy_url=http://127.0.0.1:{}", self.port)])
-        .args([
-            "-c",
-            "upstream_template=templates/nginx-upstreams-{color}.ctmpl",
-        ])
-        .args([
-            "-c",
-            "restart=no",
-            "-c",
-            "drain=1s",
-            "-c",
-            "stop_timeout=5s",
-        ])
-        .args(["-c", &format!("label.{}", self.label)])
-        .args(args);
-        run(&mut cmd)
-    }
-
-    fn deploy(&self, tag: &str) -> Output {
-        self.bluegreen(&[
-            "-c",
-            &format!("image={}:{tag}", self.service),
-            "-c",
-            "health_timeout=5s",
-        ])
-    }
-
-    /// The version the proxy serves, from the books endpoint.
-    fn serving(&self) -> String {
-        let url = format!("http://127.0.0.1:{}/api/v1/books", self.port);
-        let body = sh(Command::new("curl").args(["-s", "--max-time", "5", &url]));
-        let doc: serde_json::Value =
-            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"));
-        doc["version"].as_str().unwrap_or_default().to_string()
-    }
-
-    /// Wait (bounded) until 20 requests in a row get `version`.
-    fn wait_serving(&self, version: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut streak = 0;
-        while streak < 20 {
-            assert!(
-                Instant::now() < deadline,
-                "the proxy never settled on {version}"
-            );
-            streak = if self.serving() == version {
-                streak + 1
-            } else {
-                0
-            };
-        }
-    }
-
-    fn color(&self) -> String {
-        run(self
-            .runner()
-            .args(["kv", "get", &format!("{}/color", self.service)]))
-        .stdout
-        .trim()
-        .to_string()
-    }
-
-    /// (name, running) of this deployment's containers.
-    fn containers(&self) -> Vec<(String, bool)> {
-        let out = sh(Command::new("docker").args([
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label={}", self.label),
-            "--format",
-            "{{.Names}} {{.State}}",
-        ]));
-        let mut list: Vec<(String, bool)> = out
-            .lines()
-            .filter_map(|l| {
-                l.split_once(' ')
-                    .map(|(n, s)| (n.to_string(), s == "running"))
-            })
-            .collect();
-        list.sort();
-        list
-    }
-
-    fn catalog(&self) -> Vec<String> {
-        run(self.runner().args(["catalog", "list"]))
-            .stdout
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split('\t').next().map(str::to_string))
-            .filter(|s| s.starts_with(&self.service))
-            .collect()
-    }
-
-    fn name(&self, color: &str) -> String {
-        format!("{}-{color}", self.service)
-    }
-}
-
-impl Drop for Deployment {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("examples/bluegreen/env"))
-            .arg("down")
-            .arg(&self.work)
-            .status();
-        let filter = format!("label={}", self.label);
-        common::docker_remove(&filter, &filter);
-    }
-}
-
-/// Requests through nginx until `stop` is set and at least `min` were sent
-/// (bounded by `max` and a deadline), each on a new connection; returns
-/// (sent, failed, versions seen).
-fn load(
-    port: u16,
-    stop: &std::sync::atomic::AtomicBool,
-    min: usize,
-    max: usize,
-) -> (usize, Vec<String>, Vec<String>) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}/api/v1/books");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let (mut sent, mut failures, mut versions) = (0, Vec::new(), Vec::<String>::new());
-        while sent < max
-            && Instant::now() < deadline
-            && (sent < min || !stop.load(std::sync::atomic::Ordering::SeqCst))
-        {
-            sent += 1;
-            match client.get(&url).send().await {
-                Ok(r) if r.status() == 200 => {
-                    let version = r
-                        .headers()
-                        .get("x-version")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string();
-                    if !versions.contains(&version) {
-                        versions.push(version);
-                    }
-                }
-                Ok(r) => failures.push(format!("status {}", r.status())),
-                Err(e) => failures.push(e.to_string()),
-            }
-        }
-        (sent, failures, versions)
-    })
-}
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[test]
 fn blue_green_deploys_fail_safely_roll_back_and_switch_without_dropping_requests() {
@@ -266,6 +27,55 @@ fn blue_green_with_the_consul_backend() {
         !d.env.state_dir().exists(),
         "the embedded store was not used"
     );
+}
+
+/// The same deploys through HAProxy, switched through its runtime API.
+#[test]
+fn blue_green_with_the_haproxy_driver() {
+    scenario(&Deployment::start_with_proxy("bghaproxy", false, "haproxy"));
+}
+
+/// 20 switches under keep-alive load (one connection reused, no retries)
+/// and new-connection load at once: with HAProxy's runtime API no request
+/// fails, because a switch closes no connection.
+#[test]
+fn haproxy_switches_lose_no_keepalive_request() {
+    let d = Deployment::start_with_proxy("bgkeepalive", false, "haproxy");
+    d.deploy("v1").expect_code(0);
+    d.wait_serving("v1");
+    let stop = AtomicBool::new(false);
+    let (keepalive, fresh) = std::thread::scope(|scope| {
+        let keepalive = scope.spawn(|| keepalive_load(d.port, &stop, 1000, 2_000_000));
+        let fresh = scope.spawn(|| load(d.port, &stop, 1000, 2_000_000));
+        for i in 0..20 {
+            d.bluegreen(&[
+                "-c",
+                &format!(
+                    "image={}:{}",
+                    d.service,
+                    if i % 2 == 0 { "v2" } else { "v1" }
+                ),
+                "-c",
+                "post_hook=none",
+            ])
+            .expect_code(0);
+        }
+        stop.store(true, Ordering::SeqCst);
+        (keepalive.join().unwrap(), fresh.join().unwrap())
+    });
+    for (kind, (sent, failures, versions)) in [("keep-alive", keepalive), ("new-connection", fresh)]
+    {
+        assert!(
+            failures.is_empty(),
+            "{kind}: {} of {sent} requests failed over 20 switches: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        assert!(
+            versions.contains(&"v1".to_string()) && versions.contains(&"v2".to_string()),
+            "{kind}: the load did not span the switches: {versions:?}"
+        );
+    }
 }
 
 fn scenario(d: &Deployment) {
@@ -335,6 +145,7 @@ fn scenario(d: &Deployment) {
         .expect_code(1)
         .stderr_has(&format!("{blue} did not answer"))
         .stderr_has("proxy and color untouched")
+        .stderr_has(&format!("{blue} removed"))
         .stderr_has("Last log lines of")
         .stderr_has("books-service v3 listening");
     assert_eq!(
@@ -343,8 +154,8 @@ fn scenario(d: &Deployment) {
     );
     assert_eq!(
         d.containers(),
-        [(blue.clone(), false), (green.clone(), true)],
-        "the failed container is stopped"
+        [(green.clone(), true)],
+        "the failed container is removed"
     );
     assert_eq!(d.catalog(), [green.as_str()]);
 
@@ -360,26 +171,39 @@ fn scenario(d: &Deployment) {
         (d.serving(), d.color()),
         ("v2".to_string(), "green".to_string())
     );
-    assert_eq!(
-        d.containers(),
-        [(blue.clone(), false), (green.clone(), true)]
-    );
+    assert_eq!(d.containers(), [(green.clone(), true)]);
 
     // A version failing only behind the proxy: switched, tested, switched back.
     d.deploy("badpost")
         .expect_code(1)
         .stderr_has("1 of 1 checks failed: books (GET /api/v1/books")
         .stderr_has(&format!(
-            "failed after the switch; switched back to green, color restored, {blue} stopped"
+            "failed after the switch; switched back to green, color restored, {blue} removed"
         ));
     assert_eq!(
         (d.serving(), d.color()),
         ("v2".to_string(), "green".to_string())
     );
+    assert_eq!(d.containers(), [(green.clone(), true)]);
+
+    // The version kept for rollback was replaced by releases that failed:
+    // rollback refuses to bring back a candidate that never passed.
+    d.bluegreen(&["-c", "action=rollback"])
+        .expect_code(1)
+        .stderr_has("has no version to roll back to");
     assert_eq!(
-        d.containers(),
-        [(blue.clone(), false), (green.clone(), true)]
+        (d.serving(), d.color()),
+        ("v2".to_string(), "green".to_string())
     );
+
+    // A candidate that exits at once: its exit code and last log lines, removed.
+    d.deploy("exits")
+        .expect_code(1)
+        .stderr_has("exit code 3")
+        .stderr_has("BROKEN=exit, exiting with code 3")
+        .stderr_has(&format!("{blue} removed"));
+    assert_eq!(d.containers(), [(green.clone(), true)]);
+    assert_eq!(d.catalog(), [green.as_str()]);
     assert_eq!(d.catalog(), [green.as_str()]);
 
     if let Some(consul) = &d.consul {

@@ -6,6 +6,8 @@
 
 mod common;
 
+#[path = "hostile/deploys.rs"]
+mod deploys;
 #[path = "hostile/docker.rs"]
 mod docker;
 #[path = "hostile/files.rs"]

@@ -87,6 +87,7 @@ impl Bench {
                 hooks: None,
                 host_call_timeout: Duration::from_secs(30),
                 http_max_body: 10 << 20,
+                journal_service: None,
             },
             grants: spec.validate().expect("grants"),
         }

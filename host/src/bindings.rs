@@ -12,6 +12,7 @@ wasmtime::component::bindgen!({
         "runner:plugin/docker": async,
         "runner:plugin/proxy": async,
         "runner:plugin/hooks": async,
+        "runner:plugin/journal": async,
     },
     exports: { default: async },
 });

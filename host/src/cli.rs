@@ -78,6 +78,14 @@ pub enum Command {
     Rollback(ServiceArgs),
     /// Continue a deploy paused at its promotion gate (promotion=manual).
     Promote(ServiceArgs),
+    /// Finish or undo a deploy that died (killed, machine lost): the deploy
+    /// stage with action=recover reads the service's deploy journal and, by
+    /// where the deploy died, removes the candidate (before the switch),
+    /// switches back to the last known-good color (after the switch, before
+    /// the post-integration tests passed), or finishes (after). `runner
+    /// status` shows an interrupted deploy and what this will do; the next
+    /// `runner run` of the service recovers first by itself.
+    Recover(ServiceArgs),
     /// Run one stage plugin once.
     Exec(Box<ExecArgs>),
     /// Work with plugin files.

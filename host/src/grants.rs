@@ -236,9 +236,11 @@ impl GrantsSpec {
             // Rendering the proxy's config is what the proxy grant is for, from
             // the operator's templates only, unless the operator also granted
             // the directory as a template output (raw config from the plugin).
-            if !template_out.iter().any(|d| d.same_dir(&proxy.config_dir)) {
-                template_out.push(proxy.config_dir.clone());
-                operator_templates_only.push(proxy.config_dir.clone());
+            if let Some(dir) = &proxy.config_dir
+                && !template_out.iter().any(|d| d.same_dir(dir))
+            {
+                template_out.push(dir.clone());
+                operator_templates_only.push(dir.clone());
             }
             granted_proxies.push(proxy.clone());
         }

@@ -19,6 +19,7 @@ fn grant_for(import: &str) -> Option<&'static str> {
         }
         "runner:plugin/proxy" => "--allow-proxy NAME",
         "runner:plugin/hooks" => "--allow-hook NAME",
+        "runner:plugin/journal" => "no flag: a stage run for --service under its deploy lock",
         i if i.starts_with("wasi:filesystem/") => {
             "--allow-dir HOST[:GUEST][:MODE] (no directories otherwise)"
         }
@@ -96,6 +97,7 @@ mod tests {
     fn every_runner_interface_maps_to_a_grant() {
         for iface in [
             "types", "log", "kv", "catalog", "http", "template", "docker", "proxy", "hooks",
+            "journal",
         ] {
             assert!(
                 grant_for(&format!("runner:plugin/{iface}@0.1.0")).is_some(),

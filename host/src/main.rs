@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     // Pipelines in CI log plain timestamped lines; elsewhere time is noise.
     let pipeline = matches!(
         cli.command,
-        Command::Run(_) | Command::Rollback(_) | Command::Promote(_)
+        Command::Run(_) | Command::Rollback(_) | Command::Promote(_) | Command::Recover(_)
     );
     let timestamps =
         pipeline && (!std::io::stderr().is_terminal() || std::env::var_os("CI").is_some());

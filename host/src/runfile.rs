@@ -125,6 +125,9 @@ pub struct RunnerFile {
     pub grants: GrantsSpec,
     pub proxies: Vec<ProxyConfig>,
     pub hooks: Vec<HookDef>,
+    /// Problems that do not stop a run, e.g. a proxy config directory a
+    /// later step creates (`[proxies.NAME]: ...`).
+    pub warnings: Vec<String>,
 }
 
 fn invalid(path: &Path, message: impl Into<String>) -> GrantError {
@@ -186,14 +189,15 @@ impl RunnerFile {
         base: &Path,
         resolve_plugin: &dyn Fn(&str) -> Result<PathBuf, String>,
     ) -> Result<Self, String> {
-        let proxies = spec
-            .proxies
-            .iter()
-            .map(|(name, p)| {
-                p.validate(name, base)
-                    .map_err(|e| format!("[proxies.{name}]: {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut proxies = Vec::new();
+        let mut warnings = Vec::new();
+        for (name, p) in &spec.proxies {
+            let (proxy, warning) = p
+                .validate(name, base)
+                .map_err(|e| format!("[proxies.{name}]: {e}"))?;
+            proxies.push(proxy);
+            warnings.extend(warning.map(|w| format!("[proxies.{name}]: {w}")));
+        }
         let names: Vec<String> = spec.hooks.keys().cloned().collect();
         let mut hooks = Vec::new();
         for (name, hook) in &spec.hooks {
@@ -222,6 +226,7 @@ impl RunnerFile {
             grants,
             proxies,
             hooks,
+            warnings,
         })
     }
 

@@ -38,6 +38,12 @@ impl Hooks {
         defs: Vec<HookDef>,
         reports: Arc<Mutex<Vec<Report>>>,
     ) -> Self {
+        // Hooks do not nest, and only the stage holding the lock journals.
+        let services = HostServices {
+            hooks: None,
+            journal_service: None,
+            ..services
+        };
         Self {
             runtime,
             services,

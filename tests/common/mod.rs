@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod consul;
+pub mod deployment;
 pub mod hostile;
 
 use assert_cmd::Command;
@@ -127,6 +128,8 @@ impl Env {
 
 pub struct Output {
     pub code: i32,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -135,6 +138,7 @@ pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("running runner");
     Output {
         code: out.status.code().unwrap_or(-1),
+        signal: std::os::unix::process::ExitStatusExt::signal(&out.status),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }

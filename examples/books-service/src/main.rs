@@ -3,7 +3,8 @@
 //! from `VERSION` in an `X-Version` header and in every JSON body.
 //!
 //! Configured by environment, as in the seeds: `PORT` (default 8080),
-//! `VERSION` (default `dev`). For failure tests, `BROKEN=health` makes
+//! `VERSION` (default `dev`). For failure tests, `BROKEN=exit` exits at
+//! once with code 3, `BROKEN=health` makes
 //! `/health` answer 500, `BROKEN=books` makes `/api/v1/books` answer 500, and
 //! `BROKEN=proxied` makes `/api/v1/books` answer 500 only when reached through
 //! a proxy (a `Host` other than an address): it passes tests against its own
@@ -114,6 +115,13 @@ fn main() {
         broken: std::env::var("BROKEN").unwrap_or_default(),
         books: Mutex::new(BTreeMap::new()),
     };
+    if app.broken == "exit" {
+        eprintln!(
+            "books-service {}: BROKEN=exit, exiting with code 3",
+            app.version
+        );
+        std::process::exit(3);
+    }
     let server = match Server::http(format!("0.0.0.0:{port}")) {
         Ok(s) => s,
         Err(e) => {

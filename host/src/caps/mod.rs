@@ -11,6 +11,7 @@ pub mod docker;
 mod globs;
 pub mod hooks;
 pub mod http;
+pub mod journal;
 pub mod kv;
 pub mod log;
 pub mod proxy;
@@ -36,6 +37,9 @@ pub struct HostServices {
     pub host_call_timeout: Duration,
     /// Largest HTTP response body a plugin may receive.
     pub http_max_body: u64,
+    /// The service whose deploy lock this execution holds: its stage may
+    /// write the service's journal. `None` for hooks and unlocked runs.
+    pub journal_service: Option<String>,
 }
 
 /// The per-run state of every capability, built from one plugin's grants.
@@ -48,6 +52,7 @@ pub struct Capabilities {
     pub docker: docker::DockerCap,
     pub proxy: proxy::ProxyCap,
     pub hooks: hooks::HooksCap,
+    pub journal: journal::JournalCap,
 }
 
 impl Capabilities {
@@ -60,8 +65,9 @@ impl Capabilities {
             http: http::HttpCap::new(grants.http.clone(), services),
             template: template::TemplateCap::new(grants, services),
             docker: docker::DockerCap::new(grants, services),
-            proxy: proxy::ProxyCap::new(grants.proxies.clone(), services),
+            proxy: proxy::ProxyCap::new(grants, services),
             hooks: hooks::HooksCap::new(grants.hooks.clone(), services.hooks.clone()),
+            journal: journal::JournalCap::new(services),
         }
     }
 }
@@ -94,6 +100,9 @@ pub fn add_to_linker<T: CapabilitiesView + 'static>(
     })?;
     wit::hooks::add_to_linker::<T, HasSelf<hooks::HooksCap>>(linker, |t| {
         &mut t.capabilities().hooks
+    })?;
+    wit::journal::add_to_linker::<T, HasSelf<journal::JournalCap>>(linker, |t| {
+        &mut t.capabilities().journal
     })?;
     Ok(())
 }

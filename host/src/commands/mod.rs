@@ -104,6 +104,7 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
         Command::History(ref args) => pipeline::history(&cli, args).await,
         Command::Rollback(ref args) => pipeline::rollback(&cli, args).await,
         Command::Promote(ref args) => pipeline::promote(&cli, args).await,
+        Command::Recover(ref args) => pipeline::recover(&cli, args).await,
         Command::Exec(ref args) => exec(&cli, args).await,
         Command::Plugin(PluginCommand::Inspect { ref path }) => inspect(&cli, path),
         Command::Plugin(PluginCommand::New {
@@ -180,6 +181,9 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
         Some(path) => RunnerFile::load(path)?,
         None => RunnerFile::default(),
     };
+    for warning in &runfile.warnings {
+        tracing::warn!("{warning}");
+    }
     let g = &args.grants;
     let mut spec = runfile.grants.clone();
     spec.merge(GrantsSpec {
@@ -217,6 +221,7 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
         hooks: None,
         host_call_timeout: limits.host_call_timeout,
         http_max_body: args.limits.http_max_body,
+        journal_service: None,
     };
     // The deploy lock comes first: reconciling the catalog and everything
     // after it must not interleave with another deploy of the same service.
@@ -226,6 +231,9 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
     } else {
         None
     };
+    if lock.is_some() {
+        services.journal_service = Some(args.service.clone());
+    }
     if !grants.docker.is_empty() {
         reconcile_catalog(&services).await;
     }

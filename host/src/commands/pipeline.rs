@@ -1,5 +1,5 @@
 //! The pipeline commands: `run`, `validate`, `status`, `history`,
-//! `rollback` and `promote`.
+//! `rollback`, `promote` and `recover`.
 
 use super::{
     CommandError, acquire_lock, open_registry, open_registry_at, reconcile_catalog, runtime,
@@ -8,6 +8,8 @@ use super::{
 use crate::bindings::describe;
 use crate::caps::HostServices;
 use crate::caps::docker::DockerEngine;
+use crate::caps::journal;
+use crate::caps::proxy::{Driver, ProxyConfig, haproxy_servers};
 use crate::cli::{Cli, HistoryArgs, PipelineArgs, RunOptions, ServiceArgs, ValidateArgs};
 use crate::pipeline::file::Pipeline;
 use crate::pipeline::history::{self, DeployRecord, Paused};
@@ -110,6 +112,20 @@ pub(super) async fn rollback(cli: &Cli, args: &ServiceArgs) -> Result<(), Comman
     run_pipeline(cli, &args.options, runtime, &pipeline, start).await
 }
 
+pub(super) async fn recover(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandError> {
+    let (runtime, pipeline) = load(cli, &args.file, &args.options.plugin_path)?;
+    check_service(&pipeline, &args.service)?;
+    let deploy = deploy_stage(&pipeline)?;
+    let start = Start {
+        kind: "recover",
+        from_stage: deploy,
+        only_one: true,
+        outputs: BTreeMap::new(),
+        first_stage_config: vec![("action".into(), "recover".into())],
+    };
+    run_pipeline(cli, &args.options, runtime, &pipeline, start).await
+}
+
 pub(super) async fn promote(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandError> {
     let (runtime, pipeline) = load(cli, &args.file, &args.options.plugin_path)?;
     check_service(&pipeline, &args.service)?;
@@ -187,6 +203,8 @@ async fn run_pipeline(
         hooks: None,
         host_call_timeout: limits.host_call_timeout,
         http_max_body: 16 * 1024 * 1024,
+        // Every stage runs under the service's deploy lock, taken below.
+        journal_service: Some(pipeline.service.clone()),
     };
     let first = pipeline
         .stages
@@ -207,7 +225,7 @@ async fn run_pipeline(
         only_one: start.only_one,
         outputs: start.outputs,
         first_stage_config: start.first_stage_config,
-        lenient_references: start.kind == "rollback",
+        lenient_references: matches!(start.kind, "rollback" | "recover"),
     };
     let finished = tokio::select! {
         finished = execute(pipeline, execution) => Ok(finished),
@@ -377,29 +395,8 @@ pub(super) async fn status(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandE
         .map(|p| p.runfile.proxies.as_slice())
         .unwrap_or_default();
     for proxy in proxies {
-        let dir = proxy.config_dir.path();
-        let mut upstreams = Vec::new();
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with(service.as_str()) {
-                continue;
-            }
-            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            for line in text.lines() {
-                if let Some(server) = line.trim().strip_prefix("server ") {
-                    upstreams.push(server.trim_end_matches(';').trim().to_string());
-                }
-            }
-        }
-        out.push_str(&format!(
-            "proxy       {} → {}\n",
-            proxy.name,
-            if upstreams.is_empty() {
-                "no upstream".to_string()
-            } else {
-                upstreams.join(", ")
-            }
-        ));
+        let upstreams = proxy_upstreams(proxy, service).await;
+        out.push_str(&format!("proxy       {} → {upstreams}\n", proxy.name));
     }
     let lock = match registry.lock_holder(service).await {
         Ok(Some(holder)) => format!("held by {holder}"),
@@ -407,6 +404,24 @@ pub(super) async fn status(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandE
         Err(e) => format!("unknown: {e}"),
     };
     out.push_str(&format!("lock        {lock}\n"));
+    match journal::read(&*registry, service).await {
+        Ok(None) => {}
+        Ok(Some(entry)) => out.push_str(&format!(
+            "interrupted deploy at step {} ({:?}, by {}, {}); recovery will {} \
+             (`runner recover {service}`, or the next `runner run`)\n",
+            entry.step,
+            entry.phase,
+            entry.holder,
+            entry
+                .details
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            entry.phase.recovery()
+        )),
+        Err(e) => out.push_str(&format!("interrupted deploy: unreadable journal: {e}\n")),
+    }
     if let Some(paused) = history::paused(&*registry, service).await? {
         out.push_str(&format!(
             "promotion   waiting at stage {} (`runner promote {service}` continues)\n",
@@ -432,4 +447,49 @@ pub(super) async fn status(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandE
     }
     std::io::stdout().lock().write_all(out.as_bytes())?;
     Ok(())
+}
+
+/// What `proxy` sends `service` to: the `server` lines of its files, or the
+/// ready servers of the HAProxy backend named after the service.
+async fn proxy_upstreams(proxy: &ProxyConfig, service: &str) -> String {
+    let servers = match &proxy.driver {
+        Driver::Haproxy { admin_socket } => {
+            match haproxy_servers(admin_socket, service, proxy.timeout).await {
+                Ok(slots) => slots
+                    .into_iter()
+                    .filter(|s| s.ready)
+                    .map(|s| format!("{}:{}", s.address, s.port))
+                    .collect(),
+                Err(e) => return format!("unknown: {}", describe(&e)),
+            }
+        }
+        Driver::Files => {
+            let mut servers = Vec::new();
+            let Some(dir) = &proxy.config_dir else {
+                return "no config_dir".into();
+            };
+            for entry in std::fs::read_dir(dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !name.starts_with(service) {
+                    continue;
+                }
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                for line in text.lines() {
+                    if let Some(server) = line.trim().strip_prefix("server ") {
+                        servers.push(server.trim_end_matches(';').trim().to_string());
+                    }
+                }
+            }
+            servers
+        }
+    };
+    if servers.is_empty() {
+        "no upstream".to_string()
+    } else {
+        servers.join(", ")
+    }
 }

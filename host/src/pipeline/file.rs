@@ -256,6 +256,13 @@ impl Pipeline {
                 }
             };
         let hook_names = runfile.hook_names();
+        for message in &runfile.warnings {
+            let line = message
+                .split_once(']')
+                .and_then(|(table, _)| text.find(&format!("{table}]")).map(|o| line_of(&text, o)))
+                .unwrap_or(1);
+            warnings.push(problem(line, message.clone()));
+        }
 
         let mut stages: Vec<StageDef> = Vec::new();
         for spanned in &stage_specs {

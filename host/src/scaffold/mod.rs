@@ -37,6 +37,7 @@ const WIT: &[(&str, &str)] = &[
     ("docker.wit", include_str!("../../../wit/docker.wit")),
     ("proxy.wit", include_str!("../../../wit/proxy.wit")),
     ("hooks.wit", include_str!("../../../wit/hooks.wit")),
+    ("journal.wit", include_str!("../../../wit/journal.wit")),
 ];
 
 const RUST: &[(&str, &str)] = &[

@@ -31,7 +31,9 @@ pub mod bindings {
     });
 }
 
-pub use bindings::runner::plugin::{catalog, docker, hooks, http, kv, log, proxy, template};
+pub use bindings::runner::plugin::{
+    catalog, docker, hooks, http, journal, kv, log, proxy, template,
+};
 pub use bindings::{Context, Error, Guest, Outcome, export};
 
 use std::time::Duration;

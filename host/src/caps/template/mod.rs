@@ -131,7 +131,7 @@ impl TemplateCap {
         }
     }
 
-    async fn render(&self, text: &str) -> Result<String, PluginError> {
+    pub(crate) async fn render(&self, text: &str) -> Result<String, PluginError> {
         bounded("template.render", self.timeout, async {
             render_text(text, self).await.map_err(|e| match e {
                 RenderErrorOrDenied::Fetch(e) => e,
@@ -145,6 +145,27 @@ impl TemplateCap {
             })
         })
         .await
+    }
+}
+
+impl TemplateCap {
+    /// The text for a proxy's config file in `dir`: the operator's template
+    /// unless the operator let this plugin write raw proxy config there
+    /// (`--allow-template-out DIR`), rendered; nothing is written.
+    pub(crate) async fn render_for_proxy(
+        &self,
+        source: template::Source,
+        destination: &Path,
+        dir: &GrantedDir,
+    ) -> Result<String, PluginError> {
+        let raw_allowed = self.outputs.iter().any(|d| d.same_dir(dir))
+            && !self.operator_only.iter().any(|d| d.same_dir(dir));
+        let text = if raw_allowed {
+            self.source_text(source)?
+        } else {
+            self.operator_template(source, &destination.display().to_string(), dir)?
+        };
+        TemplateCap::render(self, &text).await
     }
 }
 

@@ -42,6 +42,25 @@ impl GrantedDir {
         Ok(Self { root, canonical })
     }
 
+    /// A directory that does not exist yet (a later step creates it): it
+    /// matches by the path as given, with the nearest existing ancestor's
+    /// symlinks resolved; opening it fails until it exists.
+    pub fn not_yet_created(root: &Path) -> std::io::Result<Self> {
+        let root = std::path::absolute(root)?;
+        let mut existing = root.as_path();
+        let mut rest = Vec::new();
+        while !existing.exists() {
+            let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+                break;
+            };
+            rest.push(name);
+            existing = parent;
+        }
+        let mut canonical = existing.canonicalize().unwrap_or_else(|_| existing.into());
+        canonical.extend(rest.iter().rev());
+        Ok(Self { root, canonical })
+    }
+
     pub fn path(&self) -> &Path {
         &self.root
     }

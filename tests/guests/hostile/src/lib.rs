@@ -20,9 +20,15 @@
 //! `docker.tag source target`, `docker.pull|push image`,
 //! `docker.build context tag`, `docker.list [pattern] [label]`;
 //! `hooks.run name [config k=v,k=v]`; `log.huge bytes`, `log.lines n`, `print.lines n`;
-//! `fs.symlink target link`, `fs.write path content`, `fs.read path`.
+//! `fs.symlink target link`, `fs.write path content`, `fs.read path`;
+//! `journal.write step [details k=v,k=v] [count n] [size bytes]`,
+//! `journal.read`, `journal.clear`;
+//! `proxy.switch proxy upstream [servers a:p,a:p] [file name] [template path]`.
 
-use runner_sdk::{Context, Error, Guest, Outcome, catalog, config, docker, hooks, kv, log};
+use runner_sdk::{
+    Context, Error, Guest, Outcome, catalog, config, docker, hooks, journal, kv, log, proxy,
+    template,
+};
 
 struct Hostile;
 
@@ -278,6 +284,51 @@ fn call(op: &str, a: &Args) -> Result<Extra, Error> {
                 }
             }
             vec![]
+        }
+        "journal.write" => {
+            let mut details = a.pairs("details");
+            // `count` details of `size` bytes each, to push past the limits.
+            let size = a.num("size", 1) as usize;
+            for i in 0..a.num("count", 0) {
+                details.push((format!("k{i}"), "v".repeat(size)));
+            }
+            journal::write(journal::Phase::BeforeSwitch, &a.get("step"), &details)?;
+            vec![]
+        }
+        "journal.read" => match journal::read()? {
+            Some(entry) => vec![("step", entry.step), ("holder", one_line(&entry.holder))],
+            None => vec![("found", "false".into())],
+        },
+        "journal.clear" => {
+            journal::clear()?;
+            vec![]
+        }
+        "proxy.switch" => {
+            let servers = a
+                .get("servers")
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    let (address, port) = s.rsplit_once(':').unwrap_or((s, "0"));
+                    proxy::Server {
+                        address: address.to_string(),
+                        port: port.parse().unwrap_or(0),
+                    }
+                })
+                .collect();
+            let file = a.opt("file").map(|name| proxy::UpstreamFile {
+                name,
+                template: template::Source::File(a.get("template")),
+            });
+            let report = proxy::switch(
+                &a.get("proxy"),
+                &proxy::Upstream {
+                    name: a.get("upstream"),
+                    servers,
+                    file,
+                },
+            )?;
+            vec![("reloaded", report.reloaded.to_string())]
         }
         "fs.symlink" => {
             symlink(&a.get("target"), &a.get("link"))?;

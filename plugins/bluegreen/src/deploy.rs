@@ -1,0 +1,386 @@
+//! The actions: deploy, promote, rollback. Each writes the journal before
+//! every step with an external effect and undoes its own failures.
+
+use crate::journal::{self, Intent, Undo, back_to, finish, undo_candidate};
+use crate::steps::{
+    host_port, info, logs, read_color, remove, run_hook, stop, switch_proxy, wait_healthy,
+    with_context, write_color,
+};
+use crate::{Settings, other};
+use runner_sdk::journal::Phase;
+use runner_sdk::{Error, Outcome, docker, kv};
+use std::time::{Duration, Instant};
+
+pub(crate) fn deploy(s: &Settings) -> Result<Outcome, Error> {
+    let image = s.image.clone().ok_or_else(|| {
+        Error::InvalidConfig("missing setting `image`; pass --config image=NAME:TAG".into())
+    })?;
+    let started = Instant::now();
+    let (current, index) = read_color(s)?;
+    let next = other(&current);
+    let name = s.container(next);
+    info(&format!(
+        "deploying {image} as {name} (current color: {})",
+        if current.is_empty() { "none" } else { &current }
+    ));
+    let intent = Intent {
+        action: "deploy",
+        known_good: current.clone(),
+        candidate: next.to_string(),
+        image: image.clone(),
+        undo: Undo::Remove,
+    };
+    // The container of this color holds the version kept for rollback: it
+    // is replaced, so there is nothing to roll back to until this one passes.
+    intent.write(Phase::BeforeSwitch, "prepare")?;
+    kv::delete(&s.previous_key())?;
+    remove(&name)?;
+    intent.write(Phase::BeforeSwitch, "start")?;
+    let (port, times) = match start_candidate(s, &intent, &name, started) {
+        Ok(started) => started,
+        Err(e) => return Err(fail_before_switch(s, &name, e)),
+    };
+    if s.manual_promotion {
+        kv::put(&s.promotion_key(), next.as_bytes())?;
+        journal::clear()?;
+        info(&format!(
+            "{name} passed its pre-integration tests and waits for promotion; {} keeps serving",
+            if current.is_empty() {
+                "nothing"
+            } else {
+                &current
+            }
+        ));
+        return Ok(runner_sdk::outcome(format!(
+            "{name} runs {image} and waits for promotion (runner promote {})",
+            s.service
+        ))
+        .with_output("paused", format!("{name} awaits promotion"))
+        .with_output("color", current.clone())
+        .with_output("candidate", next)
+        .with_output("container", name.clone())
+        .with_output("port", port.to_string()));
+    }
+    switch_to(s, &intent, index, port, started, times)
+}
+
+/// Run the candidate, wait for its health, run the pre-integration tests.
+fn start_candidate(
+    s: &Settings,
+    intent: &Intent,
+    name: &str,
+    started: Instant,
+) -> Result<(u16, [Duration; 3]), Error> {
+    let container = docker::run(&docker::RunSpec {
+        name: name.to_string(),
+        image: intent.image.clone(),
+        env: s.env.clone(),
+        labels: [("bluegreen.color".to_string(), intent.candidate.clone())]
+            .into_iter()
+            .chain(s.labels.clone())
+            .collect(),
+        command: None,
+        ports: vec![s.container_port],
+        restart: s.restart,
+        service: Some(name.to_string()),
+        tags: vec![intent.image.clone()],
+    })?;
+    let port = host_port(s, &container)?;
+    let t_start = started.elapsed();
+    intent.write(Phase::BeforeSwitch, "health")?;
+    wait_healthy(s, name, port)?;
+    let t_healthy = started.elapsed();
+    intent.write(Phase::BeforeSwitch, "pre-tests")?;
+    run_hook(&s.pre_hook, &format!("http://127.0.0.1:{port}"))?;
+    Ok((port, [t_start, t_healthy, started.elapsed()]))
+}
+
+/// How a failed candidate ended, for the error: its exit code if it exited.
+fn exit_note(name: &str) -> String {
+    match docker::inspect(name) {
+        Ok(c) if !c.running => format!(
+            " ({} with exit code {})",
+            c.state,
+            c.exit_code
+                .map(|code| code.to_string())
+                .unwrap_or_else(|| "none".into())
+        ),
+        _ => String::new(),
+    }
+}
+
+/// The candidate failed before any traffic moved: remove it.
+fn fail_before_switch(s: &Settings, name: &str, e: Error) -> Error {
+    let logs = logs(s, name);
+    let exit = exit_note(name);
+    let undone = match remove(name).and_then(|_| journal::clear()) {
+        Ok(()) => format!("{name} removed"),
+        Err(u) => format!(
+            "removing {name} failed too ({}); the next run of this stage (or `runner recover {}`) removes it",
+            runner_sdk::describe(&u),
+            s.service
+        ),
+    };
+    with_context(
+        e,
+        &format!(
+            "{name} failed before the switch{exit}; proxy and color untouched, {undone}. Last log lines of {name}:\n{logs}"
+        ),
+    )
+}
+
+/// Something failed after the proxy may have moved: back to the known-good color.
+fn fail_after_switch(s: &Settings, intent: &Intent, e: Error, what: &str) -> Error {
+    let name = s.container(&intent.candidate);
+    let logs = logs(s, &name);
+    let serving = if intent.known_good.is_empty() {
+        "nothing (first deploy)".to_string()
+    } else {
+        intent.known_good.clone()
+    };
+    let fate = match intent.undo {
+        Undo::Remove => "removed",
+        Undo::Stop => "stopped",
+    };
+    let undone = back_to(s, &intent.known_good, &intent.candidate, intent.undo)
+        .and_then(|_| journal::clear());
+    let context = match undone {
+        Ok(()) => format!(
+            "{what}; switched back to {serving}, color restored, {name} {fate}. Last log lines of {name}:\n{logs}"
+        ),
+        Err(u) => format!(
+            "{what}; switching back to {serving} failed too ({}): the journal keeps this deploy, and `runner recover {}` (or the next run of this stage) switches back",
+            runner_sdk::describe(&u),
+            s.service
+        ),
+    };
+    with_context(e, &context)
+}
+
+/// Switch the proxy to the candidate, record the color, run the
+/// post-integration tests through the proxy (switching back if anything
+/// fails), then stop the old color after the drain.
+fn switch_to(
+    s: &Settings,
+    intent: &Intent,
+    index: u64,
+    port: u16,
+    started: Instant,
+    before: [Duration; 3],
+) -> Result<Outcome, Error> {
+    let next = intent.candidate.as_str();
+    let current = intent.known_good.as_str();
+    let name = s.container(next);
+    let [t_start, t_healthy, t_tested] = before;
+    intent.write(Phase::Switching, "switch")?;
+    if let Err(e) = switch_proxy(s, next, port) {
+        let what = format!("switching the proxy to {name} failed");
+        return Err(fail_after_switch(s, intent, e, &what));
+    }
+    let t_switched = started.elapsed();
+    intent.write(Phase::Switching, "color")?;
+    if let Err(e) = write_color(s, next, index) {
+        return Err(fail_after_switch(
+            s,
+            intent,
+            e,
+            "recording the color failed",
+        ));
+    }
+    if intent.action != "rollback" {
+        intent.write(Phase::Switching, "post-tests")?;
+        let post = match &s.proxy_url {
+            Some(url) => run_hook(&s.post_hook, url),
+            None if s.post_hook.is_some() => Err(Error::InvalidConfig(
+                "post-integration tests need `proxy_url` (the service's address through the proxy), or post_hook=none".into(),
+            )),
+            None => Ok(None),
+        };
+        if let Err(e) = post {
+            let what = format!("{name} failed after the switch");
+            return Err(fail_after_switch(s, intent, e, &what));
+        }
+    }
+    let t_post = started.elapsed();
+
+    intent.write(Phase::Finishing, "stop-old")?;
+    if !current.is_empty() {
+        std::thread::sleep(s.drain);
+    }
+    if let Err(e) = finish(s, current, next) {
+        return Err(with_context(
+            e,
+            &format!(
+                "{} now serves {name}, but finishing failed (stopping {} or recording it for rollback); the journal keeps this deploy: `runner recover {}` (or the next run of this stage) finishes it",
+                s.service,
+                s.container(current),
+                s.service
+            ),
+        ));
+    }
+    journal::clear()?;
+    // Parts a promotion or rollback did not run (start, health, pre-tests) are left out.
+    let timings = [
+        ("start", t_start),
+        ("healthy", t_healthy - t_start),
+        ("pre-tests", t_tested - t_healthy),
+        ("switch", t_switched - t_tested),
+        ("post-tests", t_post - t_switched),
+        ("total", started.elapsed()),
+    ]
+    .iter()
+    .filter(|(_, d)| !d.is_zero())
+    .map(|(what, d)| format!("{what} {}ms", d.as_millis()))
+    .collect::<Vec<_>>()
+    .join(", ");
+    let image = &intent.image;
+    Ok(runner_sdk::outcome(format!(
+        "{} now serves {image} from {name} ({timings})",
+        s.service
+    ))
+    .with_output("color", next)
+    .with_output("previous", current)
+    .with_output("container", name)
+    .with_output("port", port.to_string())
+    .with_output("start_ms", t_start.as_millis().to_string())
+    .with_output("healthy_ms", (t_healthy - t_start).as_millis().to_string())
+    .with_output(
+        "pre_tests_ms",
+        (t_tested - t_healthy).as_millis().to_string(),
+    )
+    .with_output("switch_ms", (t_switched - t_tested).as_millis().to_string())
+    .with_output(
+        "post_tests_ms",
+        (t_post - t_switched).as_millis().to_string(),
+    ))
+}
+
+/// `action=promote`: the candidate a manual-promotion deploy left running.
+pub(crate) fn promote(s: &Settings) -> Result<Outcome, Error> {
+    let started = Instant::now();
+    let next = match kv::get(&s.promotion_key())? {
+        Some(entry) => match String::from_utf8_lossy(&entry.value).as_ref() {
+            "blue" => "blue",
+            "green" => "green",
+            other => {
+                return Err(Error::Failed(format!(
+                    "{} holds \"{other}\", not a color",
+                    s.promotion_key()
+                )));
+            }
+        },
+        None => {
+            return Err(Error::NotFound(format!(
+                "no deploy of {} waits for promotion (deploy with promotion=manual first)",
+                s.service
+            )));
+        }
+    };
+    let (current, index) = read_color(s)?;
+    let name = s.container(next);
+    let container = docker::inspect(&name)?;
+    let port = host_port(s, &container)
+        .map_err(|e| with_context(e, &format!("{name} cannot be promoted; deploy again")))?;
+    let intent = Intent {
+        action: "promote",
+        known_good: current,
+        candidate: next.to_string(),
+        image: container.image.clone(),
+        undo: Undo::Remove,
+    };
+    let outcome = switch_to(s, &intent, index, port, started, [Duration::ZERO; 3]);
+    // Promoted or undone: either way nothing waits any more.
+    if let Err(e) = kv::delete(&s.promotion_key()) {
+        runner_sdk::warn(&format!(
+            "could not clear {}: {}",
+            s.promotion_key(),
+            runner_sdk::describe(&e)
+        ));
+    }
+    outcome
+}
+
+/// `action=rollback` while a candidate waits for promotion: remove it.
+fn abort_promotion(s: &Settings, next: &str) -> Result<Outcome, Error> {
+    let name = s.container(next);
+    undo_candidate(s, next, Undo::Remove)?;
+    kv::delete(&s.promotion_key())?;
+    let (current, _) = read_color(s)?;
+    Ok(runner_sdk::outcome(format!(
+        "{name} will not be promoted: removed; {} keeps serving",
+        if current.is_empty() {
+            "nothing"
+        } else {
+            &current
+        }
+    ))
+    .with_output("color", current))
+}
+
+/// `action=rollback`: back to the version that served before the current one.
+pub(crate) fn rollback(s: &Settings) -> Result<Outcome, Error> {
+    if let Some(pending) = kv::get(&s.promotion_key())? {
+        return abort_promotion(s, &String::from_utf8_lossy(&pending.value));
+    }
+    let started = Instant::now();
+    let (current, index) = read_color(s)?;
+    if current.is_empty() {
+        return Err(Error::NotFound(format!(
+            "{} was never deployed: nothing to roll back to",
+            s.service
+        )));
+    }
+    let previous = other(&current);
+    let kept = kv::get(&s.previous_key())?.map(|e| e.value);
+    if kept.as_deref() != Some(previous.as_bytes()) {
+        return Err(Error::NotFound(format!(
+            "{} has no version to roll back to: the one before {current} was replaced by a deploy that did not pass, or never existed; deploy the version you want",
+            s.service
+        )));
+    }
+    let name = s.container(previous);
+    let intent = Intent {
+        action: "rollback",
+        known_good: current.clone(),
+        candidate: previous.to_string(),
+        image: String::new(),
+        undo: Undo::Stop,
+    };
+    intent.write(Phase::BeforeSwitch, "start")?;
+    let port = match docker::start(&name).and_then(|c| {
+        let port = host_port(s, &c)?;
+        wait_healthy(s, &name, port)?;
+        Ok(port)
+    }) {
+        Ok(port) => port,
+        Err(e) => {
+            let logs = logs(s, &name);
+            let undone = stop(s, &name).and_then(|_| journal::clear());
+            let note = match undone {
+                Ok(()) => String::new(),
+                Err(u) => format!(" (stopping it again failed: {})", runner_sdk::describe(&u)),
+            };
+            return Err(with_context(
+                e,
+                &format!(
+                    "{name} did not come back healthy; nothing switched{note}. Last log lines of {name}:\n{logs}"
+                ),
+            ));
+        }
+    };
+    let outcome = switch_to(s, &intent, index, port, started, [Duration::ZERO; 3])?;
+    Ok(
+        runner_sdk::outcome(format!("{} rolled back to {previous} ({name})", s.service))
+            .with_output("color", previous)
+            .with_output("previous", current)
+            .with_output(
+                "port",
+                outcome
+                    .outputs
+                    .iter()
+                    .find(|(k, _)| k == "port")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default(),
+            ),
+    )
+}

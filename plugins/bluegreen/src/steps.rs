@@ -1,0 +1,204 @@
+//! The building blocks every action uses: the color record, containers,
+//! health, the proxy switch, hooks.
+
+use crate::{COLORS, Settings};
+use runner_sdk::{Error, docker, hooks, http, kv, proxy, template};
+use std::time::{Duration, Instant};
+
+pub(crate) fn info(message: &str) {
+    runner_sdk::info(message);
+}
+
+/// The stored color and its modify index (0 when never deployed).
+pub(crate) fn read_color(s: &Settings) -> Result<(String, u64), Error> {
+    match kv::get(&s.color_key())? {
+        None => Ok((String::new(), 0)),
+        Some(entry) => {
+            let color = String::from_utf8_lossy(&entry.value).trim().to_string();
+            if !color.is_empty() && !COLORS.contains(&color.as_str()) {
+                return Err(Error::InvalidConfig(format!(
+                    "{} holds \"{color}\", expected blue or green; fix it with `runner kv put {} blue`",
+                    s.color_key(),
+                    s.color_key()
+                )));
+            }
+            Ok((color, entry.modify_index))
+        }
+    }
+}
+
+/// Write the color only if nobody else did since we read it.
+pub(crate) fn write_color(s: &Settings, color: &str, expected: u64) -> Result<u64, Error> {
+    if !kv::cas(&s.color_key(), color.as_bytes(), expected)? {
+        return Err(Error::Conflict(format!(
+            "{} changed during the deploy (another deploy running?)",
+            s.color_key()
+        )));
+    }
+    Ok(kv::get(&s.color_key())?
+        .map(|e| e.modify_index)
+        .unwrap_or(0))
+}
+
+/// Set (or, for "", delete) a plain key of this service.
+pub(crate) fn put_or_delete(key: &str, value: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        kv::delete(key).map(|_| ())
+    } else {
+        kv::put(key, value.as_bytes()).map(|_| ())
+    }
+}
+
+pub(crate) fn host_port(s: &Settings, c: &docker::Container) -> Result<u16, Error> {
+    if !c.running {
+        return Err(Error::Failed(format!(
+            "{} is not running ({}, exit code {})",
+            c.name,
+            c.state,
+            c.exit_code
+                .map(|code| code.to_string())
+                .unwrap_or_else(|| "none".into())
+        )));
+    }
+    c.ports
+        .iter()
+        .find(|p| p.container_port == s.container_port)
+        .map(|p| p.host_port)
+        .ok_or_else(|| {
+            Error::Failed(format!(
+                "container {} publishes no port {}",
+                c.name, s.container_port
+            ))
+        })
+}
+
+pub(crate) fn logs(s: &Settings, name: &str) -> String {
+    match docker::logs(name, s.logs_tail) {
+        Ok(text) if text.trim().is_empty() => "(no log output)".into(),
+        Ok(text) => text.trim_end().to_string(),
+        Err(e) => format!("(logs unavailable: {})", runner_sdk::describe(&e)),
+    }
+}
+
+/// Poll the health path until it answers 200; fail early if the container exits.
+pub(crate) fn wait_healthy(s: &Settings, name: &str, port: u16) -> Result<Duration, Error> {
+    let started = Instant::now();
+    let url = format!("http://127.0.0.1:{port}{}", s.health_path);
+    let mut last = String::from("no answer yet");
+    while started.elapsed() < s.health_timeout {
+        let response = http::send(&http::Request {
+            method: "GET".into(),
+            url: url.clone(),
+            headers: vec![],
+            body: None,
+            timeout_ms: Some(1000),
+        });
+        match response {
+            Ok(r) if r.status == 200 => return Ok(started.elapsed()),
+            Ok(r) => last = format!("status {}", r.status),
+            Err(e) => last = runner_sdk::describe(&e),
+        }
+        let c = docker::inspect(name)?;
+        if !c.running {
+            return Err(Error::Failed(format!(
+                "{name} exited (code {}) before answering {url}",
+                c.exit_code.unwrap_or(-1)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(Error::Failed(format!(
+        "{name} did not answer {url} with 200 within {:?} (last: {last})",
+        s.health_timeout
+    )))
+}
+
+/// The upstream for `color`: the configured template file, or the seed's.
+fn upstream_source(s: &Settings, color: &str) -> template::Source {
+    match &s.upstream_template {
+        Some(path) => template::Source::File(path.replace("{color}", color)),
+        None => template::Source::Inline(format!(
+            "upstream {service} {{\n {{{{range service \"{service}-{color}\" \"any\"}}}}\n server {{{{.Address}}}}:{{{{.Port}}}};\n {{{{end}}}}\n}}\n",
+            service = s.service
+        )),
+    }
+}
+
+/// Point the proxy at `color`, served on `port`: one atomic, verified
+/// switch (the proxy reloads when it must, always after a new file).
+pub(crate) fn switch_proxy(s: &Settings, color: &str, port: u16) -> Result<(), Error> {
+    let file = s
+        .upstream_file
+        .clone()
+        .unwrap_or_else(|| format!("{}.conf", s.service));
+    let report = proxy::switch(
+        &s.proxy,
+        &proxy::Upstream {
+            name: s.upstream.clone(),
+            servers: vec![proxy::Server {
+                address: "127.0.0.1".into(),
+                port,
+            }],
+            file: Some(proxy::UpstreamFile {
+                name: file,
+                template: upstream_source(s, color),
+            }),
+        },
+    )?;
+    info(&format!(
+        "proxy {} now sends {} to {color} ({}ms)",
+        s.proxy, s.service, report.duration_ms
+    ));
+    Ok(())
+}
+
+/// The published port of `color`'s container, starting it (and waiting for
+/// its health) if it is stopped.
+pub(crate) fn ensure_running(s: &Settings, color: &str) -> Result<u16, Error> {
+    let name = s.container(color);
+    let container = docker::inspect(&name)?;
+    if container.running {
+        return host_port(s, &container);
+    }
+    let container = docker::start(&name)?;
+    let port = host_port(s, &container)?;
+    wait_healthy(s, &name, port)?;
+    Ok(port)
+}
+
+pub(crate) fn run_hook(name: &Option<String>, base_url: &str) -> Result<Option<String>, Error> {
+    let Some(hook) = name else { return Ok(None) };
+    info(&format!("running hook {hook} against {base_url}"));
+    let outcome = hooks::run(hook, &[("base_url".to_string(), base_url.to_string())])?;
+    Ok(Some(outcome.message))
+}
+
+/// Remove a failed candidate; a container already gone is fine.
+pub(crate) fn remove(name: &str) -> Result<(), Error> {
+    match docker::remove(name, true) {
+        Ok(()) | Err(Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Stop a container; one already gone is fine.
+pub(crate) fn stop(s: &Settings, name: &str) -> Result<(), Error> {
+    match docker::stop(name, s.stop_timeout) {
+        Ok(()) | Err(Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Keep the error's kind, add what this stage did about it.
+pub(crate) fn with_context(e: Error, context: &str) -> Error {
+    let wrap = |m: String| format!("{m}\n{context}");
+    match e {
+        Error::Denied(m) => Error::Denied(wrap(m)),
+        Error::NotFound(m) => Error::NotFound(wrap(m)),
+        Error::Conflict(m) => Error::Conflict(wrap(m)),
+        Error::InvalidConfig(m) => Error::InvalidConfig(wrap(m)),
+        Error::Failed(m) => Error::Failed(wrap(m)),
+        Error::Timeout(m) => Error::Timeout(wrap(m)),
+        Error::Unavailable(m) => Error::Unavailable(wrap(m)),
+    }
+}
