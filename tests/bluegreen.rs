@@ -231,7 +231,8 @@ fn scenario(d: &Deployment) {
 /// Consul dies mid-deploy, right after the new color registered: the stage
 /// fails as `unavailable`, nginx keeps serving the old color without one
 /// failed request, and once Consul is back the stored color is still the old
-/// one. (Runs green on v2, blue stopped; leaves it so.)
+/// one; once Consul is back, recovery removes what is left of the candidate.
+/// (Runs green on v2; leaves only green.)
 fn consul_outage_keeps_the_old_color_serving(
     d: &Deployment,
     consul: &common::consul::ConsulServer,
@@ -258,8 +259,11 @@ fn consul_outage_keeps_the_old_color_serving(
     consul.set_down(false);
     deployed
         .expect_code(1)
-        .stderr_has(&format!("switching the proxy to {blue} failed"))
-        .stderr_has("unavailable");
+        .stderr_has(&format!(
+            "{blue} failed before the switch; proxy and color untouched"
+        ))
+        .stderr_has("unavailable")
+        .stderr_has(&format!("runner recover {}", d.service));
     assert!(
         failures.is_empty(),
         "{} of {sent} requests failed while Consul was down: {:?}",
@@ -267,14 +271,17 @@ fn consul_outage_keeps_the_old_color_serving(
         &failures[..failures.len().min(5)]
     );
     assert_eq!(versions, ["v2"], "only the old color served");
+    // Consul is back: the journal says the deploy died before the switch,
+    // so recovery removes what is left of the candidate.
+    d.bluegreen(&["-c", "action=recover"])
+        .expect_code(0)
+        .stderr_has("recovering");
     assert_eq!(
         (d.serving(), d.color()),
         ("v2".to_string(), "green".to_string())
     );
-    assert_eq!(
-        d.containers(),
-        [(blue.clone(), false), (green.clone(), true)]
-    );
+    assert_eq!(d.containers(), [(green.clone(), true)]);
+    assert_eq!(d.catalog(), [green.as_str()]);
 }
 
 #[test]
@@ -289,6 +296,7 @@ fn docker_grants_are_enforced() {
         .args([
             "--service",
             "nogrant",
+            "--lock",
             "--allow-kv",
             "nogrant/",
             "-c",
@@ -301,4 +309,16 @@ fn docker_grants_are_enforced() {
         .expect_code(1)
         .stderr_has("denied: docker:")
         .stderr_has("--allow-container nogrant-blue");
+    // Without the deploy lock there is no journal, so no crash-safe deploy.
+    let mut cmd = env.runner();
+    cmd.arg("exec").arg("--plugin").arg(&probe).args([
+        "--service",
+        "nogrant",
+        "-c",
+        "image=nogrant:v1",
+    ]);
+    run(&mut cmd)
+        .expect_code(1)
+        .stderr_has("denied: journal:")
+        .stderr_has("deploy lock");
 }

@@ -38,6 +38,39 @@ fn validate(env: &Env, text: &str) -> Output {
 const PROBE_GRANTS: &str =
     r#"grants = { kv = ["svc/"], http = ["http://127.0.0.1:9"], containers = ["svc-none"] }"#;
 
+/// The example pipeline validates from a clean checkout: the directories its
+/// environment creates later (nginx's config dir, reports, build contexts)
+/// are warnings, not errors.
+#[test]
+fn the_example_pipeline_validates_before_its_environment_exists() {
+    let env = Env::new();
+    let copy = env.path().join("example");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::copy(
+        repo().join("examples/pipeline/runner.toml"),
+        copy.join("runner.toml"),
+    )
+    .unwrap();
+    let plugins = plugin("build").parent().unwrap().to_path_buf();
+    let out = run(env
+        .runner()
+        .arg("validate")
+        .arg("--plugin-path")
+        .arg(&plugins)
+        .arg(copy.join("runner.toml")))
+    .expect_code(0)
+    .stderr_has("[proxies.nginx]: config_dir")
+    .stderr_has("does not exist yet");
+    assert!(out.stdout.contains("valid"), "{}", out.stdout);
+    // `--strict` turns the warnings into errors.
+    run(env
+        .runner()
+        .args(["validate", "--strict", "--plugin-path"])
+        .arg(&plugins)
+        .arg(copy.join("runner.toml")))
+    .expect_code(2);
+}
+
 #[test]
 fn validate_names_the_file_line_and_fix() {
     let env = Env::new();

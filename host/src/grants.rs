@@ -122,6 +122,9 @@ pub struct Grants {
     pub docker: DockerGrant,
     pub proxies: Vec<ProxyConfig>,
     pub hooks: Vec<String>,
+    /// Granted directories that do not exist yet (a later step creates
+    /// them): a warning when validating, an error when a run needs them.
+    pub missing_dirs: Vec<PathBuf>,
 }
 
 impl GrantsSpec {
@@ -187,15 +190,19 @@ impl GrantsSpec {
             .map_err(|r| invalid("--allow-service", &self.services.join(","), r))?;
         let http = HttpGrant::parse(&self.http)
             .map_err(|r| invalid("--allow-http", &self.http.join(","), r))?;
+        let mut missing_dirs = Vec::new();
         let dirs = self
             .dirs
             .iter()
-            .map(|d| parse_dir(d).map_err(|r| invalid("--allow-dir", d, r)))
+            .map(|d| parse_dir(d, &mut missing_dirs).map_err(|r| invalid("--allow-dir", d, r)))
             .collect::<Result<_, _>>()?;
         let mut template_out: Vec<GrantedDir> = self
             .template_out
             .iter()
-            .map(|d| existing_dir(Path::new(d)).map_err(|r| invalid("--allow-template-out", d, r)))
+            .map(|d| {
+                existing_dir(Path::new(d), &mut missing_dirs)
+                    .map_err(|r| invalid("--allow-template-out", d, r))
+            })
             .collect::<Result<_, _>>()?;
         let limits = self
             .container_limits
@@ -261,6 +268,7 @@ impl GrantsSpec {
             docker,
             proxies: granted_proxies,
             hooks: self.hooks.clone(),
+            missing_dirs,
         })
     }
 
@@ -270,18 +278,21 @@ impl GrantsSpec {
     }
 }
 
-fn existing_dir(path: &Path) -> Result<GrantedDir, String> {
-    if !path.is_dir() {
-        return Err(format!(
-            "{} is not an existing directory; create it first",
-            path.display()
-        ));
+/// A granted directory; one that does not exist yet is allowed (a later
+/// step may create it) and reported in `missing`.
+fn existing_dir(path: &Path, missing: &mut Vec<PathBuf>) -> Result<GrantedDir, String> {
+    if path.is_dir() {
+        return GrantedDir::new(path).map_err(|e| e.to_string());
     }
-    GrantedDir::new(path).map_err(|e| e.to_string())
+    if path.exists() {
+        return Err(format!("{} is not a directory", path.display()));
+    }
+    missing.push(path.to_path_buf());
+    GrantedDir::not_yet_created(path).map_err(|e| e.to_string())
 }
 
 /// `HOST[:GUEST][:ro|rw]`; the guest path defaults to the host path, the mode to ro.
-fn parse_dir(spec: &str) -> Result<DirGrant, String> {
+fn parse_dir(spec: &str, missing: &mut Vec<PathBuf>) -> Result<DirGrant, String> {
     let mut parts: Vec<&str> = spec.split(':').collect();
     let writable = match parts.last() {
         Some(&"rw") => {
@@ -299,7 +310,7 @@ fn parse_dir(spec: &str) -> Result<DirGrant, String> {
         [host, guest] => (*host, Some(*guest)),
         _ => return Err("expected HOST[:GUEST][:ro|rw], e.g. ./reports:/reports:rw".into()),
     };
-    let granted = existing_dir(Path::new(host))?;
+    let granted = existing_dir(Path::new(host), missing)?;
     let guest = guest
         .map(str::to_string)
         .unwrap_or_else(|| granted.path().display().to_string());
@@ -350,22 +361,30 @@ mod tests {
     fn dir_specs_parse_modes_and_guest_paths() {
         let d = tempfile::tempdir().unwrap();
         let host = d.path().display().to_string();
-        let g = parse_dir(&format!("{host}:/reports:rw")).unwrap();
+        let mut missing = Vec::new();
+        let g = parse_dir(&format!("{host}:/reports:rw"), &mut missing).unwrap();
         assert_eq!((g.guest.as_str(), g.writable), ("/reports", true));
-        let g = parse_dir(&host).unwrap();
+        let g = parse_dir(&host, &mut missing).unwrap();
         assert_eq!(
             (g.guest, g.writable),
             (d.path().display().to_string(), false)
         );
         assert!(
-            parse_dir(&format!("{host}:rel"))
+            parse_dir(&format!("{host}:rel"), &mut missing)
                 .unwrap_err()
                 .contains("absolute")
         );
+        assert!(missing.is_empty());
+        // A directory a later step creates: allowed, and reported.
+        let g = parse_dir("/does/not/exist:/out:rw", &mut missing).unwrap();
+        assert_eq!(g.guest, "/out");
+        assert_eq!(missing, [PathBuf::from("/does/not/exist")]);
+        let file = d.path().join("file");
+        std::fs::write(&file, "").unwrap();
         assert!(
-            parse_dir("/does/not/exist")
+            parse_dir(&file.display().to_string(), &mut missing)
                 .unwrap_err()
-                .contains("create it first")
+                .contains("not a directory")
         );
     }
 

@@ -206,6 +206,12 @@ impl RunnerFile {
             let grants = grants
                 .validate_with(&proxies, &names)
                 .map_err(|e| format!("[hooks.{name}.grants]: {e}"))?;
+            warnings.extend(grants.missing_dirs.iter().map(|d| {
+                format!(
+                    "[hooks.{name}.grants]: {} does not exist yet; it must exist before the hook runs",
+                    d.display()
+                )
+            }));
             let plugin =
                 resolve_plugin(&hook.plugin).map_err(|e| format!("[hooks.{name}]: {e}"))?;
             hooks.push(HookDef {

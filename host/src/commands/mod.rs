@@ -201,6 +201,9 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
         hooks: g.hooks.clone(),
     });
     let grants = spec.validate_with(&runfile.proxies, &runfile.hook_names())?;
+    for dir in &grants.missing_dirs {
+        tracing::warn!("granted directory {} does not exist", dir.display());
+    }
     let limits = Limits {
         memory_bytes: args.limits.memory,
         deadline: args.limits.deadline,

@@ -257,9 +257,17 @@ impl Pipeline {
             };
         let hook_names = runfile.hook_names();
         for message in &runfile.warnings {
+            // `[hooks.NAME.grants]: ...` is written inside `[hooks.NAME]`.
             let line = message
                 .split_once(']')
-                .and_then(|(table, _)| text.find(&format!("{table}]")).map(|o| line_of(&text, o)))
+                .and_then(|(table, _)| {
+                    text.find(&format!("{table}]"))
+                        .or_else(|| {
+                            let parent = table.rsplit_once('.')?.0;
+                            text.find(&format!("{parent}]"))
+                        })
+                        .map(|o| line_of(&text, o))
+                })
                 .unwrap_or(1);
             warnings.push(problem(line, message.clone()));
         }
@@ -288,7 +296,18 @@ impl Pipeline {
             let mut grants = stage.grants.clone();
             grants.rebase(base);
             let grants = match grants.validate_with(&runfile.proxies, &hook_names) {
-                Ok(g) => Some(g),
+                Ok(g) => {
+                    for dir in &g.missing_dirs {
+                        warnings.push(problem(
+                            line,
+                            format!(
+                                "stage \"{name}\": {} does not exist yet; it must exist before the stage runs",
+                                dir.display()
+                            ),
+                        ));
+                    }
+                    Some(g)
+                }
                 Err(e) => {
                     at(format!("grants: {e}"));
                     None
