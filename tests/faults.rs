@@ -10,7 +10,7 @@ mod common;
 use common::deployment::{Deployment, sh};
 use common::run;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

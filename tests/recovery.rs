@@ -74,8 +74,8 @@ fn assert_converged(d: &Deployment, expect: &Serving, context: &str) {
         .filter(|(_, running)| *running)
         .map(|(n, _)| n)
         .collect();
-    assert_eq!(running, [name.clone()], "{context}: running containers");
-    assert_eq!(d.catalog(), [name.clone()], "{context}: catalog");
+    assert_eq!(running, [name.as_str()], "{context}: running containers");
+    assert_eq!(d.catalog(), [name.as_str()], "{context}: catalog");
     let port = common::deployment::sh(
         std::process::Command::new("docker").args(["port", &name, "8080/tcp"]),
     );
