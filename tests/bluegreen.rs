@@ -173,13 +173,28 @@ fn scenario(d: &Deployment) {
     );
     assert_eq!(d.containers(), [(green.clone(), true)]);
 
-    // A version failing only behind the proxy: switched, tested, switched back.
-    d.deploy("badpost")
+    // A version failing only behind the proxy: switched, tested, switched
+    // back at the first wrong answer (the post-tests retry only connection
+    // errors), so it serves clients for well under a second.
+    let failed = d
+        .deploy("badpost")
         .expect_code(1)
         .stderr_has("1 of 1 checks failed: books (GET /api/v1/books")
         .stderr_has(&format!(
-            "failed after the switch; switched back to green, color restored, {blue} removed"
-        ));
+            "failed after the switch; switched back to green ({blue} served clients for"
+        ))
+        .stderr_has(&format!("color restored, {blue} removed"));
+    let served_ms: u64 = failed
+        .stderr
+        .split("served clients for ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the time the failing release served");
+    assert!(
+        served_ms < 1000,
+        "the failing release served for {served_ms} ms"
+    );
     assert_eq!(
         (d.serving(), d.color()),
         ("v2".to_string(), "green".to_string())

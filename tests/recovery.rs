@@ -237,3 +237,80 @@ fn rollback_after_a_crash_never_moves_forward() {
         "rollback after a crash",
     );
 }
+
+/// `runner status` names an interrupted deploy and what recovery will do;
+/// `runner recover` (the pipeline's deploy stage with `action=recover`)
+/// does it, and the history records it.
+#[test]
+fn runner_recover_undoes_a_deploy_killed_during_its_post_tests() {
+    let d = Deployment::start("crashcmd", false);
+    d.deploy("v1").expect_code(0);
+    d.deploy("v2").expect_code(0);
+    // A pipeline file around the same runner file: one deploy stage, with
+    // the runner file's grants as its own.
+    let runfile = std::fs::read_to_string(d.work.join("runner.toml"))
+        .unwrap()
+        .replace("[grants]", "[stages.grants]");
+    let pipeline = format!(
+        r#"service = "{service}"
+
+[[stages]]
+name = "deploy"
+plugin = "plugins/bluegreen.wasm"
+config = {{ image = "{service}:v2", proxy_url = "http://127.0.0.1:{port}", upstream_template = "templates/nginx-upstreams-{{color}}.ctmpl", restart = "no", drain = "1s", "label.{label_key}" = "{label_value}" }}
+
+{runfile}"#,
+        service = d.service,
+        port = d.port,
+        label_key = d.label.split_once('=').unwrap().0,
+        label_value = d.label.split_once('=').unwrap().1,
+    );
+    std::fs::write(d.work.join("pipeline.toml"), pipeline).unwrap();
+    let killed = d.bluegreen_with(
+        &["-c", &format!("image={}:badpost", d.service)],
+        &[("RUNNER_TEST_CRASH_AT", "post-tests")],
+    );
+    assert_eq!(killed.signal, Some(9), "{}", killed.stderr);
+    // The failing release is live until recovery.
+    let status = common::run(
+        d.runner()
+            .args(["status", &d.service, "-f", "pipeline.toml"]),
+    )
+    .expect_code(0)
+    .stdout;
+    assert!(
+        status.contains("interrupted deploy at step post-tests")
+            && status.contains("switch back to the last known-good color"),
+        "{status}"
+    );
+    common::run(
+        d.runner()
+            .args(["recover", &d.service, "-f", "pipeline.toml"]),
+    )
+    .expect_code(0)
+    .stderr_has("switched back to green");
+    assert_converged(
+        &d,
+        &Serving {
+            color: "green".into(),
+            version: "v2".into(),
+        },
+        "runner recover",
+    );
+    let history = common::run(d.runner().args(["history", &d.service]))
+        .expect_code(0)
+        .stdout;
+    assert!(history.contains("recover"), "{history}");
+    // Nothing left: recovering again says so.
+    let again = common::run(
+        d.runner()
+            .args(["recover", &d.service, "-f", "pipeline.toml"]),
+    )
+    .expect_code(0);
+    assert!(
+        format!("{}{}", again.stdout, again.stderr).contains("nothing to recover"),
+        "{}\n{}",
+        again.stdout,
+        again.stderr
+    );
+}

@@ -129,8 +129,15 @@ fn fail_before_switch(s: &Settings, name: &str, e: Error) -> Error {
     )
 }
 
-/// Something failed after the proxy may have moved: back to the known-good color.
-fn fail_after_switch(s: &Settings, intent: &Intent, e: Error, what: &str) -> Error {
+/// Something failed after the proxy may have moved: back to the known-good
+/// color. `live_since`: when the candidate started serving, if it did.
+fn fail_after_switch(
+    s: &Settings,
+    intent: &Intent,
+    e: Error,
+    what: &str,
+    live_since: Option<Instant>,
+) -> Error {
     let name = s.container(&intent.candidate);
     let logs = logs(s, &name);
     let serving = if intent.known_good.is_empty() {
@@ -144,9 +151,17 @@ fn fail_after_switch(s: &Settings, intent: &Intent, e: Error, what: &str) -> Err
     };
     let undone = back_to(s, &intent.known_good, &intent.candidate, intent.undo)
         .and_then(|_| journal::clear());
+    let served = live_since
+        .map(|t| {
+            format!(
+                " ({name} served clients for {} ms)",
+                t.elapsed().as_millis()
+            )
+        })
+        .unwrap_or_default();
     let context = match undone {
         Ok(()) => format!(
-            "{what}; switched back to {serving}, color restored, {name} {fate}. Last log lines of {name}:\n{logs}"
+            "{what}; switched back to {serving}{served}, color restored, {name} {fate}. Last log lines of {name}:\n{logs}"
         ),
         Err(u) => format!(
             "{what}; switching back to {serving} failed too ({}): the journal keeps this deploy, and `runner recover {}` (or the next run of this stage) switches back",
@@ -175,9 +190,10 @@ fn switch_to(
     intent.write(Phase::Switching, "switch")?;
     if let Err(e) = switch_proxy(s, next, port) {
         let what = format!("switching the proxy to {name} failed");
-        return Err(fail_after_switch(s, intent, e, &what));
+        return Err(fail_after_switch(s, intent, e, &what, None));
     }
     let t_switched = started.elapsed();
+    let live_since = Some(Instant::now());
     intent.write(Phase::Switching, "color")?;
     if let Err(e) = write_color(s, next, index) {
         return Err(fail_after_switch(
@@ -198,7 +214,7 @@ fn switch_to(
         };
         if let Err(e) = post {
             let what = format!("{name} failed after the switch");
-            return Err(fail_after_switch(s, intent, e, &what));
+            return Err(fail_after_switch(s, intent, e, &what, live_since));
         }
     }
     let t_post = started.elapsed();
