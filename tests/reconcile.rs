@@ -245,13 +245,13 @@ async fn registries_sharing_an_engine_reconcile_only_their_own_containers() {
 /// A deploy whose registry writes failed part way leaves the catalog wrong;
 /// the next run's reconcile makes it true: a running container missing from
 /// the catalog is registered, a stopped one still registered as passing is
-/// dropped, and one registered at a port it no longer publishes is
-/// registered again at the right one.
+/// dropped, and one registered at a port it no longer publishes, or under
+/// another service, is registered again as it runs.
 #[tokio::test]
 async fn reconcile_makes_the_catalog_true_after_failed_registration_writes() {
     let f = Fixture::start();
     let env = Env::new();
-    for suffix in ["missing", "stopped", "moved"] {
+    for suffix in ["missing", "stopped", "moved", "renamed"] {
         f.run_service(&env, suffix, "svc");
     }
     let registry = registry(&env);
@@ -278,10 +278,31 @@ async fn reconcile_makes_the_catalog_true_after_failed_registration_writes() {
         })
         .await
         .unwrap();
+    // `renamed` is registered under another service (one listed before it).
+    registry
+        .deregister(&service, &f.id("renamed"))
+        .await
+        .unwrap();
+    registry
+        .register(&Instance {
+            id: f.id("renamed"),
+            name: f.name("other"),
+            address: "127.0.0.1".into(),
+            port: f.host_port("renamed"),
+            tags: vec![],
+            healthy: true,
+        })
+        .await
+        .unwrap();
     drop(registry);
     assert_eq!(
         f.catalog(&env),
         [
+            (
+                f.name("other"),
+                f.id("renamed"),
+                format!("127.0.0.1:{}", f.host_port("renamed"))
+            ),
             (service.clone(), f.id("moved"), "127.0.0.1:1".to_string()),
             stopped
         ]
@@ -300,10 +321,14 @@ async fn reconcile_makes_the_catalog_true_after_failed_registration_writes() {
             "{} in {service} was registered at 127.0.0.1:1",
             f.id("moved")
         ))
-        .stderr_has("catalog reconciled: 1 gone, 2 registered");
+        .stderr_has("catalog reconciled: 1 gone, 3 registered");
     assert_eq!(
         f.catalog(&env),
-        [f.entry("svc", "missing"), f.entry("svc", "moved")]
+        [
+            f.entry("svc", "missing"),
+            f.entry("svc", "moved"),
+            f.entry("svc", "renamed")
+        ]
     );
     // Now true, the next reconcile changes nothing.
     let again = f.reconcile(&env);

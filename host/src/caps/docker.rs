@@ -26,7 +26,7 @@ use bollard::query_parameters::{
     WaitContainerOptions,
 };
 use futures_util::StreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -740,9 +740,12 @@ pub async fn reconcile(
         }
     }
     let mut done = Reconciled::default();
+    // Instances moved to another service in this pass: met again under the
+    // new service (listed later), they are already settled.
+    let mut moved: HashSet<String> = HashSet::new();
     for service in registry.services().await.map_err(reg)? {
         for instance in registry.instances(&service).await.map_err(reg)? {
-            if !instance.id.starts_with(REGISTRATION_PREFIX) {
+            if !instance.id.starts_with(REGISTRATION_PREFIX) || moved.contains(&instance.id) {
                 continue;
             }
             match running.remove(&instance.id) {
@@ -765,6 +768,7 @@ pub async fn reconcile(
                             .deregister(&service, &instance.id)
                             .await
                             .map_err(reg)?;
+                        moved.insert(instance.id.clone());
                     }
                     registry.register(&current).await.map_err(reg)?;
                     tracing::info!(
