@@ -157,6 +157,143 @@ fn integration_test_retries_until_the_service_is_up() {
     assert_eq!(calls.load(Ordering::SeqCst), 4);
 }
 
+/// The requests `server` saw, by path, from a handler counting them.
+type Seen = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A service whose books endpoint answers 500 and whose `/slow` answers only
+/// after `slow` (past the request timeout the tests set: no response).
+fn failing_service(slow: std::time::Duration) -> (HttpServer, Seen) {
+    let seen = Seen::default();
+    let log = seen.clone();
+    let server = HttpServer::start(move |_, url| {
+        log.lock().unwrap().push(url.to_string());
+        match url {
+            "/slow" => {
+                std::thread::sleep(slow);
+                (200, vec![], "late".into())
+            }
+            _ => (500, vec![], "boom".into()),
+        }
+    });
+    (server, seen)
+}
+
+fn count(seen: &Seen, path: &str) -> usize {
+    seen.lock().unwrap().iter().filter(|p| *p == path).count()
+}
+
+/// Behind the proxy the service already serves users: with
+/// `retry=connection` the first wrong answer fails the stage, where the
+/// default `retry=any` keeps asking until `retry_for`.
+#[test]
+fn integration_test_with_retry_connection_fails_at_the_first_wrong_answer() {
+    let env = Env::new();
+    let (server, seen) = failing_service(std::time::Duration::ZERO);
+    // A `retry_for` far longer than the test: only not retrying ends it soon.
+    run(integration_test(&env, &server).args([
+        "-c",
+        "check.books=GET /api/v1/books 200",
+        "-c",
+        "retry=connection",
+        "-c",
+        "retry_for=60s",
+        "-c",
+        "interval=20ms",
+    ]))
+    .expect_code(1)
+    .stderr_has("1 of 1 checks failed: books (GET /api/v1/books")
+    .stderr_has("expected status 200, got 500 after 1 attempt(s) (not retried: retry=connection)");
+    assert_eq!(
+        count(&seen, "/api/v1/books"),
+        1,
+        "{:?}",
+        seen.lock().unwrap()
+    );
+
+    // The default retries the same answer.
+    seen.lock().unwrap().clear();
+    run(integration_test(&env, &server).args([
+        "-c",
+        "check.books=GET /api/v1/books 200",
+        "-c",
+        "retry_for=300ms",
+        "-c",
+        "interval=20ms",
+    ]))
+    .expect_code(1)
+    .stderr_has("expected status 200, got 500");
+    assert!(
+        count(&seen, "/api/v1/books") > 1,
+        "retry=any did not retry: {:?}",
+        seen.lock().unwrap()
+    );
+}
+
+/// `retry=connection` still retries a request that got no response (nothing
+/// listens yet, or no answer in time); once a check has been answered
+/// wrongly, the checks after it get one attempt each.
+#[test]
+fn integration_test_with_retry_connection_retries_only_missing_responses() {
+    let env = Env::new();
+    // Nothing listens on the port: refused on every attempt, retried.
+    let closed = format!("http://127.0.0.1:{}", common::free_port());
+    let out = run(env
+        .runner()
+        .arg("exec")
+        .arg("--plugin")
+        .arg(plugin("integration-test"))
+        .args(["--allow-http", &closed, "-c", &format!("base_url={closed}")])
+        .args([
+            "-c",
+            "check.health=GET /health 200",
+            "-c",
+            "retry=connection",
+            "-c",
+            "retry_for=500ms",
+            "-c",
+            "interval=20ms",
+        ]))
+    .expect_code(1)
+    .stderr_has("unavailable: http: cannot connect");
+    let attempts: u32 = out
+        .stderr
+        .split(" attempt(s)")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no attempt count in:\n{}", out.stderr));
+    assert!(attempts > 1, "a refused connection was not retried");
+
+    // After a wrong answer the stage has failed: the check after it gets one
+    // attempt, though a timeout would otherwise be retried for `retry_for`.
+    let (server, seen) = failing_service(std::time::Duration::from_millis(400));
+    run(integration_test(&env, &server).args([
+        "-c",
+        "check.books=GET /api/v1/books 200",
+        "-c",
+        "check.slow=GET /slow 200",
+        "-c",
+        "retry=connection",
+        "-c",
+        "retry_for=60s",
+        "-c",
+        "interval=20ms",
+        "-c",
+        "request_timeout=100ms",
+    ]))
+    .expect_code(1)
+    .stderr_has("2 of 2 checks failed")
+    .stderr_has("slow (GET /slow")
+    .stderr_has("timeout: http:");
+    assert_eq!(
+        count(&seen, "/api/v1/books"),
+        1,
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    assert_eq!(count(&seen, "/slow"), 1, "{:?}", seen.lock().unwrap());
+}
+
 #[test]
 fn integration_test_config_errors_name_the_setting() {
     let env = Env::new();
@@ -174,6 +311,14 @@ fn integration_test_config_errors_name_the_setting() {
     run(integration_test(&env, &server).args(["-c", "check.x=GET health 200"]))
         .expect_code(1)
         .stderr_has("the path must start with /");
+    run(integration_test(&env, &server).args([
+        "-c",
+        "check.x=GET /health 200",
+        "-c",
+        "retry=sometimes",
+    ]))
+    .expect_code(1)
+    .stderr_has("retry=\"sometimes\": expected `any`");
 }
 
 #[test]

@@ -68,6 +68,40 @@ pub fn docker_remove(containers: &str, images: &str) {
     }
 }
 
+/// A build context for an image that only sleeps: the host's `sleep` and
+/// the libraries it loads, `FROM scratch` (nothing is pulled). Everything
+/// built from it carries `label` (`KEY=VALUE`).
+pub fn sleep_context(dir: &Path, label: &str) {
+    let sleep = PathBuf::from("/usr/bin/sleep");
+    let ldd = std::process::Command::new("ldd")
+        .arg(&sleep)
+        .output()
+        .expect("ldd");
+    let mut files = vec![sleep.clone()];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            files.push(PathBuf::from(p));
+        }
+    }
+    // The label is in the Dockerfile, so whatever runner builds from this
+    // context (tagged or not) is cleaned up with the rest.
+    let mut dockerfile = format!("FROM scratch\nLABEL {label}\n");
+    for (i, f) in files.iter().enumerate() {
+        let name = format!("f{i}");
+        std::fs::copy(f, dir.join(&name)).unwrap();
+        dockerfile.push_str(&format!("COPY {name} {}\n", f.display()));
+    }
+    dockerfile.push_str(&format!(
+        "CMD [\"{}\", \"3600\"]\nSTOPSIGNAL SIGKILL\n",
+        sleep.display()
+    ));
+    std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+}
+
 /// A scratch directory with its own state dir and artifact cache.
 pub struct Env {
     pub dir: tempfile::TempDir,

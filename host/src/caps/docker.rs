@@ -26,7 +26,7 @@ use bollard::query_parameters::{
     WaitContainerOptions,
 };
 use futures_util::StreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +42,10 @@ const MAX_BUILD_LOG: usize = 64 * 1024;
 const LABEL_SERVICE: &str = "runner.service";
 const LABEL_SERVICE_PORT: &str = "runner.service-port";
 const LABEL_TAGS: &str = "runner.service-tags";
+/// The identity of the registry whose catalog the container belongs to
+/// ([`Registry::identity`]): `reconcile` adopts only its own registry's
+/// containers, so registries sharing an engine keep apart.
+pub const LABEL_REGISTRY: &str = "runner.registry";
 /// Catalog ids of instances runner registered: `runner:<container>:<port>`.
 pub(crate) const REGISTRATION_PREFIX: &str = "runner:";
 
@@ -600,9 +604,6 @@ fn to_wit(info: &ContainerInspectResponse) -> docker::Container {
     }
 }
 
-/// Drop catalog instances runner registered whose container no longer runs
-/// (stopped or removed behind runner's back), and register running service
-/// containers missing from the catalog. Returns (deregistered, registered).
 /// One container as `runner status` shows it.
 #[derive(Debug, Clone)]
 pub struct ContainerStatus {
@@ -654,14 +655,70 @@ pub async fn containers_named(
     Ok(list)
 }
 
+/// Whose catalog a running service container belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// Labelled with this registry's identity.
+    This,
+    /// Labelled with another registry's (another state directory or Consul
+    /// on the same engine).
+    Other,
+    /// No registry label: run by a runner older than the label.
+    Unlabelled,
+}
+
+fn owner(info: &ContainerInspectResponse, identity: &str) -> Owner {
+    match labels(info).get(LABEL_REGISTRY).map(String::as_str) {
+        None | Some("") => Owner::Unlabelled,
+        Some(label) if label == identity => Owner::This,
+        Some(_) => Owner::Other,
+    }
+}
+
+/// Whether `registered` says what `current` (from the engine) says: service,
+/// address, port and tags. Health is the backend's (Consul's checks), not
+/// the container's.
+fn same_registration(registered: &Instance, current: &Instance) -> bool {
+    let sorted = |tags: &[String]| {
+        let mut tags = tags.to_vec();
+        tags.sort();
+        tags
+    };
+    registered.name == current.name
+        && registered.address == current.address
+        && registered.port == current.port
+        && sorted(&registered.tags) == sorted(&current.tags)
+}
+
+/// What [`reconcile`] changed in the catalog.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Instances dropped: their container no longer runs.
+    pub dropped: usize,
+    /// Running containers of this registry registered anew, or registered
+    /// again because their address, port or tags changed.
+    pub registered: usize,
+}
+
+/// Make the catalog true to the engine, whatever registration writes failed
+/// or what was stopped behind runner's back: drop the instances runner
+/// registered (`runner:` IDs) whose container no longer runs, and register
+/// the running service containers of this registry (labelled with its
+/// [`Registry::identity`]) that the catalog lacks or holds with a stale
+/// port. Containers of other registries on the same engine are never
+/// registered here; nor are unlabelled ones (run by older runners), though
+/// an instance of either already in this catalog stays while its container
+/// runs, as before the label (a moved state directory keeps its catalog).
 pub async fn reconcile(
     engine: &DockerEngine,
     registry: &dyn Registry,
-) -> Result<(usize, usize), PluginError> {
+) -> Result<Reconciled, PluginError> {
     let docker = engine.client().await?;
     let reg = |e| registry_error("docker reconcile", e);
     let err = |e| engine_error("list", "containers", engine.host(), e);
-    let mut running: HashMap<String, Instance> = HashMap::new();
+    let identity = registry.identity();
+    // Every running service container on the engine, by registration ID.
+    let mut running: HashMap<String, (Instance, Owner)> = HashMap::new();
     let filters = HashMap::from([("label".to_string(), vec![LABEL_SERVICE.to_string()])]);
     let summaries = docker
         .list_containers(Some(ListContainersOptions {
@@ -676,38 +733,81 @@ pub async fn reconcile(
         let info = docker
             .inspect_container(&id, None::<InspectContainerOptions>)
             .await;
-        if let Some(instance) = info.ok().as_ref().and_then(registration) {
-            running.insert(instance.id.clone(), instance);
+        if let Ok(info) = info
+            && let Some(instance) = registration(&info)
+        {
+            running.insert(instance.id.clone(), (instance, owner(&info, &identity)));
         }
     }
-    let mut dropped = 0;
+    let mut done = Reconciled::default();
+    // Instances moved to another service in this pass: met again under the
+    // new service (listed later), they are already settled.
+    let mut moved: HashSet<String> = HashSet::new();
     for service in registry.services().await.map_err(reg)? {
         for instance in registry.instances(&service).await.map_err(reg)? {
-            if instance.id.starts_with(REGISTRATION_PREFIX)
-                && running.remove(&instance.id).is_none()
-            {
-                registry
-                    .deregister(&service, &instance.id)
-                    .await
-                    .map_err(reg)?;
-                tracing::info!(
-                    "reconcile: {} no longer runs; deregistered from {service}",
-                    instance.id
-                );
-                dropped += 1;
+            if !instance.id.starts_with(REGISTRATION_PREFIX) || moved.contains(&instance.id) {
+                continue;
+            }
+            match running.remove(&instance.id) {
+                None => {
+                    registry
+                        .deregister(&service, &instance.id)
+                        .await
+                        .map_err(reg)?;
+                    tracing::info!(
+                        "reconcile: {} no longer runs; deregistered from {service}",
+                        instance.id
+                    );
+                    done.dropped += 1;
+                }
+                Some((current, Owner::This)) if !same_registration(&instance, &current) => {
+                    // The container was restarted (a new port) or its name
+                    // reused for another service since it was registered.
+                    if current.name != service {
+                        registry
+                            .deregister(&service, &instance.id)
+                            .await
+                            .map_err(reg)?;
+                        moved.insert(instance.id.clone());
+                    }
+                    registry.register(&current).await.map_err(reg)?;
+                    tracing::info!(
+                        "reconcile: {} in {service} was registered at {}:{}; registered it at {}:{} in {}",
+                        instance.id,
+                        instance.address,
+                        instance.port,
+                        current.address,
+                        current.port,
+                        current.name
+                    );
+                    done.registered += 1;
+                }
+                Some(_) => {}
             }
         }
     }
-    let added = running.len();
-    for instance in running.into_values() {
-        registry.register(&instance).await.map_err(reg)?;
-        tracing::info!(
-            "reconcile: registered running {} in {}",
-            instance.id,
-            instance.name
-        );
+    for (instance, owner) in running.into_values() {
+        match owner {
+            Owner::This => {
+                registry.register(&instance).await.map_err(reg)?;
+                tracing::info!(
+                    "reconcile: registered running {} in {}",
+                    instance.id,
+                    instance.name
+                );
+                done.registered += 1;
+            }
+            Owner::Other => tracing::debug!(
+                "reconcile: {} belongs to another registry's catalog; not registered",
+                instance.id
+            ),
+            Owner::Unlabelled => tracing::debug!(
+                "reconcile: {} has no {LABEL_REGISTRY} label (an older runner ran it); not registered",
+                instance.id
+            ),
+        }
     }
-    Ok((dropped, added))
+    Ok(done)
 }
 
 impl docker::Host for DockerCap {
@@ -906,6 +1006,7 @@ impl docker::Host for DockerCap {
         labels.insert(LABEL_SERVICE.into(), service);
         labels.insert(LABEL_SERVICE_PORT.into(), port);
         labels.insert(LABEL_TAGS.into(), spec.tags.join(","));
+        labels.insert(LABEL_REGISTRY.into(), self.registry.identity());
         // Published on loopback only, on a random host port each.
         let port_bindings = spec
             .ports
@@ -1206,6 +1307,64 @@ mod tests {
         assert_eq!(l.nano_cpus, Some(1_500_000_000));
         for bad in ["memory=1KiB", "pids=0", "cpus=-1", "swap=1", "memory"] {
             assert!(ContainerLimits::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ownership_follows_the_registry_label() {
+        use bollard::models::ContainerConfig;
+        let with = |label: Option<&str>| ContainerInspectResponse {
+            config: Some(ContainerConfig {
+                labels: Some(
+                    label
+                        .map(|l| HashMap::from([(LABEL_REGISTRY.to_string(), l.to_string())]))
+                        .unwrap_or_default(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let me = "embedded:0123456789abcdef";
+        assert_eq!(owner(&with(Some(me)), me), Owner::This);
+        assert_eq!(
+            owner(&with(Some("embedded:fedcba9876543210")), me),
+            Owner::Other
+        );
+        assert_eq!(owner(&with(Some("")), me), Owner::Unlabelled);
+        assert_eq!(owner(&with(None), me), Owner::Unlabelled);
+    }
+
+    #[test]
+    fn a_registration_is_stale_when_its_port_or_tags_change_not_its_health() {
+        let registered = Instance {
+            id: "runner:books-ms-blue:8080".into(),
+            name: "books-ms".into(),
+            address: "127.0.0.1".into(),
+            port: 32769,
+            tags: vec!["v1".into(), "blue".into()],
+            healthy: false,
+        };
+        let current = Instance {
+            tags: vec!["blue".into(), "v1".into()],
+            healthy: true,
+            ..registered.clone()
+        };
+        assert!(same_registration(&registered, &current));
+        for changed in [
+            Instance {
+                port: 32770,
+                ..current.clone()
+            },
+            Instance {
+                tags: vec!["v2".into()],
+                ..current.clone()
+            },
+            Instance {
+                name: "payments".into(),
+                ..current.clone()
+            },
+        ] {
+            assert!(!same_registration(&registered, &changed), "{changed:?}");
         }
     }
 

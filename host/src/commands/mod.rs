@@ -299,12 +299,16 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
 }
 
 /// Drop catalog entries of containers stopped behind runner's back (and add
-/// running ones it lacks) before a stage that manages containers; a failure
+/// running ones of this registry it lacks) before a stage that manages containers; a failure
 /// is logged, not fatal: the stage itself will meet the engine's error.
 pub(crate) async fn reconcile_catalog(services: &HostServices) {
     match crate::caps::docker::reconcile(&services.docker, &*services.registry).await {
-        Ok((0, 0)) => {}
-        Ok((dropped, added)) => tracing::info!("catalog reconciled: {dropped} gone, {added} added"),
+        Ok(done) if done == Default::default() => {}
+        Ok(done) => tracing::info!(
+            "catalog reconciled: {} gone, {} registered",
+            done.dropped,
+            done.registered
+        ),
         Err(e) => tracing::warn!(
             "cannot reconcile the catalog with the engine: {}",
             describe(&e)

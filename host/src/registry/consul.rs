@@ -390,6 +390,13 @@ impl Registry for ConsulRegistry {
         Some(self.base.to_string())
     }
 
+    /// `consul:` and the address's origin: scheme, host and port as the URL
+    /// parser normalizes them (lowercase, default port dropped), without
+    /// credentials or a path (requests replace the path anyway).
+    fn identity(&self) -> String {
+        format!("consul:{}", self.base.origin().ascii_serialization())
+    }
+
     async fn try_lock(
         &self,
         service: &str,
@@ -709,5 +716,32 @@ impl Registry for ConsulRegistry {
             return Err(Self::unexpected(&what, status, &body));
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Spellings of one Consul address share an identity; credentials and
+    /// paths never reach the label.
+    #[test]
+    fn identity_is_the_normalized_origin() {
+        let id = |address: &str| {
+            ConsulRegistry::new(address, None, Duration::from_secs(1))
+                .unwrap()
+                .identity()
+        };
+        assert_eq!(id("http://127.0.0.1:8500"), "consul:http://127.0.0.1:8500");
+        assert_eq!(id("HTTP://127.0.0.1:8500/"), "consul:http://127.0.0.1:8500");
+        assert_eq!(
+            id("http://user:secret@Consul.Example:8500/v1/?x=1"),
+            "consul:http://consul.example:8500"
+        );
+        assert_eq!(
+            id("https://consul.example:443"),
+            "consul:https://consul.example"
+        );
+        assert_ne!(id("http://127.0.0.1:8500"), id("http://127.0.0.1:8501"));
     }
 }

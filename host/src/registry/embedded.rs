@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS instances (
 pub struct EmbeddedRegistry {
     state_dir: PathBuf,
     path: PathBuf,
+    /// [`identity`] of `state_dir`, taken at open.
+    identity: String,
     conn: Mutex<Connection>,
 }
 
@@ -89,6 +91,7 @@ impl EmbeddedRegistry {
         Ok(Self {
             state_dir: state_dir.to_path_buf(),
             path,
+            identity: identity(state_dir),
             conn: Mutex::new(conn),
         })
     }
@@ -198,6 +201,41 @@ fn upsert(
     Ok(())
 }
 
+/// The registry identity of the embedded store in `state_dir`:
+/// `embedded:` and a hash of the directory's canonical path, so every
+/// spelling of one directory (relative, through a symlink, before or after it
+/// exists) names the same store, and the label carries no path.
+pub(crate) fn identity(state_dir: &Path) -> String {
+    let path = canonical(state_dir);
+    let hash = blake3::hash(path.as_os_str().as_encoded_bytes()).to_hex();
+    format!("embedded:{}", &hash[..16])
+}
+
+/// `path` made absolute with its longest existing ancestor resolved
+/// (symlinks, `..`) and the rest, not yet created, appended as given: the
+/// same answer before the directory exists as after.
+fn canonical(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut missing = Vec::new();
+    let mut current = absolute.as_path();
+    loop {
+        if let Ok(resolved) = current.canonicalize() {
+            return missing
+                .iter()
+                .rev()
+                .fold(resolved, |path, name| path.join(name));
+        }
+        match (current.parent(), current.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                current = parent;
+            }
+            // Nothing of it resolves (`..` past a missing directory): as given.
+            _ => return absolute,
+        }
+    }
+}
+
 /// SQLite LIKE-free prefix match: keys in [prefix, prefix + U+10FFFF).
 fn prefix_upper_bound(prefix: &str) -> String {
     format!("{prefix}\u{10FFFF}")
@@ -208,6 +246,10 @@ fn prefix_upper_bound(prefix: &str) -> String {
 // SQLite busy timeout when another process holds the write lock.
 #[async_trait]
 impl Registry for EmbeddedRegistry {
+    fn identity(&self) -> String {
+        self.identity.clone()
+    }
+
     async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, RegistryError> {
         self.with_conn(|c| {
             c.prepare_cached(
@@ -513,5 +555,29 @@ mod tests {
             reg.kv_get("svc/color").await.unwrap().unwrap().value,
             b"blue"
         );
+    }
+
+    /// One state directory has one identity however it is named, before and
+    /// after it exists; another directory has another.
+    #[test]
+    fn identity_follows_the_canonical_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let before = identity(&state);
+        assert!(before.starts_with("embedded:"), "{before}");
+        assert_eq!(before.len(), "embedded:".len() + 16, "{before}");
+        let reg = EmbeddedRegistry::open(&state, Duration::from_secs(5)).unwrap();
+        assert_eq!(reg.identity(), before, "the same before and after creation");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&state, &link).unwrap();
+        assert_eq!(identity(&link), before, "through a symlink");
+        std::fs::create_dir(dir.path().join("x")).unwrap();
+        assert_eq!(identity(&dir.path().join("x/../state")), before, "with ..");
+        assert_eq!(
+            super::super::LazyRegistry::new(state.clone(), Duration::from_secs(5)).identity(),
+            before,
+            "the lazy store, unopened"
+        );
+        assert_ne!(identity(&dir.path().join("other")), before);
     }
 }

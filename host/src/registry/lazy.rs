@@ -12,6 +12,8 @@ use std::time::Duration;
 
 pub struct LazyRegistry {
     state_dir: PathBuf,
+    /// Known without opening the store (the directory may not exist yet).
+    identity: String,
     busy_timeout: Duration,
     // The outcome of the first open, error included: a broken state dir is
     // reported the same way on every call instead of retried per call.
@@ -21,6 +23,7 @@ pub struct LazyRegistry {
 impl LazyRegistry {
     pub fn new(state_dir: PathBuf, busy_timeout: Duration) -> Self {
         Self {
+            identity: super::embedded::identity(&state_dir),
             state_dir,
             busy_timeout,
             opened: OnceLock::new(),
@@ -40,6 +43,9 @@ impl LazyRegistry {
 
 #[async_trait]
 impl Registry for LazyRegistry {
+    fn identity(&self) -> String {
+        self.identity.clone()
+    }
     async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, RegistryError> {
         self.get()?.kv_get(key).await
     }

@@ -211,4 +211,12 @@ pub trait Registry: Send + Sync {
     fn endpoint(&self) -> Option<String> {
         None
     }
+
+    /// Which catalog this is, the same in every process that opens it: the
+    /// embedded store's is derived from its state directory's canonical path
+    /// (`embedded:<hash>`), Consul's is its normalized address
+    /// (`consul:http://127.0.0.1:8500`). Runner labels every container it
+    /// runs with it, so `reconcile` adopts only this registry's containers
+    /// when several registries (state directories, Consuls) share an engine.
+    fn identity(&self) -> String;
 }

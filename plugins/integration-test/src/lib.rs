@@ -8,6 +8,15 @@
 //! - `retry_for` (default `30s`): how long checks may keep failing before the
 //!   stage gives up; `interval` (default `250ms`) between attempts;
 //!   `request_timeout` (default `5s`) for each request
+//! - `retry` (default `any`): which failures are tried again until
+//!   `retry_for`. `any` retries every failure, for a service that is still
+//!   starting (tests of a new release before it takes traffic). `connection`
+//!   retries only requests that got no response (connection refused or
+//!   reset, timeout): a response whose status or body the check rejects
+//!   fails the stage at once, and the checks after it are tried once each,
+//!   for the report. Use it where the service already serves users (tests
+//!   through the proxy after a switch), so a bad release is caught after one
+//!   wrong answer instead of serving errors for all of `retry_for`.
 //! - `report`: a path inside a granted directory (`--allow-dir DIR:/reports:rw`)
 //!   for a JUnit XML report, e.g. `/reports/integration.xml`
 //! - `suite` (default: the stage name): the JUnit suite name
@@ -19,6 +28,54 @@ use runner_sdk::{Context, Error, Guest, Outcome, config, http};
 use std::time::{Duration, Instant};
 
 struct IntegrationTest;
+
+/// Which failed attempts are tried again (`retry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Every failure.
+    Any,
+    /// Only a request that got no response.
+    Connection,
+}
+
+impl Retry {
+    fn parse(value: &str) -> Result<Self, Error> {
+        match value.trim() {
+            "any" => Ok(Retry::Any),
+            "connection" => Ok(Retry::Connection),
+            other => Err(Error::InvalidConfig(format!(
+                "retry=\"{other}\": expected `any` (retry every failure) or `connection` \
+                 (retry only requests that got no response)"
+            ))),
+        }
+    }
+
+    fn retries(self, failure: &Failure) -> bool {
+        match self {
+            Retry::Any => true,
+            Retry::Connection => matches!(failure, Failure::NoResponse(_)),
+        }
+    }
+}
+
+/// Why one attempt failed.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// The request got no response: refused, reset, timed out, cut short.
+    NoResponse(String),
+    /// The service answered and the check rejects the answer (status, body),
+    /// or the host refused to send the request (not granted, invalid):
+    /// trying again soon changes nothing.
+    Rejected(String),
+}
+
+impl Failure {
+    fn reason(&self) -> &str {
+        match self {
+            Failure::NoResponse(reason) | Failure::Rejected(reason) => reason,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Check {
@@ -67,8 +124,8 @@ impl Check {
         format!("{} {}", self.method, self.path)
     }
 
-    /// One attempt: `Ok` when it passes, `Err(reason)` otherwise.
-    fn attempt(&self, base_url: &str, timeout: Duration) -> Result<(), String> {
+    /// One attempt: `Ok` when it passes, why not otherwise.
+    fn attempt(&self, base_url: &str, timeout: Duration) -> Result<(), Failure> {
         let request = http::Request {
             method: self.method.clone(),
             url: format!("{}{}", base_url.trim_end_matches('/'), self.path),
@@ -76,20 +133,33 @@ impl Check {
             body: None,
             timeout_ms: Some(timeout.as_millis().min(u32::MAX as u128) as u32),
         };
-        let response = http::send(&request).map_err(|e| runner_sdk::describe(&e))?;
+        let response = http::send(&request).map_err(|e| {
+            let reason = runner_sdk::describe(&e);
+            match e {
+                // The host's transport errors: refused (`unavailable`), no
+                // answer in time, reset or cut short (`failed`).
+                Error::Unavailable(_) | Error::Timeout(_) | Error::Failed(_) => {
+                    Failure::NoResponse(reason)
+                }
+                Error::Denied(_)
+                | Error::InvalidConfig(_)
+                | Error::NotFound(_)
+                | Error::Conflict(_) => Failure::Rejected(reason),
+            }
+        })?;
         if response.status != self.status {
-            return Err(format!(
+            return Err(Failure::Rejected(format!(
                 "expected status {}, got {}",
                 self.status, response.status
-            ));
+            )));
         }
         if let Some(needle) = &self.body_contains {
             let body = String::from_utf8_lossy(&response.body);
             if !body.contains(needle.as_str()) {
                 let shown: String = body.chars().take(200).collect();
-                return Err(format!(
+                return Err(Failure::Rejected(format!(
                     "body does not contain \"{needle}\" (body starts: {shown:?})"
-                ));
+                )));
             }
         }
         Ok(())
@@ -100,16 +170,18 @@ struct CheckResult {
     check: Check,
     attempts: u32,
     elapsed: Duration,
-    failure: Option<String>,
+    failure: Option<Failure>,
 }
 
-fn run_check(
-    check: Check,
-    base_url: &str,
+/// How checks are retried: until `deadline`, `interval` apart, those `retry` allows.
+#[derive(Debug, Clone, Copy)]
+struct Retrying {
+    retry: Retry,
     deadline: Instant,
     interval: Duration,
-    timeout: Duration,
-) -> CheckResult {
+}
+
+fn run_check(check: Check, base_url: &str, retrying: Retrying, timeout: Duration) -> CheckResult {
     let started = Instant::now();
     let mut attempts = 0;
     loop {
@@ -123,20 +195,24 @@ fn run_check(
                     failure: None,
                 };
             }
-            Err(reason) if Instant::now() + interval >= deadline => {
+            Err(failure)
+                if !retrying.retry.retries(&failure)
+                    || Instant::now() + retrying.interval >= retrying.deadline =>
+            {
                 return CheckResult {
                     check,
                     attempts,
                     elapsed: started.elapsed(),
-                    failure: Some(reason),
+                    failure: Some(failure),
                 };
             }
-            Err(reason) => {
+            Err(failure) => {
                 runner_sdk::debug(&format!(
-                    "check {} attempt {attempts}: {reason}; retrying",
-                    check.name
+                    "check {} attempt {attempts}: {}; retrying",
+                    check.name,
+                    failure.reason()
                 ));
-                std::thread::sleep(interval);
+                std::thread::sleep(retrying.interval);
             }
         }
     }
@@ -147,9 +223,14 @@ fn junit(suite: &str, base_url: &str, results: &[CheckResult]) -> Result<String,
     for r in results {
         let status = match &r.failure {
             None => TestCaseStatus::success(),
-            Some(reason) => {
+            Some(failure) => {
                 let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
-                s.set_message(format!("{} {}: {reason}", r.check.describe(), base_url));
+                s.set_message(format!(
+                    "{} {}: {}",
+                    r.check.describe(),
+                    base_url,
+                    failure.reason()
+                ));
                 s.set_description(format!("{} attempt(s)", r.attempts));
                 s
             }
@@ -172,6 +253,7 @@ impl Guest for IntegrationTest {
         let base_url = cfg.require("base_url")?.to_string();
         let retry_for = cfg.duration("retry_for", Duration::from_secs(30))?;
         let interval = cfg.duration("interval", Duration::from_millis(250))?;
+        let retry = Retry::parse(cfg.get_or("retry", "any"))?;
         let timeout = cfg.duration("request_timeout", Duration::from_secs(5))?;
         let checks = cfg
             .with_prefix("check")
@@ -185,11 +267,20 @@ impl Guest for IntegrationTest {
             ));
         }
 
-        let deadline = Instant::now() + retry_for;
-        let results: Vec<CheckResult> = checks
-            .into_iter()
-            .map(|c| run_check(c, &base_url, deadline, interval, timeout))
-            .collect();
+        let mut retrying = Retrying {
+            retry,
+            deadline: Instant::now() + retry_for,
+            interval,
+        };
+        let mut results: Vec<CheckResult> = Vec::with_capacity(checks.len());
+        for check in checks {
+            let result = run_check(check, &base_url, retrying, timeout);
+            if retry == Retry::Connection && matches!(result.failure, Some(Failure::Rejected(_))) {
+                // The stage has failed: the checks left get one attempt each.
+                retrying.deadline = Instant::now();
+            }
+            results.push(result);
+        }
 
         let report = cfg.get("report");
         if let Some(path) = report {
@@ -204,12 +295,19 @@ impl Guest for IntegrationTest {
         let failed: Vec<String> = results
             .iter()
             .filter_map(|r| {
-                r.failure.as_ref().map(|why| {
+                r.failure.as_ref().map(|failure| {
+                    let not_retried = match failure {
+                        Failure::Rejected(_) if retry == Retry::Connection => {
+                            " (not retried: retry=connection)"
+                        }
+                        _ => "",
+                    };
                     format!(
-                        "{} ({} {}): {why} after {} attempt(s)",
+                        "{} ({} {}): {} after {} attempt(s){not_retried}",
                         r.check.name,
                         r.check.describe(),
                         base_url,
+                        failure.reason(),
                         r.attempts
                     )
                 })
