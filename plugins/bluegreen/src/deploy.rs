@@ -201,6 +201,7 @@ fn switch_to(
             intent,
             e,
             "recording the color failed",
+            live_since,
         ));
     }
     if intent.action != "rollback" {
