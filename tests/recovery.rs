@@ -34,6 +34,7 @@ const POINTS: &[(&str, After)] = &[
     ("pre-tests:done", After::Old),
     ("switch", After::Old),
     ("proxy:staged", After::Old),
+    ("proxy:linked", After::Old),
     ("proxy:live", After::Old),
     ("proxy:checked", After::Old),
     ("proxy:reloaded", After::Old),

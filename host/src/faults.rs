@@ -5,8 +5,8 @@
 //! after `kill -9`, an OOM kill or a power cut. Points are journal steps
 //! (`health`, `switch`, ...: killed with the intent written, before its
 //! effect), `STEP:done` (killed after the step's effect, before the next
-//! entry), and the proxy switch's own steps (`proxy:staged`, `proxy:live`,
-//! `proxy:checked`, `proxy:reloaded`). Unset, this is one environment lookup.
+//! entry), and the proxy switch's own steps (`proxy:staged`, `proxy:linked`,
+//! `proxy:live`, `proxy:checked`, `proxy:reloaded`). Unset, this is one environment lookup.
 
 /// The variable naming the crash point.
 pub const CRASH_AT: &str = "RUNNER_TEST_CRASH_AT";

@@ -216,3 +216,103 @@ admin_socket = "no-such.sock"
     );
     v.finish();
 }
+
+/// In a pipeline only the deploy stage has the journal: an earlier stage
+/// (a third-party build plugin, say) cannot forge the entry the deploy
+/// stage would recover from.
+#[test]
+fn only_the_deploy_stage_of_a_pipeline_has_the_journal() {
+    let env = Env::new();
+    let forge = Calls::new().call(
+        "forge",
+        "journal.write",
+        &[
+            ("step", "stop-old"),
+            ("details", "known-good=green,candidate=blue"),
+        ],
+    );
+    let read = Calls::new().call("read", "journal.read", &[]);
+    let file = env.path().join("runner.toml");
+    let hostile =
+        crate::common::hostile::toml_str(crate::common::plugin("hostile").to_str().unwrap());
+    std::fs::write(
+        &file,
+        format!(
+            "service = \"books-ms\"\n\n[[stages]]\nname = \"build\"\nplugin = {hostile}\nconfig = {}\n\n[[stages]]\nname = \"deploy\"\nplugin = {hostile}\nconfig = {}\n",
+            forge.toml(),
+            read.toml()
+        ),
+    )
+    .unwrap();
+    let out = run(env.runner().args(["run", "--json"]).arg(&file)).expect_code(0);
+    assert!(
+        out.stdout.contains("denied: journal"),
+        "the build stage wrote the journal:\n{}",
+        out.stdout
+    );
+    let journal = run(env.runner().args(["kv", "get", "_runner/books-ms/journal"]));
+    assert_ne!(
+        journal.code, 0,
+        "a journal entry exists: {}",
+        journal.stdout
+    );
+}
+
+#[test]
+fn templates_cannot_write_hidden_files_into_a_proxy_config_dir() {
+    let env = Env::new();
+    let dir = env.path().join("proxy");
+    std::fs::create_dir_all(dir.join("conf")).unwrap();
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(dir.join("templates/empty.ctmpl"), "").unwrap();
+    std::fs::write(dir.join("conf/victim.conf"), "keep\n").unwrap();
+    std::fs::write(
+        dir.join("runner.toml"),
+        "[proxies.p]\nconfig_dir = \"conf\"\nreload = [\"true\"]\n",
+    )
+    .unwrap();
+    let template = dir.join("templates/empty.ctmpl").display().to_string();
+    let calls = Calls::new()
+        .call(
+            "marker",
+            "template.render",
+            &[
+                ("template", &template),
+                (
+                    "destination",
+                    &dir.join("conf/.victim.conf.runner-absent")
+                        .display()
+                        .to_string(),
+                ),
+            ],
+        )
+        .call(
+            "lock",
+            "template.render",
+            &[
+                ("template", &template),
+                (
+                    "destination",
+                    &dir.join("conf/.runner-proxy.lock").display().to_string(),
+                ),
+            ],
+        );
+    let mut cmd = exec(&env, &calls);
+    cmd.current_dir(&dir).args([
+        "-f",
+        "runner.toml",
+        "--allow-proxy",
+        "p",
+        "--allow-dir",
+        "templates",
+    ]);
+    let out = run(&mut cmd).expect_code(0);
+    let mut v = Verdict::new(&out);
+    v.refused("marker", "invalid-config", &["hidden file"]);
+    v.refused("lock", "invalid-config", &["hidden file"]);
+    v.check(
+        !dir.join("conf/.victim.conf.runner-absent").exists(),
+        "the marker was written",
+    );
+    v.finish();
+}

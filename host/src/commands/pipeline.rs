@@ -203,7 +203,8 @@ async fn run_pipeline(
         hooks: None,
         host_call_timeout: limits.host_call_timeout,
         http_max_body: 16 * 1024 * 1024,
-        // Every stage runs under the service's deploy lock, taken below.
+        // Every stage runs under the service's deploy lock, taken below;
+        // `execute` gives the journal to the deploy stage only.
         journal_service: Some(pipeline.service.clone()),
     };
     let first = pipeline

@@ -124,12 +124,18 @@ pub async fn execute(pipeline: &Pipeline, x: Execution) -> Finished {
         } else {
             Vec::new()
         };
+        // Only the deploy stage has the service's deploy journal: another
+        // stage could otherwise forge what the deploy stage recovers from.
+        let mut stage_services = services.clone();
+        if pipeline.deploy_stage.as_deref() != Some(stage.name.as_str()) {
+            stage_services.journal_service = None;
+        }
         let run = StageRun {
             pipeline,
             stage,
             lenient: x.lenient_references,
             runtime: &x.runtime,
-            services: &services,
+            services: &stage_services,
             hooks: &hooks,
             reports: &reports,
         };

@@ -496,6 +496,10 @@ impl Runtime {
             } else {
                 FsPerms::ReadOnly
             };
+            dir.granted.check_root().map_err(|e| Fault::Instantiate {
+                plugin: name.clone(),
+                reason: format!("cannot open granted directory: {e}"),
+            })?;
             wasi.preopened_dir(dir.granted.path(), &dir.guest, perms)
                 .map_err(|e| Fault::Instantiate {
                     plugin: name.clone(),

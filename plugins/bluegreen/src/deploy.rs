@@ -194,7 +194,10 @@ fn switch_to(
     }
     let t_switched = started.elapsed();
     let live_since = Some(Instant::now());
-    intent.write(Phase::Switching, "color")?;
+    if let Err(e) = intent.write(Phase::Switching, "color") {
+        let what = "recording the deploy journal failed";
+        return Err(fail_after_switch(s, intent, e, what, live_since));
+    }
     if let Err(e) = write_color(s, next, index) {
         return Err(fail_after_switch(
             s,
@@ -205,7 +208,10 @@ fn switch_to(
         ));
     }
     if intent.action != "rollback" {
-        intent.write(Phase::Switching, "post-tests")?;
+        if let Err(e) = intent.write(Phase::Switching, "post-tests") {
+            let what = "recording the deploy journal failed";
+            return Err(fail_after_switch(s, intent, e, what, live_since));
+        }
         let post = match &s.proxy_url {
             Some(url) => run_hook(&s.post_hook, url),
             None if s.post_hook.is_some() => Err(Error::InvalidConfig(
@@ -220,7 +226,10 @@ fn switch_to(
     }
     let t_post = started.elapsed();
 
-    intent.write(Phase::Finishing, "stop-old")?;
+    if let Err(e) = intent.write(Phase::Finishing, "stop-old") {
+        let what = "recording the deploy journal failed";
+        return Err(fail_after_switch(s, intent, e, what, live_since));
+    }
     if !current.is_empty() {
         std::thread::sleep(s.drain);
     }
@@ -294,6 +303,13 @@ pub(crate) fn promote(s: &Settings) -> Result<Outcome, Error> {
         }
     };
     let (current, index) = read_color(s)?;
+    if current == next {
+        return Err(Error::Failed(format!(
+            "{} names {next}, which already serves; nothing to promote (clear it with `runner rollback {}`)",
+            s.promotion_key(),
+            s.service
+        )));
+    }
     let name = s.container(next);
     let container = docker::inspect(&name)?;
     let port = host_port(s, &container)
@@ -337,7 +353,12 @@ fn abort_promotion(s: &Settings, next: &str) -> Result<Outcome, Error> {
 /// `action=rollback`: back to the version that served before the current one.
 pub(crate) fn rollback(s: &Settings) -> Result<Outcome, Error> {
     if let Some(pending) = kv::get(&s.promotion_key())? {
-        return abort_promotion(s, &String::from_utf8_lossy(&pending.value));
+        let pending = String::from_utf8_lossy(&pending.value).into_owned();
+        // A stale record naming the serving color must not remove it.
+        if pending != read_color(s)?.0 {
+            return abort_promotion(s, &pending);
+        }
+        kv::delete(&s.promotion_key())?;
     }
     let started = Instant::now();
     let (current, index) = read_color(s)?;

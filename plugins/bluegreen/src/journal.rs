@@ -120,6 +120,17 @@ pub(crate) fn recover(s: &Settings) -> Result<Option<String>, Error> {
         .unwrap_or("deploy");
     let known_good = color_detail(&entry, "known-good", true)?;
     let candidate = color_detail(&entry, "candidate", false)?;
+    // An entry that cannot describe a blue-green deploy is not acted on:
+    // the two colors differ, and the stored color is one of them.
+    let (stored, _) = crate::steps::read_color(s)?;
+    if known_good == candidate
+        || (!stored.is_empty() && stored != known_good && stored != candidate)
+    {
+        return Err(Error::Failed(format!(
+            "the deploy journal of {} (known-good \"{known_good}\", candidate \"{candidate}\") does not match the stored color \"{stored}\"; runner will not act on it: check the service by hand (`runner status`)",
+            s.service
+        )));
+    }
     let undo = match entry.details.iter().find(|(k, _)| k == "undo") {
         Some((_, v)) if v == "stop" => Undo::Stop,
         _ => Undo::Remove,

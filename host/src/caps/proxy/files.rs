@@ -107,8 +107,11 @@ pub(super) fn repair(proxy: &str, dir: &Dir) -> Result<Vec<String>, PluginError>
     let entries = dir
         .entries()
         .map_err(|e| failed(proxy, "listing its config directory", e))?;
+    // Only regular files are ours: anything else under our names was put
+    // there by someone else and is left alone.
     let names: Vec<String> = entries
         .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     for name in names {
@@ -117,7 +120,7 @@ pub(super) fn repair(proxy: &str, dir: &Dir) -> Result<Vec<String>, PluginError>
         };
         let io = |e| failed(proxy, &format!("repairing {base}"), e);
         if let Some(live) = base.strip_suffix(PREV) {
-            dir.rename(&name, dir, live).map_err(io)?;
+            put_back(dir, &name, live).map_err(io)?;
             repaired.push(live.to_string());
         } else if let Some(live) = base.strip_suffix(ABSENT) {
             match dir.remove_file(live) {
@@ -141,12 +144,25 @@ pub(super) fn repair(proxy: &str, dir: &Dir) -> Result<Vec<String>, PluginError>
     Ok(repaired)
 }
 
+/// Rename the backup `prev` over `live`. When the switch died between
+/// linking the backup and renaming the staged file over the live one, both
+/// are links to one file: rename(2) then does nothing, so the backup link is
+/// removed by hand (the live file is the backup's content).
+fn put_back(dir: &Dir, prev: &str, live: &str) -> std::io::Result<()> {
+    dir.rename(prev, dir, live)?;
+    match dir.remove_file(prev) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Put the backup of `file` back live.
 fn restore(dir: &Dir, file: &str) -> std::io::Result<()> {
     let prev = format!(".{file}{PREV}");
     let absent = format!(".{file}{ABSENT}");
     if dir.exists(&prev) {
-        dir.rename(&prev, dir, file)?;
+        put_back(dir, &prev, file)?;
     } else if dir.exists(&absent) {
         match dir.remove_file(file) {
             Ok(()) => {}
@@ -232,6 +248,7 @@ pub(super) async fn switch(
             dir.create(format!(".{name}{ABSENT}"))?.sync_all()?;
         }
         sync_dir(&dir)?;
+        crash_point("proxy:linked");
         dir.rename(&staged, &dir, name)?;
         sync_dir(&dir)
     };
@@ -299,6 +316,34 @@ mod tests {
 
     fn open(path: &Path) -> Dir {
         Dir::open_ambient_dir(path, cap_std::ambient_authority()).unwrap()
+    }
+
+    #[test]
+    fn repair_after_a_death_between_link_and_rename_drops_the_backup_link() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.conf"), "old").unwrap();
+        std::fs::hard_link(
+            d.path().join("a.conf"),
+            d.path().join(".a.conf.runner-prev"),
+        )
+        .unwrap();
+        std::fs::write(d.path().join(".a.conf.runner-staged"), "new").unwrap();
+        // A directory under our names is not ours: left alone, no failure.
+        std::fs::create_dir(d.path().join(".x.runner-prev")).unwrap();
+        assert_eq!(repair("p", &open(d.path())).unwrap(), ["a.conf"]);
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("a.conf")).unwrap(),
+            "old"
+        );
+        assert!(!d.path().join(".a.conf.runner-prev").exists());
+        assert!(!d.path().join(".a.conf.runner-staged").exists());
+        assert!(d.path().join(".x.runner-prev").is_dir());
+        // The next switch can link its backup again.
+        std::fs::hard_link(
+            d.path().join("a.conf"),
+            d.path().join(".a.conf.runner-prev"),
+        )
+        .unwrap();
     }
 
     #[test]

@@ -306,6 +306,11 @@ const MAX_ADDRESS: usize = 253;
 /// Servers a plugin names are addresses, never config syntax: an IP or a
 /// host name, and a non-zero port.
 fn check_servers(proxy: &str, servers: &[proxy::Server]) -> Result<(), PluginError> {
+    if servers.is_empty() {
+        return Err(PluginError::InvalidConfig(format!(
+            "proxy {proxy}: a switch needs at least one server"
+        )));
+    }
     if servers.len() > MAX_SERVERS {
         return Err(PluginError::InvalidConfig(format!(
             "proxy {proxy}: {} servers, at most {MAX_SERVERS}",

@@ -263,6 +263,17 @@ impl template::Host for TemplateCap {
             ));
         }
         let dest = Path::new(&destination);
+        // A proxy's config dir holds runner's own switch files (`.NAME.runner-prev`,
+        // the switch lock): no template writes a dot file there.
+        if self.operator_only.iter().any(|d| d.holds(dest))
+            && dest
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
+            return Err(PluginError::InvalidConfig(format!(
+                "template: \"{destination}\" is a hidden file in a proxy's config directory, where runner keeps its switch files; render to a plain name"
+            )));
+        }
         let text = match self.operator_only.iter().find(|d| d.holds(dest)) {
             Some(dir) => self.operator_template(source, &destination, dir)?,
             None => self.source_text(source)?,

@@ -65,6 +65,27 @@ impl GrantedDir {
         &self.root
     }
 
+    /// Check the grant's root still resolves to the directory granted: a
+    /// directory that did not exist when the grant was given, or was
+    /// replaced since, may now be a symlink leading elsewhere.
+    pub fn check_root(&self) -> Result<(), FileError> {
+        let now = self
+            .root
+            .canonicalize()
+            .map_err(|e| io_error(&self.root, e))?;
+        if now == self.canonical {
+            Ok(())
+        } else {
+            Err(FileError::Escapes(self.root.clone()))
+        }
+    }
+
+    /// Open the grant's root, after `check_root`.
+    fn open_root(&self) -> Result<Dir, FileError> {
+        self.check_root()?;
+        Dir::open_ambient_dir(&self.root, ambient_authority()).map_err(|e| io_error(&self.root, e))
+    }
+
     /// Whether both name the same directory.
     pub fn same_dir(&self, other: &GrantedDir) -> bool {
         self.canonical == other.canonical
@@ -127,8 +148,7 @@ fn locate(dirs: &[GrantedDir], path: &Path) -> Result<(Dir, PathBuf), FileError>
             if rel.as_os_str().is_empty() {
                 continue;
             }
-            let handle = Dir::open_ambient_dir(&dir.root, ambient_authority())
-                .map_err(|e| io_error(&dir.root, e))?;
+            let handle = dir.open_root()?;
             return Ok((handle, rel.to_path_buf()));
         }
     }
@@ -147,8 +167,7 @@ pub fn open_dir_inside(dirs: &[GrantedDir], path: &Path) -> Result<Dir, FileErro
     let abs = std::path::absolute(path).map_err(|e| io_error(path, e))?;
     for dir in dirs {
         if let Some(rel) = dir.relative(&abs) {
-            let root = Dir::open_ambient_dir(&dir.root, ambient_authority())
-                .map_err(|e| io_error(&dir.root, e))?;
+            let root = dir.open_root()?;
             if rel.as_os_str().is_empty() {
                 return Ok(root);
             }
@@ -283,6 +302,25 @@ mod tests {
         let result = write_if_changed(&granted(d.path()), &d.path().join("out.conf"), b"new");
         assert!(matches!(result, Err(FileError::Escapes(_))), "{result:?}");
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn a_grant_that_became_a_symlink_is_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let later = d.path().join("later");
+        let g = GrantedDir::not_yet_created(&later).unwrap();
+        // Created after the grant was given, as a symlink leading out.
+        std::os::unix::fs::symlink(outside.path(), &later).unwrap();
+        let err =
+            write_if_changed(std::slice::from_ref(&g), &later.join("x.conf"), b"a").unwrap_err();
+        assert!(matches!(err, FileError::Escapes(_)), "{err}");
+        assert!(open_dir_inside(std::slice::from_ref(&g), &later).is_err());
+        assert!(!outside.path().join("x.conf").exists());
+        // Created as a real directory: usable.
+        std::fs::remove_file(&later).unwrap();
+        std::fs::create_dir(&later).unwrap();
+        assert!(write_if_changed(&[g], &later.join("x.conf"), b"a").unwrap());
     }
 
     #[test]

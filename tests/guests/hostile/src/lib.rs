@@ -22,7 +22,7 @@
 //! `hooks.run name [config k=v,k=v]`; `log.huge bytes`, `log.lines n`, `print.lines n`;
 //! `fs.symlink target link`, `fs.write path content`, `fs.read path`;
 //! `journal.write step [details k=v,k=v] [count n] [size bytes]`,
-//! `journal.read`, `journal.clear`;
+//! `journal.read`, `journal.clear`; `template.render template destination`;
 //! `proxy.switch proxy upstream [servers a:p,a:p] [file name] [template path]`.
 
 use runner_sdk::{
@@ -284,6 +284,13 @@ fn call(op: &str, a: &Args) -> Result<Extra, Error> {
                 }
             }
             vec![]
+        }
+        "template.render" => {
+            let rendered = template::render(
+                &template::Source::File(a.get("template")),
+                &a.get("destination"),
+            )?;
+            vec![("changed", rendered.changed.to_string())]
         }
         "journal.write" => {
             let mut details = a.pairs("details");
