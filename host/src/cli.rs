@@ -70,7 +70,8 @@ pub enum Command {
     Run(PipelineArgs),
     /// Check a pipeline file without running anything.
     Validate(ValidateArgs),
-    /// A service now: its color, containers, proxy, lock and last deploys.
+    /// A service now: its color, containers, proxy, lock, an interrupted deploy
+    /// (and what recovery will do) and last deploys.
     Status(ServiceArgs),
     /// A service's deploys: when, who, version, color, outcome, duration.
     History(HistoryArgs),
