@@ -201,8 +201,12 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
         hooks: g.hooks.clone(),
     });
     let grants = spec.validate_with(&runfile.proxies, &runfile.hook_names())?;
-    for dir in &grants.missing_dirs {
-        tracing::warn!("granted directory {} does not exist", dir.display());
+    // One stage runs now: nothing will create a missing directory first.
+    if let Some(dir) = grants.missing_dirs.first() {
+        return Err(CommandError::Usage(format!(
+            "granted directory {} is not an existing directory; create it first",
+            dir.display()
+        )));
     }
     let limits = Limits {
         memory_bytes: args.limits.memory,
