@@ -290,20 +290,8 @@ fn losing_docker_after_the_candidate_starts_fails_the_deploy_and_recovery_finish
         .expect_code(0)
         .stderr_has("recovering");
     let color = d.color();
-    wait_for("one color serving", || {
-        d.containers()
-            .iter()
-            .filter(|(_, running)| *running)
-            .count()
-            == 1
-    });
-    let running: Vec<String> = d
-        .containers()
-        .into_iter()
-        .filter(|(_, r)| *r)
-        .map(|(n, _)| n)
-        .collect();
-    assert_eq!(running, [d.name(&color)], "{}", recovered.stderr);
+    wait_for("one color serving", || d.running().len() == 1);
+    assert_eq!(d.running(), [d.name(&color)], "{}", recovered.stderr);
     assert_eq!(d.catalog(), [d.name(&color)]);
     assert!(!d.status().contains("interrupted deploy"));
 }

@@ -36,6 +36,8 @@ pub enum NameKind {
     Service,
     InstanceId,
     Label,
+    UpstreamFile,
+    Backend,
 }
 
 impl std::fmt::Display for NameKind {
@@ -48,6 +50,8 @@ impl std::fmt::Display for NameKind {
             NameKind::Service => "service name",
             NameKind::InstanceId => "instance ID",
             NameKind::Label => "label",
+            NameKind::UpstreamFile => "upstream file",
+            NameKind::Backend => "HAProxy backend",
         })
     }
 }
@@ -181,6 +185,19 @@ pub fn instance_id(id: &str) -> Result<&str, InvalidName> {
         MAX_INSTANCE_ID,
         &['.', '_', '-', ':'],
     )
+}
+
+/// A file in a proxy's config directory: one plain component
+/// (`[a-zA-Z0-9][a-zA-Z0-9._-]*`), never hidden (runner's own switch files
+/// are), at most 128 bytes.
+pub fn upstream_file(name: &str) -> Result<&str, InvalidName> {
+    ascii_id(NameKind::UpstreamFile, name, 128, &['.', '_', '-'])
+}
+
+/// An HAProxy backend: `[a-zA-Z0-9][a-zA-Z0-9._:-]*`, at most 128 bytes;
+/// no space, `;` or newline, which would start another runtime-API command.
+pub fn proxy_backend(name: &str) -> Result<&str, InvalidName> {
+    ascii_id(NameKind::Backend, name, 128, &['.', '_', '-', ':'])
 }
 
 fn ascii_id<'a>(

@@ -195,6 +195,15 @@ impl Deployment {
         list
     }
 
+    /// Names of this deployment's running containers.
+    pub fn running(&self) -> Vec<String> {
+        self.containers()
+            .into_iter()
+            .filter(|(_, running)| *running)
+            .map(|(name, _)| name)
+            .collect()
+    }
+
     pub fn catalog(&self) -> Vec<String> {
         run(self.runner().args(["catalog", "list"]))
             .stdout

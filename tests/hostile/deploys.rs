@@ -6,6 +6,43 @@
 use crate::common::hostile::{Calls, Verdict, exec};
 use crate::common::{Env, Output, run};
 
+/// A runner file with two proxies (`p`: files in `conf/`, holding
+/// `keep.conf`; `h`: HAProxy at a missing socket) and the operator's
+/// template `templates/up.ctmpl`: (the directory, the template's path).
+fn proxy_dir(env: &Env) -> (std::path::PathBuf, String) {
+    let dir = env.path().join("proxy");
+    std::fs::create_dir_all(dir.join("conf")).unwrap();
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(
+        dir.join("templates/up.ctmpl"),
+        "upstream x { server 127.0.0.1:8080; }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("conf/keep.conf"), "keep\n").unwrap();
+    std::fs::write(
+        dir.join("runner.toml"),
+        "[proxies.p]\nconfig_dir = \"conf\"\nreload = [\"true\"]\n\n\
+         [proxies.h]\ndriver = \"haproxy\"\nadmin_socket = \"no-such.sock\"\n",
+    )
+    .unwrap();
+    let template = dir.join("templates/up.ctmpl").display().to_string();
+    (dir, template)
+}
+
+/// The hostile guest making `calls` in `dir`, granted proxy `p` and the templates.
+fn exec_in(env: &Env, dir: &std::path::Path, calls: &Calls) -> assert_cmd::Command {
+    let mut cmd = exec(env, calls);
+    cmd.current_dir(dir).args([
+        "-f",
+        "runner.toml",
+        "--allow-proxy",
+        "p",
+        "--allow-dir",
+        "templates",
+    ]);
+    cmd
+}
+
 fn journal_calls() -> Calls {
     Calls::new()
         .call("bad-step", "journal.write", &[("step", "Switch;rm")])
@@ -64,29 +101,7 @@ fn journal_entries_are_bounded_and_need_the_lock() {
 #[test]
 fn proxy_switch_arguments_cannot_carry_syntax_or_paths() {
     let env = Env::new();
-    let dir = env.path().join("proxy");
-    std::fs::create_dir_all(dir.join("conf")).unwrap();
-    std::fs::create_dir_all(dir.join("templates")).unwrap();
-    std::fs::write(
-        dir.join("templates/up.ctmpl"),
-        "upstream x { server 127.0.0.1:8080; }\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("conf/keep.conf"), "keep\n").unwrap();
-    std::fs::write(
-        dir.join("runner.toml"),
-        r#"
-[proxies.p]
-config_dir = "conf"
-reload = ["true"]
-
-[proxies.h]
-driver = "haproxy"
-admin_socket = "no-such.sock"
-"#,
-    )
-    .unwrap();
-    let template = dir.join("templates/up.ctmpl").display().to_string();
+    let (dir, template) = proxy_dir(&env);
     let calls = Calls::new()
         .call(
             "dotdot",
@@ -172,18 +187,7 @@ admin_socket = "no-such.sock"
                 ("template", &template),
             ],
         );
-    let mut cmd = exec(&env, &calls);
-    cmd.current_dir(&dir).args([
-        "-f",
-        "runner.toml",
-        "--allow-proxy",
-        "p",
-        "--allow-proxy",
-        "h",
-        "--allow-dir",
-        "templates",
-    ]);
-    let out = run(&mut cmd).expect_code(0);
+    let out = run(exec_in(&env, &dir, &calls).args(["--allow-proxy", "h"])).expect_code(0);
     let mut v = Verdict::new(&out);
     v.refused("dotdot", "invalid-config", &["plain file name"]);
     v.refused("hidden", "invalid-config", &["plain file name"]);
@@ -261,17 +265,7 @@ fn only_the_deploy_stage_of_a_pipeline_has_the_journal() {
 #[test]
 fn templates_cannot_write_hidden_files_into_a_proxy_config_dir() {
     let env = Env::new();
-    let dir = env.path().join("proxy");
-    std::fs::create_dir_all(dir.join("conf")).unwrap();
-    std::fs::create_dir_all(dir.join("templates")).unwrap();
-    std::fs::write(dir.join("templates/empty.ctmpl"), "").unwrap();
-    std::fs::write(dir.join("conf/victim.conf"), "keep\n").unwrap();
-    std::fs::write(
-        dir.join("runner.toml"),
-        "[proxies.p]\nconfig_dir = \"conf\"\nreload = [\"true\"]\n",
-    )
-    .unwrap();
-    let template = dir.join("templates/empty.ctmpl").display().to_string();
+    let (dir, template) = proxy_dir(&env);
     let calls = Calls::new()
         .call(
             "marker",
@@ -280,7 +274,7 @@ fn templates_cannot_write_hidden_files_into_a_proxy_config_dir() {
                 ("template", &template),
                 (
                     "destination",
-                    &dir.join("conf/.victim.conf.runner-absent")
+                    &dir.join("conf/.keep.conf.runner-absent")
                         .display()
                         .to_string(),
                 ),
@@ -297,21 +291,12 @@ fn templates_cannot_write_hidden_files_into_a_proxy_config_dir() {
                 ),
             ],
         );
-    let mut cmd = exec(&env, &calls);
-    cmd.current_dir(&dir).args([
-        "-f",
-        "runner.toml",
-        "--allow-proxy",
-        "p",
-        "--allow-dir",
-        "templates",
-    ]);
-    let out = run(&mut cmd).expect_code(0);
+    let out = run(&mut exec_in(&env, &dir, &calls)).expect_code(0);
     let mut v = Verdict::new(&out);
     v.refused("marker", "invalid-config", &["hidden file"]);
     v.refused("lock", "invalid-config", &["hidden file"]);
     v.check(
-        !dir.join("conf/.victim.conf.runner-absent").exists(),
+        !dir.join("conf/.keep.conf.runner-absent").exists() && dir.join("conf/keep.conf").exists(),
         "the marker was written",
     );
     v.finish();

@@ -99,29 +99,28 @@ pub(super) async fn run(cli: &Cli, args: &PipelineArgs) -> Result<(), CommandErr
 }
 
 pub(super) async fn rollback(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandError> {
-    let (runtime, pipeline) = load(cli, &args.file, &args.options.plugin_path)?;
-    check_service(&pipeline, &args.service)?;
-    let deploy = deploy_stage(&pipeline)?;
-    let start = Start {
-        kind: "rollback",
-        from_stage: deploy,
-        only_one: true,
-        outputs: BTreeMap::new(),
-        first_stage_config: vec![("action".into(), "rollback".into())],
-    };
-    run_pipeline(cli, &args.options, runtime, &pipeline, start).await
+    deploy_stage_only(cli, args, "rollback").await
 }
 
 pub(super) async fn recover(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandError> {
+    deploy_stage_only(cli, args, "recover").await
+}
+
+/// Run the deploy stage alone with `action=<action>` (`rollback`, `recover`),
+/// recorded in the history as that kind.
+async fn deploy_stage_only(
+    cli: &Cli,
+    args: &ServiceArgs,
+    action: &'static str,
+) -> Result<(), CommandError> {
     let (runtime, pipeline) = load(cli, &args.file, &args.options.plugin_path)?;
     check_service(&pipeline, &args.service)?;
-    let deploy = deploy_stage(&pipeline)?;
     let start = Start {
-        kind: "recover",
-        from_stage: deploy,
+        kind: action,
+        from_stage: deploy_stage(&pipeline)?,
         only_one: true,
         outputs: BTreeMap::new(),
-        first_stage_config: vec![("action".into(), "recover".into())],
+        first_stage_config: vec![("action".into(), action.into())],
     };
     run_pipeline(cli, &args.options, runtime, &pipeline, start).await
 }

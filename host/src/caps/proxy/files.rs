@@ -41,20 +41,11 @@ fn failed(proxy: &str, what: &str, e: impl std::fmt::Display) -> PluginError {
 
 /// An upstream file name: one plain component the proxy's include glob sees.
 fn check_file_name(proxy: &str, name: &str) -> Result<(), PluginError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(PluginError::InvalidConfig(format!(
-            "proxy {proxy}: upstream file \"{}\" must be a plain file name (letters, digits, . - _; not starting with .)",
-            name.chars().take(80).collect::<String>().escape_debug()
-        )))
-    }
+    crate::names::upstream_file(name).map(|_| ()).map_err(|e| {
+        PluginError::InvalidConfig(format!(
+            "proxy {proxy}: upstream file must be a plain file name (letters, digits, . - _; not starting with .): {e}"
+        ))
+    })
 }
 
 /// The proxy-wide lock, held until dropped (the kernel frees it if we die).

@@ -33,19 +33,9 @@ pub struct ServerState {
 }
 
 fn check_backend(proxy: &str, backend: &str) -> Result<(), PluginError> {
-    let ok = !backend.is_empty()
-        && backend.len() <= 128
-        && backend
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
-    if ok {
-        Ok(())
-    } else {
-        Err(PluginError::InvalidConfig(format!(
-            "proxy {proxy}: backend \"{}\" must be letters, digits, . - _ :",
-            backend.chars().take(80).collect::<String>().escape_debug()
-        )))
-    }
+    crate::names::proxy_backend(backend)
+        .map(|_| ())
+        .map_err(|e| e.to_plugin_error(&format!("proxy {proxy}")))
 }
 
 /// Send one command line; HAProxy answers and closes the connection.
