@@ -6,8 +6,7 @@
 //! (`RUNNER_BENCH_QUICK=1` runs fewer iterations.)
 
 use runner::bindings::Context;
-use runner::caps::{Capabilities, HostServices};
-use runner::grants::{Grants, GrantsSpec};
+use runner::caps::{Capabilities, Grants, GrantsSpec, HostServices, RunContext};
 use runner::registry::EmbeddedRegistry;
 use runner::runtime::{ArtifactCache, Limits, Plugin, RunRequest, Runtime, RuntimeConfig};
 use std::path::{Path, PathBuf};
@@ -72,7 +71,9 @@ impl Bench {
     fn new(cache_dir: Option<PathBuf>, state: &Path) -> Self {
         let registry = EmbeddedRegistry::open(state, Duration::from_secs(5)).expect("registry");
         let spec = GrantsSpec {
-            kv: vec!["bench/".into()],
+            kv: runner::caps::kv::KvSpec {
+                kv: vec!["bench/".into()],
+            },
             ..Default::default()
         };
         Self {
@@ -85,11 +86,9 @@ impl Bench {
                 registry: Arc::new(registry),
                 docker: runner::caps::docker::DockerEngine::new(None),
                 hooks: None,
-                host_call_timeout: Duration::from_secs(30),
-                http_max_body: 10 << 20,
                 journal_service: None,
             },
-            grants: spec.validate().expect("grants"),
+            grants: spec.validate_with(&[], &[]).expect("grants"),
         }
     }
 
@@ -123,8 +122,12 @@ impl Bench {
                     .collect(),
                 inputs: vec![],
             },
-            capabilities: Capabilities::new(plugin.name(), &self.grants, &self.services),
-            dirs: vec![],
+            capabilities: Capabilities::prepare(&RunContext {
+                plugin: plugin.name(),
+                grants: &self.grants,
+                host: &self.services,
+                limits: &Limits::default(),
+            }),
             limits: Limits::default(),
         };
         let outcome = self.runtime.run(plugin, request).await.expect("no fault");

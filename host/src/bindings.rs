@@ -3,17 +3,9 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "stage",
-    imports: {
-        // Logging is synchronous and cheap; everything that may wait on I/O is async.
-        "runner:plugin/kv": async,
-        "runner:plugin/catalog": async,
-        "runner:plugin/http": async,
-        "runner:plugin/template": async,
-        "runner:plugin/docker": async,
-        "runner:plugin/proxy": async,
-        "runner:plugin/hooks": async,
-        "runner:plugin/journal": async,
-    },
+    // Every import may wait (registry, engine, network); logging is cheap
+    // but async too, so a new interface needs no entry here.
+    imports: { default: async },
     exports: { default: async },
 });
 

@@ -371,54 +371,10 @@ pub struct GrantArgs {
     #[arg(long = "file", short = 'f', value_name = "FILE")]
     pub file: Option<PathBuf>,
 
-    /// Allow KV keys under PREFIX (`books-ms/`), or `*` for all.
-    #[arg(long = "allow-kv", value_name = "PREFIX")]
-    pub kv: Vec<String>,
-
-    /// Allow catalog access to services matching PATTERN (`books-ms-*`).
-    #[arg(long = "allow-service", value_name = "PATTERN")]
-    pub services: Vec<String>,
-
-    /// Allow HTTP to ORIGIN, `scheme://host:port`; host and port may be `*`.
-    #[arg(long = "allow-http", value_name = "ORIGIN")]
-    pub http: Vec<String>,
-
-    /// Preopen a directory for the plugin's file access: HOST[:GUEST][:ro|rw] (default ro).
-    #[arg(long = "allow-dir", value_name = "HOST[:GUEST][:MODE]")]
-    pub dirs: Vec<String>,
-
-    /// Allow templates to render files into DIR.
-    #[arg(long = "allow-template-out", value_name = "DIR")]
-    pub template_out: Vec<String>,
-
-    /// Allow running and managing containers whose names match PATTERN (`books-ms-*`).
-    #[arg(long = "allow-container", value_name = "PATTERN")]
-    pub containers: Vec<String>,
-
-    /// Allow images matching PATTERN (`books-ms:*`) to be pulled, run, tagged.
-    #[arg(long = "allow-image", value_name = "PATTERN")]
-    pub images: Vec<String>,
-
-    /// Allow building images (the context must be inside an --allow-dir).
-    #[arg(long = "allow-build")]
-    pub build: bool,
-
-    /// Allow pushing granted images.
-    #[arg(long = "allow-push")]
-    pub push: bool,
-
-    /// Limits of the containers the plugin runs, raising or lowering the
-    /// defaults (memory=1GiB,pids=1024, no CPU limit): `memory=4GiB,pids=4096,cpus=2`.
-    #[arg(long = "container-limits", value_name = "LIMITS")]
-    pub container_limits: Option<String>,
-
-    /// Allow reloading proxy NAME, defined as [proxies.NAME] in the runner file.
-    #[arg(long = "allow-proxy", value_name = "NAME")]
-    pub proxies: Vec<String>,
-
-    /// Allow running hook NAME, defined as [hooks.NAME] in the runner file.
-    #[arg(long = "allow-hook", value_name = "NAME")]
-    pub hooks: Vec<String>,
+    /// Every capability's flags (`--allow-kv`, `--allow-container`, ...),
+    /// each defined by its capability module.
+    #[command(flatten)]
+    pub grants: crate::caps::GrantsSpec,
 }
 
 #[derive(Debug, Args)]

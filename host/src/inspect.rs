@@ -1,34 +1,17 @@
 //! `runner plugin inspect`: what a component imports and exports, whether it
 //! is a runner stage, and which grants it can make use of.
 
+use crate::caps::ImportUse;
 use std::fmt::Write;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// How runner treats one imported interface.
+/// How runner treats one imported interface: the grant that serves it, or
+/// the WASI policy (from the capability list, [`crate::caps::IMPORTS`]).
 fn grant_for(import: &str) -> Option<&'static str> {
-    let iface = import.split('@').next().unwrap_or(import);
-    Some(match iface {
-        "runner:plugin/types" | "runner:plugin/log" => "always available",
-        "runner:plugin/kv" => "--allow-kv PREFIX",
-        "runner:plugin/catalog" => "--allow-service PATTERN",
-        "runner:plugin/http" => "--allow-http ORIGIN",
-        "runner:plugin/template" => "--allow-template-out DIR (data: --allow-service, --allow-kv)",
-        "runner:plugin/docker" => {
-            "--allow-container PATTERN, --allow-image PATTERN (--allow-build, --allow-push)"
-        }
-        "runner:plugin/proxy" => "--allow-proxy NAME",
-        "runner:plugin/hooks" => "--allow-hook NAME",
-        "runner:plugin/journal" => "no flag: a stage run for --service under its deploy lock",
-        i if i.starts_with("wasi:filesystem/") => {
-            "--allow-dir HOST[:GUEST][:MODE] (no directories otherwise)"
-        }
-        i if i.starts_with("wasi:sockets/") => "never granted: use runner:plugin/http",
-        "wasi:cli/environment" => "always empty (no environment, no arguments)",
-        "wasi:cli/stdout" | "wasi:cli/stderr" => "captured into the log",
-        i if i.starts_with("wasi:cli/") || i.starts_with("wasi:io/") => "always available",
-        i if i.starts_with("wasi:clocks/") || i.starts_with("wasi:random/") => "always available",
-        _ => return None,
+    crate::caps::import_use(import).map(|u| match u {
+        ImportUse::Capability(cap) => cap.flag_hint,
+        ImportUse::Wasi(policy) => policy,
     })
 }
 

@@ -20,7 +20,8 @@
 //! ```
 
 use crate::caps::proxy::{ProxyConfig, ProxySpec};
-use crate::grants::{GrantError, Grants, GrantsSpec};
+use crate::caps::{Grants, GrantsSpec};
+use crate::grants::GrantError;
 use crate::runtime::Limits;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -104,6 +105,7 @@ pub struct LimitsSpec {
     pub memory: Option<String>,
     pub deadline: Option<String>,
     pub host_call_timeout: Option<String>,
+    pub http_max_body: Option<String>,
 }
 
 /// A validated hook.
@@ -153,6 +155,13 @@ impl LimitsSpec {
             },
             deadline: duration(&self.deadline, defaults.deadline)?,
             host_call_timeout: duration(&self.host_call_timeout, defaults.host_call_timeout)?,
+            http_max_body: match &self.http_max_body {
+                Some(m) => m
+                    .parse::<bytesize::ByteSize>()
+                    .map_err(|e| format!("http_max_body \"{m}\": {e}"))?
+                    .as_u64(),
+                None => defaults.http_max_body,
+            },
         })
     }
 }
@@ -278,14 +287,18 @@ mod tests {
             .grants
             .validate_with(&rf.proxies, &rf.hook_names())
             .unwrap();
-        assert_eq!(grants.proxies.len(), 1);
+        assert_eq!(grants.proxy.len(), 1);
+        let (outputs, operator_only) = crate::caps::template::TemplateGrant::outputs(&grants);
+        assert_eq!(operator_only.len(), 1);
         assert!(
-            grants.template_out[0]
+            outputs[0]
                 .contains(&dir.path().join("nginx/upstreams").canonicalize().unwrap())
         );
 
         let undefined = GrantsSpec {
-            proxies: vec!["haproxy".into()],
+            proxy: crate::caps::proxy::ProxyGrantSpec {
+                proxies: vec!["haproxy".into()],
+            },
             ..Default::default()
         };
         let err = undefined

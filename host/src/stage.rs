@@ -6,8 +6,7 @@ use crate::bindings::runner::plugin::hooks::HookOutcome;
 use crate::bindings::{Context as StageContext, PluginError};
 use crate::caps::hooks::{HookCaller, HookRunner};
 use crate::caps::template::{FileError, GrantedDir, read_inside_limited};
-use crate::caps::{Capabilities, HostServices};
-use crate::grants::{Grants, host_path};
+use crate::caps::{Capabilities, Grants, HostServices, RunContext};
 use crate::pipeline::junit::Report;
 use crate::runfile::HookDef;
 use crate::runtime::{Limits, Plugin, Runtime, StageResult};
@@ -167,13 +166,13 @@ const MAX_REPORT_BYTES: u64 = 16 * 1024 * 1024;
 /// directories (cap-std: no `..`, no symlink out of the grant), so what is
 /// merged later is what the plugin could itself read.
 fn collect_report(plugin: &str, guest: &str, grants: &Grants, reports: &Mutex<Vec<Report>>) {
-    let Some(path) = host_path(&grants.dirs, guest) else {
+    let Some(path) = grants.dirs.host_path(guest) else {
         tracing::warn!(
             "JUnit report \"{guest}\" of {plugin} is outside its granted directories; not merged"
         );
         return;
     };
-    let dirs: Vec<GrantedDir> = grants.dirs.iter().map(|d| d.granted.clone()).collect();
+    let dirs: Vec<GrantedDir> = grants.dirs.granted();
     match read_inside_limited(&dirs, &path, MAX_REPORT_BYTES) {
         Ok(xml) => {
             if let Ok(mut reports) = reports.lock()
@@ -206,8 +205,12 @@ pub async fn run_plugin(
         .map(|(_, guest)| guest.clone());
     let plugin_name = plugin.name().to_string();
     let request = crate::runtime::RunRequest {
-        capabilities: Capabilities::new(plugin.name(), grants, services),
-        dirs: grants.dirs.clone(),
+        capabilities: Capabilities::prepare(&RunContext {
+            plugin: plugin.name(),
+            grants,
+            host: services,
+            limits: &limits,
+        }),
         limits,
         context,
     };

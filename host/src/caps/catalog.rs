@@ -1,7 +1,9 @@
 //! `catalog`: instances of services, limited to granted service names.
 
 use super::globs::Globs;
-use super::{HostServices, bounded, denied, registry_error};
+use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, bounded, denied, registry_error};
+use crate::grants::{GrantError, InvalidGrant};
+use wasmtime::component::{HasSelf, Linker};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::catalog;
 use crate::names;
@@ -14,7 +16,7 @@ use std::time::Duration;
 pub struct ServiceGrant(Globs);
 
 impl ServiceGrant {
-    pub fn parse(patterns: &[String]) -> Result<Self, String> {
+    pub fn parse(patterns: &[String]) -> Result<Self, InvalidGrant> {
         Globs::parse(patterns).map(Self)
     }
 
@@ -53,14 +55,6 @@ pub struct CatalogCap {
 }
 
 impl CatalogCap {
-    pub fn new(grant: ServiceGrant, services: &HostServices) -> Self {
-        Self {
-            grant,
-            registry: services.registry.clone(),
-            timeout: services.host_call_timeout,
-        }
-    }
-
     fn check(&self, op: &str, service: &str) -> Result<(), PluginError> {
         self.grant.check(op, service)
     }
@@ -156,6 +150,55 @@ impl catalog::Host for CatalogCap {
                 .map_err(|e| registry_error("catalog", e))
         })
         .await
+    }
+}
+
+/// `--allow-service` as written.
+#[derive(clap::Args, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatalogSpec {
+    /// Allow catalog access to services matching PATTERN (`books-ms-*`).
+    #[arg(long = "allow-service", value_name = "PATTERN")]
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+impl GrantSpec for CatalogSpec {
+    fn merge(&mut self, other: Self) {
+        self.services.extend(other.services);
+    }
+}
+
+impl Capability for CatalogCap {
+    const INTERFACES: &'static [&'static str] = &["runner:plugin/catalog"];
+    const FLAG_HINT: &'static str = "--allow-service PATTERN";
+    const TOML_HINT: &'static str = "grants.services = [\"NAME-*\"]";
+    const WIT: &'static [(&'static str, &'static str)] =
+        &[("catalog.wit", include_str!("../../../wit/catalog.wit"))];
+    type Spec = CatalogSpec;
+    type Grant = ServiceGrant;
+
+    fn validate(spec: &CatalogSpec, _: &mut ValidateContext<'_>) -> Result<ServiceGrant, GrantError> {
+        ServiceGrant::parse(&spec.services)
+            .map_err(|r| GrantError::invalid("--allow-service", spec.services.join(","), r))
+    }
+
+    fn granted(grants: &Grants) -> bool {
+        !grants.catalog.is_empty()
+    }
+
+    fn prepare(cx: &RunContext<'_>) -> Self {
+        Self {
+            grant: cx.grants.catalog.clone(),
+            registry: cx.host.registry.clone(),
+            timeout: cx.limits.host_call_timeout,
+        }
+    }
+
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        catalog::add_to_linker::<T, HasSelf<Self>>(linker, get)
     }
 }
 

@@ -9,7 +9,9 @@
 
 use super::globs::{Globs, glob_matcher};
 use super::template::GrantedDir;
-use super::{HostServices, bounded, denied, registry_error};
+use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, bounded, denied, registry_error};
+use crate::grants::{GrantError, InvalidGrant};
+use wasmtime::component::{HasSelf, Linker};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::docker;
 use crate::names;
@@ -88,7 +90,7 @@ impl Default for ContainerLimits {
 
 impl ContainerLimits {
     /// `memory=4GiB,pids=4096,cpus=1.5`; unnamed limits keep their defaults.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, InvalidGrant> {
         let mut limits = Self::default();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = part
@@ -125,7 +127,8 @@ impl ContainerLimits {
                 other => {
                     return Err(format!(
                         "unknown container limit \"{other}\" (memory=, pids=, cpus=)"
-                    ));
+                    )
+                    .into());
                 }
             }
         }
@@ -139,7 +142,7 @@ impl DockerGrant {
         images: &[String],
         build: bool,
         push: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, InvalidGrant> {
         Ok(Self {
             containers: Globs::parse(containers)?,
             images: Globs::parse(images)?,
@@ -271,25 +274,13 @@ pub struct DockerCap {
     /// Where build contexts may come from (`--allow-dir`).
     build_dirs: Vec<GrantedDir>,
     /// The same directories with the paths the plugin sees them at.
-    guest_dirs: Vec<crate::grants::DirGrant>,
+    guest_dirs: Vec<super::dirs::DirGrant>,
     engine: DockerEngine,
     registry: Arc<dyn Registry>,
     timeout: Duration,
 }
 
 impl DockerCap {
-    pub fn new(grants: &crate::grants::Grants, services: &HostServices) -> Self {
-        Self {
-            grant: grants.docker.clone(),
-            services: grants.services.clone(),
-            build_dirs: grants.dirs.iter().map(|d| d.granted.clone()).collect(),
-            guest_dirs: grants.dirs.clone(),
-            engine: services.docker.clone(),
-            registry: services.registry.clone(),
-            timeout: services.host_call_timeout,
-        }
-    }
-
     /// Image operations (pull, build, push) move megabytes: allow them longer.
     fn image_timeout(&self) -> Duration {
         self.timeout.max(Duration::from_secs(600))
@@ -424,7 +415,7 @@ impl DockerCap {
     ) -> Result<(Vec<u8>, Option<String>), PluginError> {
         // The plugin may name the context as it sees it (`/build/app` for a
         // `build:/build` grant) or as a host path.
-        let host = crate::grants::host_path(&self.guest_dirs, context_dir)
+        let host = self.guest_dirs.iter().find_map(|d| d.host_path(context_dir))
             .unwrap_or_else(|| context_dir.into());
         let dir =
             super::template::open_dir_inside(&self.build_dirs, &host).map_err(|e| match e {
@@ -1276,6 +1267,103 @@ impl docker::Host for DockerCap {
             Ok(text)
         })
         .await
+    }
+}
+
+/// The Docker grants as written.
+#[derive(clap::Args, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct DockerSpec {
+    /// Allow running and managing containers whose names match PATTERN (`books-ms-*`).
+    #[arg(long = "allow-container", value_name = "PATTERN")]
+    #[serde(default)]
+    pub containers: Vec<String>,
+
+    /// Allow images matching PATTERN (`books-ms:*`) to be pulled, run, tagged.
+    #[arg(long = "allow-image", value_name = "PATTERN")]
+    #[serde(default)]
+    pub images: Vec<String>,
+
+    /// Allow building images (the context must be inside an --allow-dir).
+    #[arg(long = "allow-build")]
+    #[serde(default)]
+    pub build: bool,
+
+    /// Allow pushing granted images.
+    #[arg(long = "allow-push")]
+    #[serde(default)]
+    pub push: bool,
+
+    /// Limits of the containers the plugin runs, raising or lowering the
+    /// defaults (memory=1GiB,pids=1024, no CPU limit): `memory=4GiB,pids=4096,cpus=2`.
+    #[arg(long = "container-limits", value_name = "LIMITS")]
+    #[serde(default)]
+    pub container_limits: Option<String>,
+}
+
+impl GrantSpec for DockerSpec {
+    fn merge(&mut self, other: Self) {
+        self.containers.extend(other.containers);
+        self.images.extend(other.images);
+        self.build |= other.build;
+        self.push |= other.push;
+        if other.container_limits.is_some() {
+            self.container_limits = other.container_limits;
+        }
+    }
+}
+
+impl Capability for DockerCap {
+    const INTERFACES: &'static [&'static str] = &["runner:plugin/docker"];
+    const FLAG_HINT: &'static str =
+        "--allow-container PATTERN, --allow-image PATTERN (--allow-build, --allow-push)";
+    const TOML_HINT: &'static str =
+        "grants.containers = [\"NAME-*\"] and/or grants.images = [\"IMAGE:*\"]";
+    const WIT: &'static [(&'static str, &'static str)] =
+        &[("docker.wit", include_str!("../../../wit/docker.wit"))];
+    type Spec = DockerSpec;
+    type Grant = DockerGrant;
+
+    fn validate(spec: &DockerSpec, _: &mut ValidateContext<'_>) -> Result<DockerGrant, GrantError> {
+        let limits = match spec.container_limits.as_deref() {
+            Some(text) => ContainerLimits::parse(text)
+                .map_err(|r| GrantError::invalid("--container-limits", text, r))?,
+            None => ContainerLimits::default(),
+        };
+        DockerGrant::parse(&spec.containers, &spec.images, spec.build, spec.push)
+            .map(|g| g.with_limits(limits))
+            .map_err(|r| {
+                GrantError::invalid(
+                    "--allow-container/--allow-image",
+                    [spec.containers.clone(), spec.images.clone()]
+                        .concat()
+                        .join(","),
+                    r,
+                )
+            })
+    }
+
+    fn granted(grants: &Grants) -> bool {
+        !grants.docker.is_empty()
+    }
+
+    fn prepare(cx: &RunContext<'_>) -> Self {
+        let grants = cx.grants;
+        Self {
+            grant: grants.docker.clone(),
+            services: grants.catalog.clone(),
+            build_dirs: grants.dirs.granted(),
+            guest_dirs: grants.dirs.0.clone(),
+            engine: cx.host.docker.clone(),
+            registry: cx.host.registry.clone(),
+            timeout: cx.limits.host_call_timeout,
+        }
+    }
+
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        docker::add_to_linker::<T, HasSelf<Self>>(linker, get)
     }
 }
 

@@ -18,7 +18,7 @@ impl Default for Globs {
 }
 
 impl Globs {
-    pub fn parse(patterns: &[String]) -> Result<Self, String> {
+    pub fn parse(patterns: &[String]) -> Result<Self, crate::grants::InvalidGrant> {
         let mut builder = GlobSetBuilder::new();
         for p in patterns {
             // `*` never crosses `/`: `team-*` must not match `team-a/../victim`

@@ -2,7 +2,9 @@
 //! sandbox, and hand its outcome back to the caller (e.g. the blue-green
 //! stage's pre- and post-integration tests).
 
-use super::denied;
+use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, denied};
+use crate::grants::GrantError;
+use wasmtime::component::{HasSelf, Linker};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::hooks;
 use async_trait::async_trait;
@@ -33,9 +35,58 @@ pub struct HooksCap {
     runner: Option<Arc<dyn HookRunner>>,
 }
 
-impl HooksCap {
-    pub fn new(allowed: Vec<String>, runner: Option<Arc<dyn HookRunner>>) -> Self {
-        Self { allowed, runner }
+/// `--allow-hook` as written.
+#[derive(clap::Args, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct HooksSpec {
+    /// Allow running hook NAME, defined as [hooks.NAME] in the runner file.
+    #[arg(long = "allow-hook", value_name = "NAME")]
+    #[serde(default)]
+    pub hooks: Vec<String>,
+}
+
+impl GrantSpec for HooksSpec {
+    fn merge(&mut self, other: Self) {
+        self.hooks.extend(other.hooks);
+    }
+}
+
+impl Capability for HooksCap {
+    const INTERFACES: &'static [&'static str] = &["runner:plugin/hooks"];
+    const FLAG_HINT: &'static str = "--allow-hook NAME";
+    const TOML_HINT: &'static str = "grants.hooks = [\"NAME\"]";
+    const WIT: &'static [(&'static str, &'static str)] =
+        &[("hooks.wit", include_str!("../../../wit/hooks.wit"))];
+    type Spec = HooksSpec;
+    type Grant = Vec<String>;
+
+    /// Every granted hook must be defined in the runner file.
+    fn validate(spec: &HooksSpec, cx: &mut ValidateContext<'_>) -> Result<Vec<String>, GrantError> {
+        if let Some(name) = spec.hooks.iter().find(|h| !cx.hooks.contains(h)) {
+            return Err(GrantError::Undefined {
+                kind: "hook",
+                table: "hooks",
+                name: name.clone(),
+            });
+        }
+        Ok(spec.hooks.clone())
+    }
+
+    fn granted(grants: &Grants) -> bool {
+        !grants.hooks.is_empty()
+    }
+
+    fn prepare(cx: &RunContext<'_>) -> Self {
+        Self {
+            allowed: cx.grants.hooks.clone(),
+            runner: cx.host.hooks.clone(),
+        }
+    }
+
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        hooks::add_to_linker::<T, HasSelf<Self>>(linker, get)
     }
 }
 

@@ -1,6 +1,8 @@
 //! `http`: outbound requests through reqwest, limited to granted origins.
 
-use super::{HostServices, denied};
+use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, denied};
+use crate::grants::GrantError;
+use wasmtime::component::{HasSelf, Linker};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::http;
 use std::sync::{Arc, OnceLock};
@@ -185,17 +187,6 @@ pub struct HttpCap {
 }
 
 impl HttpCap {
-    pub fn new(grant: HttpGrant, services: &HostServices) -> Self {
-        let mut endpoints: Vec<String> = services.registry.endpoint().into_iter().collect();
-        endpoints.push(services.docker.host().to_string());
-        Self {
-            grant: Arc::new(grant.protecting(&endpoints)),
-            client: OnceLock::new(),
-            max_timeout: services.host_call_timeout,
-            max_body: services.http_max_body,
-        }
-    }
-
     fn client(&self) -> Result<&reqwest::Client, PluginError> {
         if let Some(c) = self.client.get() {
             return Ok(c);
@@ -331,6 +322,60 @@ impl http::Host for HttpCap {
             headers,
             body,
         })
+    }
+}
+
+/// `--allow-http` as written.
+#[derive(clap::Args, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpSpec {
+    /// Allow HTTP to ORIGIN, `scheme://host:port`; host and port may be `*`.
+    #[arg(long = "allow-http", value_name = "ORIGIN")]
+    #[serde(default)]
+    pub http: Vec<String>,
+}
+
+impl GrantSpec for HttpSpec {
+    fn merge(&mut self, other: Self) {
+        self.http.extend(other.http);
+    }
+}
+
+impl Capability for HttpCap {
+    const INTERFACES: &'static [&'static str] = &["runner:plugin/http"];
+    const FLAG_HINT: &'static str = "--allow-http ORIGIN";
+    const TOML_HINT: &'static str = "grants.http = [\"http://HOST:PORT\"]";
+    const WIT: &'static [(&'static str, &'static str)] =
+        &[("http.wit", include_str!("../../../wit/http.wit"))];
+    type Spec = HttpSpec;
+    type Grant = HttpGrant;
+
+    fn validate(spec: &HttpSpec, _: &mut ValidateContext<'_>) -> Result<HttpGrant, GrantError> {
+        HttpGrant::parse(&spec.http)
+            .map_err(|r| GrantError::invalid("--allow-http", spec.http.join(","), r))
+    }
+
+    fn granted(grants: &Grants) -> bool {
+        !grants.http.is_empty()
+    }
+
+    /// runner's own backends (the registry's and the engine's endpoints) are
+    /// kept out of reach whatever the grant says.
+    fn prepare(cx: &RunContext<'_>) -> Self {
+        let mut endpoints: Vec<String> = cx.host.registry.endpoint().into_iter().collect();
+        endpoints.push(cx.host.docker.host().to_string());
+        Self {
+            grant: Arc::new(cx.grants.http.clone().protecting(&endpoints)),
+            client: OnceLock::new(),
+            max_timeout: cx.limits.host_call_timeout,
+            max_body: cx.limits.http_max_body,
+        }
+    }
+
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        http::add_to_linker::<T, HasSelf<Self>>(linker, get)
     }
 }
 

@@ -6,7 +6,9 @@
 //! namespace: no kv grant reaches it, so a plugin can only write its own
 //! service's journal, through this interface, while it holds the deploy lock.
 
-use super::{HostServices, bounded, registry_error};
+use super::{Capability, Grants, NoGrant, RunContext, ValidateContext, bounded, registry_error};
+use crate::grants::GrantError;
+use wasmtime::component::{HasSelf, Linker};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::journal;
 use crate::registry::{Registry, RegistryError, runner_key};
@@ -151,16 +153,6 @@ pub struct JournalCap {
 }
 
 impl JournalCap {
-    pub fn new(services: &HostServices) -> Self {
-        Self {
-            service: services.journal_service.clone(),
-            registry: services.registry.clone(),
-            timeout: services.host_call_timeout,
-            started_ms: 0,
-            last_step: None,
-        }
-    }
-
     fn service(&self) -> Result<String, PluginError> {
         self.service.clone().ok_or_else(|| {
             PluginError::Denied(
@@ -272,6 +264,41 @@ impl journal::Host for JournalCap {
         .await?;
         self.started_ms = 0;
         Ok(())
+    }
+}
+
+impl Capability for JournalCap {
+    const INTERFACES: &'static [&'static str] = &["runner:plugin/journal"];
+    const FLAG_HINT: &'static str = "no flag: a stage run for --service under its deploy lock";
+    const WIT: &'static [(&'static str, &'static str)] =
+        &[("journal.wit", include_str!("../../../wit/journal.wit"))];
+    type Spec = NoGrant;
+    type Grant = ();
+
+    fn validate(_: &NoGrant, _: &mut ValidateContext<'_>) -> Result<(), GrantError> {
+        Ok(())
+    }
+
+    /// The deploy lock grants it, not the operator: never "uncovered".
+    fn granted(_: &Grants) -> bool {
+        true
+    }
+
+    fn prepare(cx: &RunContext<'_>) -> Self {
+        Self {
+            service: cx.host.journal_service.clone(),
+            registry: cx.host.registry.clone(),
+            timeout: cx.limits.host_call_timeout,
+            started_ms: 0,
+            last_step: None,
+        }
+    }
+
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        journal::add_to_linker::<T, HasSelf<Self>>(linker, get)
     }
 }
 

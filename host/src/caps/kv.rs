@@ -1,6 +1,8 @@
 //! `kv`: the registry's key/value store, limited to granted key prefixes.
 
-use super::{HostServices, bounded, denied, registry_error};
+use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, bounded, denied, registry_error};
+use crate::grants::{GrantError, InvalidGrant};
+use wasmtime::component::{HasSelf, Linker};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::kv;
 use crate::names;
@@ -20,7 +22,7 @@ pub struct KvGrant {
 }
 
 impl KvGrant {
-    pub fn parse(prefixes: &[String]) -> Result<Self, String> {
+    pub fn parse(prefixes: &[String]) -> Result<Self, InvalidGrant> {
         for p in prefixes {
             if p.is_empty() {
                 return Err(
@@ -153,13 +155,6 @@ pub struct KvCap {
 }
 
 impl KvCap {
-    pub fn new(grant: KvGrant, services: &HostServices) -> Self {
-        Self {
-            grant,
-            registry: services.registry.clone(),
-            timeout: services.host_call_timeout,
-        }
-    }
 
     fn check(&self, op: &str, key: &str) -> Result<(), PluginError> {
         self.grant.check(op, key)
@@ -244,6 +239,54 @@ impl kv::Host for KvCap {
                 .collect())
         })
         .await
+    }
+}
+
+/// `--allow-kv` as written.
+#[derive(clap::Args, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct KvSpec {
+    /// Allow KV keys under PREFIX (`books-ms/`), or `*` for all.
+    #[arg(long = "allow-kv", value_name = "PREFIX")]
+    #[serde(default)]
+    pub kv: Vec<String>,
+}
+
+impl GrantSpec for KvSpec {
+    fn merge(&mut self, other: Self) {
+        self.kv.extend(other.kv);
+    }
+}
+
+impl Capability for KvCap {
+    const INTERFACES: &'static [&'static str] = &["runner:plugin/kv"];
+    const FLAG_HINT: &'static str = "--allow-kv PREFIX";
+    const TOML_HINT: &'static str = "grants.kv = [\"PREFIX/\"]";
+    const WIT: &'static [(&'static str, &'static str)] =
+        &[("kv.wit", include_str!("../../../wit/kv.wit"))];
+    type Spec = KvSpec;
+    type Grant = KvGrant;
+
+    fn validate(spec: &KvSpec, _: &mut ValidateContext<'_>) -> Result<KvGrant, GrantError> {
+        KvGrant::parse(&spec.kv).map_err(|r| GrantError::invalid("--allow-kv", spec.kv.join(","), r))
+    }
+
+    fn granted(grants: &Grants) -> bool {
+        !grants.kv.is_empty()
+    }
+
+    fn prepare(cx: &RunContext<'_>) -> Self {
+        Self {
+            grant: cx.grants.kv.clone(),
+            registry: cx.host.registry.clone(),
+            timeout: cx.limits.host_call_timeout,
+        }
+    }
+
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        kv::add_to_linker::<T, HasSelf<Self>>(linker, get)
     }
 }
 

@@ -4,7 +4,10 @@
 //! [`MAX_MESSAGE`] and one run's log at [`MAX_RUN_LOG`], each with a marker,
 //! so a plugin cannot fill the operator's terminal, CI log or host memory.
 
+use super::{Capability, Grants, NoGrant, RunContext, ValidateContext};
 use crate::bindings::runner::plugin::{log, types};
+use crate::grants::GrantError;
+use wasmtime::component::{HasSelf, Linker};
 use std::sync::Arc;
 
 /// Longest log message kept whole (longer ones are cut, with a marker).
@@ -91,7 +94,7 @@ impl LogCap {
 impl types::Host for LogCap {}
 
 impl log::Host for LogCap {
-    fn write(&mut self, level: log::Level, message: String) {
+    async fn write(&mut self, level: log::Level, message: String) {
         let Some(message) = self.budget.admit(&message) else {
             return;
         };
@@ -105,7 +108,7 @@ impl log::Host for LogCap {
         }
     }
 
-    fn progress(&mut self, step: String, done: u64, total: u64) {
+    async fn progress(&mut self, step: String, done: u64, total: u64) {
         let Some(step) = self.budget.admit(&step) else {
             return;
         };
@@ -118,6 +121,37 @@ impl log::Host for LogCap {
         // The same as data, for a pipeline's reporter (progress display, JSON
         // events); at trace level so the log shows the line above only once.
         tracing::trace!(target: crate::pipeline::report::PROGRESS_TARGET, step = %step, done, total);
+    }
+}
+
+impl Capability for LogCap {
+    const INTERFACES: &'static [&'static str] = &["runner:plugin/types", "runner:plugin/log"];
+    const FLAG_HINT: &'static str = "always available";
+    const WIT: &'static [(&'static str, &'static str)] = &[
+        ("types.wit", include_str!("../../../wit/types.wit")),
+        ("log.wit", include_str!("../../../wit/log.wit")),
+    ];
+    type Spec = NoGrant;
+    type Grant = ();
+
+    fn validate(_: &NoGrant, _: &mut ValidateContext<'_>) -> Result<(), GrantError> {
+        Ok(())
+    }
+
+    fn granted(_: &Grants) -> bool {
+        true
+    }
+
+    fn prepare(cx: &RunContext<'_>) -> Self {
+        Self::new(Arc::from(cx.plugin))
+    }
+
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        types::add_to_linker::<T, HasSelf<Self>>(linker, get)?;
+        log::add_to_linker::<T, HasSelf<Self>>(linker, get)
     }
 }
 

@@ -1,12 +1,19 @@
 //! One module per capability a plugin can be granted.
 //!
-//! Every capability has the same small shape (as wasmtime-wasi's): a grant
-//! type validated once when the plugin is loaded, per-run state, the host
-//! trait impl generated from `wit/`, and a grant check at the top of every
-//! call. The runtime only sees [`Capabilities`] and [`add_to_linker`].
+//! Every capability is one unit implementing [`Capability`] (Spin's factors,
+//! wasmtime-wasi's per-interface contexts): its grant as the operator writes it
+//! (one struct that is both its CLI flags and its TOML keys), the validation
+//! of that into its grant type, the per-run state it prepares from the grants,
+//! the shared host and the stage's limits, its linking, the WIT interfaces it
+//! serves and the hint `inspect` and `validate` print. The list in
+//! [`capabilities!`] below is the only place that names them all: the grant
+//! spec, the validated grants, the per-run state, the linker and the import
+//! table are generated from it. The runtime only sees [`Capabilities`] and
+//! [`add_to_linker`].
 
 mod build_context;
 pub mod catalog;
+pub mod dirs;
 pub mod docker;
 mod globs;
 pub mod hooks;
@@ -18,12 +25,14 @@ pub mod proxy;
 pub mod template;
 
 use crate::bindings::PluginError;
-use crate::grants::Grants;
+use crate::grants::{GrantError, InvalidGrant};
 use crate::registry::{Registry, RegistryError};
+use crate::runtime::Limits;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 
 /// What every capability needs from the host, shared across runs.
 #[derive(Clone)]
@@ -33,78 +42,281 @@ pub struct HostServices {
     pub docker: docker::DockerEngine,
     /// Runs `[hooks.*]`; `None` inside a hook (hooks do not nest).
     pub hooks: Option<Arc<dyn hooks::HookRunner>>,
-    /// Upper bound on every awaited host call (registry, HTTP).
-    pub host_call_timeout: Duration,
-    /// Largest HTTP response body a plugin may receive.
-    pub http_max_body: u64,
     /// The service whose deploy lock this execution holds: its stage may
     /// write the service's journal. `None` for hooks and unlocked runs.
     pub journal_service: Option<String>,
 }
 
-/// The per-run state of every capability, built from one plugin's grants.
-pub struct Capabilities {
-    pub log: log::LogCap,
-    pub kv: kv::KvCap,
-    pub catalog: catalog::CatalogCap,
-    pub http: http::HttpCap,
-    pub template: template::TemplateCap,
-    pub docker: docker::DockerCap,
-    pub proxy: proxy::ProxyCap,
-    pub hooks: hooks::HooksCap,
-    pub journal: journal::JournalCap,
+/// What a capability builds one run's state from.
+pub struct RunContext<'a> {
+    /// The plugin's name, for log lines.
+    pub plugin: &'a str,
+    /// Every validated grant of the stage (a capability may read another's:
+    /// templates read the kv and catalog grants for their data).
+    pub grants: &'a Grants,
+    pub host: &'a HostServices,
+    /// The stage's limits: host-call timeout, HTTP body size.
+    pub limits: &'a Limits,
 }
 
-impl Capabilities {
-    pub fn new(plugin: &str, grants: &Grants, services: &HostServices) -> Self {
-        let plugin: Arc<str> = Arc::from(plugin);
-        Self {
-            log: log::LogCap::new(plugin.clone()),
-            kv: kv::KvCap::new(grants.kv.clone(), services),
-            catalog: catalog::CatalogCap::new(grants.services.clone(), services),
-            http: http::HttpCap::new(grants.http.clone(), services),
-            template: template::TemplateCap::new(grants, services),
-            docker: docker::DockerCap::new(grants, services),
-            proxy: proxy::ProxyCap::new(grants, services),
-            hooks: hooks::HooksCap::new(grants.hooks.clone(), services.hooks.clone()),
-            journal: journal::JournalCap::new(services),
+/// A capability's grant as the operator writes it: clap flags for `runner
+/// exec` and keys of a `[grants]` table, in one struct.
+pub trait GrantSpec:
+    clap::Args + serde::de::DeserializeOwned + Default + Clone + std::fmt::Debug + PartialEq
+{
+    /// Add `other`'s grants to these (flags add to a file's grants).
+    fn merge(&mut self, other: Self);
+    /// Make relative paths relative to `base` (a runner file's directory).
+    fn rebase(&mut self, _base: &Path) {}
+}
+
+/// One capability: grant, validation, per-run state, linking and hints.
+pub trait Capability: Sized + Send + 'static {
+    /// The WIT interfaces it serves (`runner:plugin/kv`); an entry ending
+    /// in `/` covers a family (`wasi:filesystem/`).
+    const INTERFACES: &'static [&'static str];
+    /// How the operator grants it on the command line (`plugin inspect`).
+    const FLAG_HINT: &'static str;
+    /// How a pipeline stage grants it (`validate`'s fix for an import the
+    /// stage does not cover); empty when nothing needs granting.
+    const TOML_HINT: &'static str = "";
+    /// The WIT files it adds to the contract (`plugin new` copies them).
+    const WIT: &'static [(&'static str, &'static str)] = &[];
+    /// The grant as written.
+    type Spec: GrantSpec;
+    /// The validated grant.
+    type Grant: Clone + std::fmt::Debug + Default + Send + Sync;
+
+    /// Parse and check the written grant, once, before anything runs.
+    fn validate(spec: &Self::Spec, cx: &mut ValidateContext<'_>) -> Result<Self::Grant, GrantError>;
+    /// Whether `grants` let a plugin use this capability at all.
+    fn granted(grants: &Grants) -> bool;
+    /// This run's state.
+    fn prepare(cx: &RunContext<'_>) -> Self;
+    /// Link its WIT interfaces; `get` projects it out of the store's data.
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()>;
+    /// Configure the run's WASI context (only the directory grant does).
+    fn configure_wasi(
+        &self,
+        _wasi: &mut wasmtime_wasi::WasiCtxBuilder,
+    ) -> Result<(), dirs::DirError> {
+        Ok(())
+    }
+}
+
+/// The grant of a capability that needs none (log, journal).
+#[derive(clap::Args, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[group(skip)] // flattened once per such capability: no argument group
+pub struct NoGrant {}
+
+impl GrantSpec for NoGrant {
+    fn merge(&mut self, _other: Self) {}
+}
+
+/// The list: generates [`GrantsSpec`], [`Grants`], [`Capabilities`],
+/// [`add_to_linker`] and [`IMPORTS`]. A field name is the capability's name
+/// in all of them.
+macro_rules! capabilities {
+    ($($field:ident: $cap:ty,)+) => {
+        /// Grants as written by the operator (flags or a `[grants]` table),
+        /// before validation. Everything is denied unless granted.
+        #[derive(clap::Args, serde::Deserialize, Debug, Clone, Default, PartialEq)]
+        #[serde(deny_unknown_fields)]
+        pub struct GrantsSpec {
+            $(
+                #[command(flatten)]
+                #[serde(flatten)]
+                pub $field: <$cap as Capability>::Spec,
+            )+
         }
+
+        impl GrantsSpec {
+            /// Add `other`'s grants to these (flags add to a file's grants).
+            pub fn merge(&mut self, other: GrantsSpec) {
+                $( self.$field.merge(other.$field); )+
+            }
+
+            /// Make relative paths relative to `base` (a runner file's directory).
+            pub fn rebase(&mut self, base: &Path) {
+                $( self.$field.rebase(base); )+
+            }
+
+            /// Validate every grant. Granted proxies and hooks must be defined
+            /// (`proxies` and `hooks` hold the runner file's definitions).
+            pub fn validate_with(
+                &self,
+                proxies: &[proxy::ProxyConfig],
+                hooks: &[String],
+            ) -> Result<Grants, GrantError> {
+                let mut cx = ValidateContext::new(proxies, hooks);
+                $( let $field = <$cap as Capability>::validate(&self.$field, &mut cx)?; )+
+                Ok(Grants { $($field,)+ missing_dirs: cx.into_missing_dirs() })
+            }
+        }
+
+        /// Validated grants, ready to build one run's capabilities.
+        #[derive(Debug, Clone, Default)]
+        pub struct Grants {
+            $( pub $field: <$cap as Capability>::Grant, )+
+            /// Granted directories that do not exist yet (a later step creates
+            /// them): a warning when validating, an error when a run needs them.
+            pub missing_dirs: Vec<PathBuf>,
+        }
+
+        /// The per-run state of every capability, built from one plugin's grants.
+        pub struct Capabilities {
+            $( pub $field: $cap, )+
+        }
+
+        impl Capabilities {
+            pub fn prepare(cx: &RunContext<'_>) -> Self {
+                Self { $( $field: <$cap as Capability>::prepare(cx), )+ }
+            }
+
+            /// Let each capability configure the run's WASI context.
+            pub fn configure_wasi(
+                &self,
+                wasi: &mut wasmtime_wasi::WasiCtxBuilder,
+            ) -> Result<(), dirs::DirError> {
+                $( self.$field.configure_wasi(wasi)?; )+
+                Ok(())
+            }
+        }
+
+        /// Link every capability interface of the `stage` world.
+        pub fn add_to_linker<T: CapabilitiesView + 'static>(
+            linker: &mut Linker<T>,
+        ) -> wasmtime::Result<()> {
+            $( <$cap as Capability>::add_to_linker(linker, |t: &mut T| &mut t.capabilities().$field)?; )+
+            Ok(())
+        }
+
+        /// What each capability serves and how it is granted.
+        pub static IMPORTS: &[ImportGrant] = &[
+            $(
+                ImportGrant {
+                    capability: stringify!($field),
+                    interfaces: <$cap as Capability>::INTERFACES,
+                    flag_hint: <$cap as Capability>::FLAG_HINT,
+                    toml_hint: <$cap as Capability>::TOML_HINT,
+                    granted: <$cap as Capability>::granted,
+                    wit: <$cap as Capability>::WIT,
+                },
+            )+
+        ];
+    };
+}
+
+capabilities! {
+    log: log::LogCap,
+    kv: kv::KvCap,
+    catalog: catalog::CatalogCap,
+    http: http::HttpCap,
+    dirs: dirs::DirsCap,
+    template: template::TemplateCap,
+    docker: docker::DockerCap,
+    proxy: proxy::ProxyCap,
+    hooks: hooks::HooksCap,
+    journal: journal::JournalCap,
+}
+
+/// One row of [`IMPORTS`].
+pub struct ImportGrant {
+    pub capability: &'static str,
+    pub interfaces: &'static [&'static str],
+    pub flag_hint: &'static str,
+    pub toml_hint: &'static str,
+    pub granted: fn(&Grants) -> bool,
+    pub wit: &'static [(&'static str, &'static str)],
+}
+
+impl ImportGrant {
+    fn serves(&self, interface: &str) -> bool {
+        self.interfaces.iter().any(|i| match i.strip_suffix('/') {
+            Some(family) => interface.starts_with(family) && interface[family.len()..].starts_with('/'),
+            None => interface == *i,
+        })
+    }
+}
+
+/// WASI interfaces every run gets (or never gets), granted by no capability.
+const WASI_POLICY: &[(&str, &str)] = &[
+    ("wasi:sockets/", "never granted: use runner:plugin/http"),
+    ("wasi:cli/environment", "always empty (no environment, no arguments)"),
+    ("wasi:cli/stdout", "captured into the log"),
+    ("wasi:cli/stderr", "captured into the log"),
+    ("wasi:cli/", "always available"),
+    ("wasi:io/", "always available"),
+    ("wasi:clocks/", "always available"),
+    ("wasi:random/", "always available"),
+];
+
+/// How runner treats an imported interface (`name@version`).
+pub enum ImportUse {
+    /// Served by a capability.
+    Capability(&'static ImportGrant),
+    /// A WASI interface with a fixed policy (the text says which).
+    Wasi(&'static str),
+}
+
+/// What serves `import`; `None` when runner does not provide it.
+pub fn import_use(import: &str) -> Option<ImportUse> {
+    let interface = import.split('@').next().unwrap_or(import);
+    if let Some(cap) = IMPORTS.iter().find(|c| c.serves(interface)) {
+        return Some(ImportUse::Capability(cap));
+    }
+    WASI_POLICY
+        .iter()
+        .find(|(prefix, _)| match prefix.strip_suffix('/') {
+            Some(family) => interface.starts_with(*prefix) || interface == family,
+            None => interface == *prefix,
+        })
+        .map(|(_, policy)| ImportUse::Wasi(policy))
+}
+
+/// What validation needs beyond one capability's own grant: the runner file's
+/// definitions, and the granted directories found missing along the way.
+pub struct ValidateContext<'a> {
+    /// The runner file's `[proxies.NAME]`.
+    pub proxies: &'a [proxy::ProxyConfig],
+    /// The runner file's `[hooks.NAME]` names.
+    pub hooks: &'a [String],
+    missing_dirs: Vec<PathBuf>,
+}
+
+impl<'a> ValidateContext<'a> {
+    pub fn new(proxies: &'a [proxy::ProxyConfig], hooks: &'a [String]) -> Self {
+        Self {
+            proxies,
+            hooks,
+            missing_dirs: Vec::new(),
+        }
+    }
+
+    /// A granted directory; one that does not exist yet is allowed (a later
+    /// step may create it) and reported in `missing_dirs`.
+    pub fn existing_dir(&mut self, path: &Path) -> Result<template::GrantedDir, InvalidGrant> {
+        if path.is_dir() {
+            return template::GrantedDir::new(path).map_err(|e| e.to_string().into());
+        }
+        if path.exists() {
+            return Err(format!("{} is not a directory", path.display()).into());
+        }
+        self.missing_dirs.push(path.to_path_buf());
+        template::GrantedDir::not_yet_created(path).map_err(|e| e.to_string().into())
+    }
+
+    pub fn into_missing_dirs(self) -> Vec<PathBuf> {
+        self.missing_dirs
     }
 }
 
 /// Access to the capabilities inside a store's data.
 pub trait CapabilitiesView: Send {
     fn capabilities(&mut self) -> &mut Capabilities;
-}
-
-/// Link every capability interface of the `stage` world.
-pub fn add_to_linker<T: CapabilitiesView + 'static>(
-    linker: &mut Linker<T>,
-) -> wasmtime::Result<()> {
-    use crate::bindings::runner::plugin as wit;
-    wit::types::add_to_linker::<T, HasSelf<log::LogCap>>(linker, |t| &mut t.capabilities().log)?;
-    wit::log::add_to_linker::<T, HasSelf<log::LogCap>>(linker, |t| &mut t.capabilities().log)?;
-    wit::kv::add_to_linker::<T, HasSelf<kv::KvCap>>(linker, |t| &mut t.capabilities().kv)?;
-    wit::catalog::add_to_linker::<T, HasSelf<catalog::CatalogCap>>(linker, |t| {
-        &mut t.capabilities().catalog
-    })?;
-    wit::http::add_to_linker::<T, HasSelf<http::HttpCap>>(linker, |t| &mut t.capabilities().http)?;
-    wit::template::add_to_linker::<T, HasSelf<template::TemplateCap>>(linker, |t| {
-        &mut t.capabilities().template
-    })?;
-    wit::docker::add_to_linker::<T, HasSelf<docker::DockerCap>>(linker, |t| {
-        &mut t.capabilities().docker
-    })?;
-    wit::proxy::add_to_linker::<T, HasSelf<proxy::ProxyCap>>(linker, |t| {
-        &mut t.capabilities().proxy
-    })?;
-    wit::hooks::add_to_linker::<T, HasSelf<hooks::HooksCap>>(linker, |t| {
-        &mut t.capabilities().hooks
-    })?;
-    wit::journal::add_to_linker::<T, HasSelf<journal::JournalCap>>(linker, |t| {
-        &mut t.capabilities().journal
-    })?;
-    Ok(())
 }
 
 /// The `denied` error every capability returns: names the capability, what
@@ -141,5 +353,126 @@ pub(crate) async fn bounded<T>(
             "{what} did not finish within the host-call timeout ({}); raise it with --host-call-timeout",
             humantime::format_duration(limit)
         ))),
+    }
+}
+
+/// Host services over a fresh embedded registry in `state`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_services(state: &Path) -> HostServices {
+    HostServices {
+        registry: Arc::new(
+            crate::registry::EmbeddedRegistry::open(state, Duration::from_secs(5)).unwrap(),
+        ),
+        docker: docker::DockerEngine::new(None),
+        hooks: None,
+        journal_service: None,
+    }
+}
+
+/// One capability's run state under `grants`, default limits, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_prepare<C: Capability>(grants: &Grants, host: &HostServices) -> C {
+    let limits = Limits {
+        host_call_timeout: Duration::from_secs(10),
+        http_max_body: 1 << 20,
+        ..Limits::default()
+    };
+    C::prepare(&RunContext {
+        plugin: "test",
+        grants,
+        host,
+        limits: &limits,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_runner_interface_is_served_by_one_capability() {
+        for iface in [
+            "types", "log", "kv", "catalog", "http", "template", "docker", "proxy", "hooks",
+            "journal",
+        ] {
+            let import = format!("runner:plugin/{iface}@0.1.0");
+            assert!(
+                matches!(import_use(&import), Some(ImportUse::Capability(_))),
+                "{iface}"
+            );
+            let serving = IMPORTS.iter().filter(|c| c.serves(&format!("runner:plugin/{iface}")));
+            assert_eq!(serving.count(), 1, "{iface}");
+        }
+        assert!(matches!(
+            import_use("wasi:filesystem/types@0.2.3"),
+            Some(ImportUse::Capability(c)) if c.capability == "dirs"
+        ));
+        assert!(matches!(
+            import_use("wasi:sockets/tcp@0.2.3"),
+            Some(ImportUse::Wasi("never granted: use runner:plugin/http"))
+        ));
+        assert!(import_use("acme:thing/x").is_none());
+        assert!(import_use("wasi:filesystemx/types").is_none());
+    }
+
+    #[test]
+    fn grants_spec_reads_flags_and_toml_into_the_same_struct() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            grants: GrantsSpec,
+        }
+        let flags = Flags::parse_from([
+            "x",
+            "--allow-kv",
+            "books-ms/",
+            "--allow-container",
+            "books-ms-*",
+            "--allow-build",
+        ]);
+        let toml: GrantsSpec =
+            toml::from_str("kv = [\"books-ms/\"]\ncontainers = [\"books-ms-*\"]\nbuild = true")
+                .unwrap();
+        assert_eq!(flags.grants, toml);
+        let err = toml::from_str::<GrantsSpec>("kvv = []").unwrap_err().to_string();
+        assert!(err.contains("kvv"), "{err}");
+    }
+
+    #[test]
+    fn toml_grants_section_parses_and_merges_with_flags() {
+        let mut spec: GrantsSpec = toml::from_str(
+            r#"
+            kv = ["books-ms/"]
+            services = ["books-ms-*"]
+            http = ["http://127.0.0.1:*"]
+            "#,
+        )
+        .unwrap();
+        spec.merge(GrantsSpec {
+            kv: kv::KvSpec {
+                kv: vec!["other/".into()],
+            },
+            ..Default::default()
+        });
+        assert_eq!(spec.kv.kv, ["books-ms/", "other/"]);
+        let g = spec.validate_with(&[], &[]).unwrap();
+        assert!(g.kv.allows_key("other/x"));
+        assert!(g.catalog.allows("books-ms-blue"));
+    }
+
+    #[test]
+    fn invalid_grants_name_the_flag() {
+        let spec = GrantsSpec {
+            http: http::HttpSpec {
+                http: vec!["localhost".into()],
+            },
+            ..Default::default()
+        };
+        let err = spec.validate_with(&[], &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("--allow-http") && err.contains("scheme://host:port"),
+            "{err}"
+        );
     }
 }

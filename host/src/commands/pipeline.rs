@@ -1,13 +1,9 @@
 //! The pipeline commands: `run`, `validate`, `status`, `history`,
 //! `rollback`, `promote` and `recover`.
 
-use super::{
-    CommandError, acquire_lock, open_registry, open_registry_at, reconcile_catalog, runtime,
-    shutdown_signal,
-};
+use super::CommandError;
+use super::host::{Host, Open, Targets, runtime, shutdown_signal};
 use crate::bindings::describe;
-use crate::caps::HostServices;
-use crate::caps::docker::DockerEngine;
 use crate::caps::journal;
 use crate::caps::proxy::{Driver, ProxyConfig, haproxy_servers};
 use crate::cli::{Cli, HistoryArgs, PipelineArgs, RunOptions, ServiceArgs, ValidateArgs};
@@ -37,12 +33,30 @@ fn load(
     file: &Path,
     plugin_path: &[std::path::PathBuf],
 ) -> Result<(Arc<Runtime>, Pipeline), CommandError> {
-    let runtime = Arc::new(runtime(cli)?);
+    let runtime = runtime(cli)?;
     let pipeline = Pipeline::load(file, plugin_path, Some(&runtime))?;
     for warning in &pipeline.warnings {
         tracing::warn!("{warning}");
     }
     Ok((runtime, pipeline))
+}
+
+/// The host of a pipeline command: the CLI's backends, else the file's `[targets]`.
+fn connect(
+    cli: &Cli,
+    options: &RunOptions,
+    pipeline: Option<&Pipeline>,
+    timeout: Duration,
+    open: Open,
+) -> Result<Host, CommandError> {
+    let targets = Targets {
+        consul: pipeline.and_then(|p| p.consul.clone()),
+        docker: options
+            .docker_host
+            .clone()
+            .or_else(|| pipeline.and_then(|p| p.docker_host.clone())),
+    };
+    Host::connect(cli, &targets, timeout, open)
 }
 
 fn check_service(pipeline: &Pipeline, service: &str) -> Result<(), CommandError> {
@@ -128,12 +142,8 @@ async fn deploy_stage_only(
 pub(super) async fn promote(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandError> {
     let (runtime, pipeline) = load(cli, &args.file, &args.options.plugin_path)?;
     check_service(&pipeline, &args.service)?;
-    let registry = open_registry_at(
-        cli,
-        pipeline.consul.as_deref(),
-        Duration::from_secs(30),
-        false,
-    )?;
+    let registry = connect(cli, &args.options, Some(&pipeline), Duration::from_secs(30), Open::Now)?
+        .registry;
     let Some(paused) = history::paused(&*registry, &pipeline.service).await? else {
         return Err(CommandError::Usage(format!(
             "no deploy of {} is waiting for promotion; run one whose deploy stage has promotion = \"manual\"",
@@ -183,37 +193,27 @@ async fn run_pipeline(
     pipeline: &Pipeline,
     start: Start,
 ) -> Result<(), CommandError> {
-    let limits = Limits::default();
-    let registry = open_registry_at(
+    let host = connect(
         cli,
-        pipeline.consul.as_deref(),
-        limits.host_call_timeout,
-        true,
+        options,
+        Some(pipeline),
+        Limits::default().host_call_timeout,
+        Open::Lazy,
     )?;
-    let docker = DockerEngine::new(
-        options
-            .docker_host
-            .clone()
-            .or_else(|| pipeline.docker_host.clone()),
-    );
-    let services = HostServices {
-        registry: registry.clone(),
-        docker,
-        hooks: None,
-        host_call_timeout: limits.host_call_timeout,
-        http_max_body: 16 * 1024 * 1024,
-        // Every stage runs under the service's deploy lock, taken below;
-        // `execute` gives the journal to the deploy stage only.
-        journal_service: Some(pipeline.service.clone()),
-    };
+    let registry = host.registry.clone();
+    // Every stage runs under the service's deploy lock, taken below;
+    // `execute` gives the journal to the deploy stage only.
+    let services = host.services(Some(pipeline.service.clone()));
     let first = pipeline
         .stages
         .get(start.from_stage)
         .map(|s| s.name.clone())
         .unwrap_or_default();
-    let lock = acquire_lock(&*registry, &pipeline.service, &first, options.lock_wait).await?;
+    let lock = host
+        .acquire_lock(&pipeline.service, &first, options.lock_wait)
+        .await?;
     if pipeline.stages.iter().any(|s| !s.grants.docker.is_empty()) {
-        reconcile_catalog(&services).await;
+        host.reconcile_catalog().await;
     }
     let reporter = report::reporter(OutputMode::detect(options.json));
     let started_at = SystemTime::now();
@@ -304,7 +304,7 @@ async fn record(
 }
 
 pub(super) async fn history(cli: &Cli, args: &HistoryArgs) -> Result<(), CommandError> {
-    let registry = open_registry(cli, Duration::from_secs(30), false)?;
+    let registry = Host::registry(cli, Open::Now)?;
     let records = history::list(&*registry, &args.service, args.limit).await?;
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -349,12 +349,14 @@ pub(super) async fn status(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandE
         None
     };
     let service = &args.service;
-    let registry = open_registry_at(
+    let host = connect(
         cli,
-        pipeline.as_ref().and_then(|p| p.consul.as_deref()),
+        &args.options,
+        pipeline.as_ref(),
         Duration::from_secs(30),
-        false,
+        Open::Now,
     )?;
+    let registry = host.registry.clone();
     let mut out = String::new();
     let color = registry
         .kv_get(&format!("{service}/color"))
@@ -368,12 +370,7 @@ pub(super) async fn status(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandE
         },
         color.as_deref().unwrap_or("none (never deployed)")
     ));
-    let docker = DockerEngine::new(
-        args.options
-            .docker_host
-            .clone()
-            .or_else(|| pipeline.as_ref().and_then(|p| p.docker_host.clone())),
-    );
+    let docker = host.docker.clone();
     out.push_str("containers\n");
     match crate::caps::docker::containers_named(&docker, &format!("{service}-")).await {
         Ok(list) if list.is_empty() => out.push_str("  none\n"),

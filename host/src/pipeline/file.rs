@@ -9,7 +9,7 @@
 //! proxies that are not defined, `${stage.key}` references to stages that do
 //! not run earlier, and plugins whose imports their grants do not cover.
 
-use crate::grants::Grants;
+use crate::caps::{Grants, ImportUse};
 use crate::runfile::{RunnerFile, RunnerFileSpec};
 use crate::runtime::{Limits, Runtime};
 use std::collections::BTreeMap;
@@ -413,38 +413,19 @@ impl Pipeline {
     }
 }
 
-/// What each runner interface a plugin imports needs granted, and the fix.
+/// What each runner interface a plugin imports needs granted, and the fix
+/// (from the capability list, [`crate::caps::IMPORTS`]).
 fn uncovered_imports(imports: &[String], grants: &Grants) -> Vec<String> {
     let mut problems = Vec::new();
     for import in imports {
         let iface = import.split('@').next().unwrap_or(import);
-        let (covered, fix) = match iface {
-            "runner:plugin/kv" => (!grants.kv.is_empty(), "grants.kv = [\"PREFIX/\"]"),
-            "runner:plugin/catalog" => (
-                !grants.services.is_empty(),
-                "grants.services = [\"NAME-*\"]",
-            ),
-            "runner:plugin/http" => (
-                !grants.http.is_empty(),
-                "grants.http = [\"http://HOST:PORT\"]",
-            ),
-            "runner:plugin/template" => (
-                !grants.template_out.is_empty()
-                    || !grants.kv.is_empty()
-                    || !grants.services.is_empty(),
-                "grants.template_out = [\"DIR\"] (or a proxy, kv or services for its data)",
-            ),
-            "runner:plugin/docker" => (
-                !grants.docker.is_empty(),
-                "grants.containers = [\"NAME-*\"] and/or grants.images = [\"IMAGE:*\"]",
-            ),
-            "runner:plugin/proxy" => (!grants.proxies.is_empty(), "grants.proxies = [\"NAME\"]"),
-            "runner:plugin/hooks" => (!grants.hooks.is_empty(), "grants.hooks = [\"NAME\"]"),
-            _ => (true, ""),
+        let Some(ImportUse::Capability(cap)) = crate::caps::import_use(iface) else {
+            continue;
         };
-        if !covered {
+        if !cap.toml_hint.is_empty() && !(cap.granted)(grants) {
             problems.push(format!(
-                "its plugin imports {iface} but the stage grants nothing for it, so calls to it will be denied; if it uses it, add {fix}"
+                "its plugin imports {iface} but the stage grants nothing for it, so calls to it will be denied; if it uses it, add {}",
+                cap.toml_hint
             ));
         }
     }

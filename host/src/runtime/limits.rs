@@ -13,7 +13,12 @@ pub struct Limits {
     pub deadline: Duration,
     /// Time any one awaited host call (registry, HTTP) may take.
     pub host_call_timeout: Duration,
+    /// Largest HTTP response body the plugin may receive.
+    pub http_max_body: u64,
 }
+
+/// The default of `--http-max-body` and `limits.http_max_body`.
+pub const DEFAULT_HTTP_MAX_BODY: u64 = 10 * 1024 * 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -21,6 +26,7 @@ impl Default for Limits {
             memory_bytes: 256 * 1024 * 1024,
             deadline: Duration::from_secs(600),
             host_call_timeout: Duration::from_secs(30),
+            http_max_body: DEFAULT_HTTP_MAX_BODY,
         }
     }
 }

@@ -9,12 +9,11 @@ mod stdio;
 
 pub use cache::{ArtifactCache, CacheOutcome, CacheRefused};
 pub use limits::{
-    Limits, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, MemoryLimitExceeded, TABLE_ELEMENT_BYTES,
+    DEFAULT_HTTP_MAX_BODY, Limits, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, MemoryLimitExceeded, TABLE_ELEMENT_BYTES,
 };
 
 use crate::bindings::{Context as StageContext, Outcome, PluginError, Stage, StagePre};
 use crate::caps::{self, Capabilities, CapabilitiesView};
-use crate::grants::DirGrant;
 use futures_util::FutureExt;
 use limits::MemoryLimiter;
 use std::io::Read;
@@ -26,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// How often the deadline clock ticks; deadlines are accurate to one tick.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -150,8 +149,6 @@ impl Default for RuntimeConfig {
 pub struct RunRequest {
     pub context: StageContext,
     pub capabilities: Capabilities,
-    /// Directories preopened for WASI (`--allow-dir`).
-    pub dirs: Vec<DirGrant>,
     pub limits: Limits,
 }
 
@@ -490,25 +487,13 @@ impl Runtime {
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
-        for dir in &request.dirs {
-            let perms = if dir.writable {
-                FsPerms::ReadWrite
-            } else {
-                FsPerms::ReadOnly
-            };
-            dir.granted.check_root().map_err(|e| Fault::Instantiate {
+        request
+            .capabilities
+            .configure_wasi(&mut wasi)
+            .map_err(|e| Fault::Instantiate {
                 plugin: name.clone(),
-                reason: format!("cannot open granted directory: {e}"),
+                reason: e.to_string(),
             })?;
-            wasi.preopened_dir(dir.granted.path(), &dir.guest, perms)
-                .map_err(|e| Fault::Instantiate {
-                    plugin: name.clone(),
-                    reason: format!(
-                        "cannot open granted directory {}: {e}",
-                        dir.granted.path().display()
-                    ),
-                })?;
-        }
         let state = RunState {
             wasi: wasi.build(),
             table: ResourceTable::new(),

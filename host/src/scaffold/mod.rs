@@ -25,20 +25,12 @@ pub enum ScaffoldError {
     },
 }
 
-/// The contract, as this runner speaks it.
-const WIT: &[(&str, &str)] = &[
-    ("world.wit", include_str!("../../../wit/world.wit")),
-    ("types.wit", include_str!("../../../wit/types.wit")),
-    ("log.wit", include_str!("../../../wit/log.wit")),
-    ("kv.wit", include_str!("../../../wit/kv.wit")),
-    ("catalog.wit", include_str!("../../../wit/catalog.wit")),
-    ("http.wit", include_str!("../../../wit/http.wit")),
-    ("template.wit", include_str!("../../../wit/template.wit")),
-    ("docker.wit", include_str!("../../../wit/docker.wit")),
-    ("proxy.wit", include_str!("../../../wit/proxy.wit")),
-    ("hooks.wit", include_str!("../../../wit/hooks.wit")),
-    ("journal.wit", include_str!("../../../wit/journal.wit")),
-];
+/// The contract, as this runner speaks it: the world, then each
+/// capability's interfaces (from the capability list).
+fn wit_files() -> impl Iterator<Item = (&'static str, &'static str)> {
+    std::iter::once(("world.wit", include_str!("../../../wit/world.wit")))
+        .chain(crate::caps::IMPORTS.iter().flat_map(|c| c.wit.iter().copied()))
+}
 
 const RUST: &[(&str, &str)] = &[
     ("Cargo.toml", include_str!("rust/Cargo.toml.tmpl")),
@@ -80,7 +72,7 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> Result<Vec<PathBuf>, Scaffo
     };
     let crate_name = name.replace('-', "_");
     let mut written = Vec::new();
-    let wit = WIT.iter().map(|(f, text)| (format!("wit/{f}"), *text));
+    let wit = wit_files().map(|(f, text)| (format!("wit/{f}"), text));
     for (file, text) in files.iter().map(|(f, t)| (f.to_string(), *t)).chain(wit) {
         let path = dir.join(&file);
         let text = text
@@ -121,5 +113,18 @@ mod tests {
         let lib = std::fs::read_to_string(dir.path().join("n/src/lib.rs")).unwrap();
         assert!(lib.contains("release/notify_ops.wasm"), "{lib}");
         assert!(!lib.contains("__"), "placeholders left in:\n{lib}");
+    }
+
+    #[test]
+    fn every_wit_file_of_the_contract_is_copied() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        let mut copied: Vec<String> = wit_files().map(|(f, _)| f.to_string()).collect();
+        copied.sort();
+        assert_eq!(copied, on_disk);
     }
 }

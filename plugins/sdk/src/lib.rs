@@ -31,9 +31,8 @@ pub mod bindings {
     });
 }
 
-pub use bindings::runner::plugin::{
-    catalog, docker, hooks, http, journal, kv, log, proxy, template,
-};
+// Every interface of the contract, under its WIT name (`runner_sdk::kv`).
+pub use bindings::runner::plugin::*;
 pub use bindings::{Context, Error, Guest, Outcome, export};
 
 use std::time::Duration;

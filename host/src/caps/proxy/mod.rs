@@ -19,10 +19,11 @@ mod haproxy;
 
 use super::docker::DockerEngine;
 use super::template::{GrantedDir, TemplateCap};
-use super::{HostServices, denied};
+use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, denied};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::proxy;
-use crate::grants::Grants;
+use crate::grants::GrantError;
+use wasmtime::component::{HasSelf, Linker};
 use bollard::query_parameters::KillContainerOptions;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -187,14 +188,72 @@ pub struct ProxyCap {
     templates: TemplateCap,
 }
 
-impl ProxyCap {
-    pub fn new(grants: &Grants, services: &HostServices) -> Self {
+/// `--allow-proxy` as written.
+#[derive(clap::Args, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyGrantSpec {
+    /// Allow reloading proxy NAME, defined as [proxies.NAME] in the runner file.
+    #[arg(long = "allow-proxy", value_name = "NAME")]
+    #[serde(default)]
+    pub proxies: Vec<String>,
+}
+
+impl GrantSpec for ProxyGrantSpec {
+    fn merge(&mut self, other: Self) {
+        self.proxies.extend(other.proxies);
+    }
+}
+
+impl Capability for ProxyCap {
+    const INTERFACES: &'static [&'static str] = &["runner:plugin/proxy"];
+    const FLAG_HINT: &'static str = "--allow-proxy NAME";
+    const TOML_HINT: &'static str = "grants.proxies = [\"NAME\"]";
+    const WIT: &'static [(&'static str, &'static str)] =
+        &[("proxy.wit", include_str!("../../../../wit/proxy.wit"))];
+    type Spec = ProxyGrantSpec;
+    type Grant = Vec<ProxyConfig>;
+
+    /// Every granted proxy must be defined in the runner file.
+    fn validate(
+        spec: &ProxyGrantSpec,
+        cx: &mut ValidateContext<'_>,
+    ) -> Result<Vec<ProxyConfig>, GrantError> {
+        spec.proxies
+            .iter()
+            .map(|name| {
+                cx.proxies
+                    .iter()
+                    .find(|p| &p.name == name)
+                    .cloned()
+                    .ok_or_else(|| GrantError::Undefined {
+                        kind: "proxy",
+                        table: "proxies",
+                        name: name.clone(),
+                    })
+            })
+            .collect()
+    }
+
+    fn granted(grants: &Grants) -> bool {
+        !grants.proxy.is_empty()
+    }
+
+    fn prepare(cx: &RunContext<'_>) -> Self {
         Self {
-            proxies: grants.proxies.clone(),
-            docker: services.docker.clone(),
-            templates: TemplateCap::new(grants, services),
+            proxies: cx.grants.proxy.clone(),
+            docker: cx.host.docker.clone(),
+            templates: TemplateCap::prepare(cx),
         }
     }
+
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        proxy::add_to_linker::<T, HasSelf<Self>>(linker, get)
+    }
+}
+
+impl ProxyCap {
 
     fn get(&self, name: &str) -> Result<&ProxyConfig, PluginError> {
         self.proxies.iter().find(|p| p.name == name).ok_or_else(|| {
@@ -398,20 +457,6 @@ impl proxy::Host for ProxyCap {
 }
 
 #[cfg(test)]
-pub(crate) fn test_services(state: &Path) -> HostServices {
-    HostServices {
-        registry: std::sync::Arc::new(
-            crate::registry::EmbeddedRegistry::open(state, Duration::from_secs(5)).unwrap(),
-        ),
-        docker: DockerEngine::new(None),
-        hooks: None,
-        host_call_timeout: Duration::from_secs(10),
-        http_max_body: 1 << 20,
-        journal_service: None,
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -464,7 +509,7 @@ mod tests {
         let mut cap = ProxyCap {
             proxies: vec![config],
             docker: DockerEngine::new(None),
-            templates: TemplateCap::new(&Grants::default(), &test_services(dir.path())),
+            templates: crate::caps::test_prepare(&Grants::default(), &crate::caps::test_services(dir.path())),
         };
         let err = proxy::Host::reload(&mut cap, "p".into()).await.unwrap_err();
         let PluginError::Failed(msg) = err else {

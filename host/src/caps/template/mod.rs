@@ -14,10 +14,11 @@ pub use watch::{Rendered, TemplateJob, TemplateJobError, WatchTiming};
 
 use super::catalog::ServiceGrant;
 use super::kv::KvGrant;
-use super::{HostServices, bounded, denied, registry_error};
+use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, bounded, denied, registry_error};
+use crate::grants::GrantError;
+use wasmtime::component::{HasSelf, Linker};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::template;
-use crate::grants::Grants;
 use crate::registry::Registry;
 use std::path::Path;
 use std::sync::Arc;
@@ -38,46 +39,18 @@ pub struct TemplateCap {
     /// a file under one is the plugin's, even inside a read-only grant.
     plugin_writable: Vec<GrantedDir>,
     /// The `--allow-dir` grants with the paths the plugin sees them at.
-    guest_dirs: Vec<crate::grants::DirGrant>,
+    guest_dirs: Vec<super::dirs::DirGrant>,
     registry: Arc<dyn Registry>,
     timeout: Duration,
 }
 
 impl TemplateCap {
-    pub fn new(grants: &Grants, services: &HostServices) -> Self {
-        let mut sources: Vec<GrantedDir> = grants.dirs.iter().map(|d| d.granted.clone()).collect();
-        sources.extend(grants.template_out.iter().cloned());
-        Self {
-            kv: grants.kv.clone(),
-            services: grants.services.clone(),
-            sources,
-            outputs: grants.template_out.clone(),
-            operator_only: grants.operator_templates_only.clone(),
-            operator_sources: grants
-                .dirs
-                .iter()
-                .filter(|d| !d.writable)
-                .map(|d| d.granted.clone())
-                .collect(),
-            plugin_writable: grants
-                .dirs
-                .iter()
-                .filter(|d| d.writable)
-                .map(|d| d.granted.clone())
-                .chain(grants.template_out.iter().cloned())
-                .collect(),
-            guest_dirs: grants.dirs.clone(),
-            registry: services.registry.clone(),
-            timeout: services.host_call_timeout,
-        }
-    }
-
     fn source_text(&self, source: template::Source) -> Result<String, PluginError> {
         match source {
             template::Source::Inline(text) => Ok(text),
             template::Source::File(path) => {
                 // As the plugin sees it (`/templates/x.ctmpl`), or a host path.
-                let host = crate::grants::host_path(&self.guest_dirs, &path)
+                let host = self.guest_dirs.iter().find_map(|d| d.host_path(&path))
                     .unwrap_or_else(|| path.into());
                 output::read_inside_limited(&self.sources, &host, MAX_TEMPLATE_BYTES as u64)
                     .map_err(|e| file_error(e, "--allow-dir DIR"))
@@ -110,7 +83,7 @@ impl TemplateCap {
         match source {
             template::Source::Inline(_) => Err(raw()),
             template::Source::File(path) => {
-                let host = crate::grants::host_path(&self.guest_dirs, &path)
+                let host = self.guest_dirs.iter().find_map(|d| d.host_path(&path))
                     .unwrap_or_else(|| path.into());
                 let writable = std::fs::canonicalize(&host)
                     .map(|c| self.plugin_writable.iter().any(|d| d.contains(&c)))
@@ -297,5 +270,120 @@ impl template::Host for TemplateCap {
     async fn render_string(&mut self, source: template::Source) -> Result<String, PluginError> {
         let text = self.source_text(source)?;
         TemplateCap::render(self, &text).await
+    }
+}
+
+/// `--allow-template-out` as written.
+#[derive(clap::Args, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct TemplateSpec {
+    /// Allow templates to render files into DIR.
+    #[arg(long = "allow-template-out", value_name = "DIR")]
+    #[serde(default)]
+    pub template_out: Vec<String>,
+}
+
+impl GrantSpec for TemplateSpec {
+    fn merge(&mut self, other: Self) {
+        self.template_out.extend(other.template_out);
+    }
+
+    fn rebase(&mut self, base: &Path) {
+        for d in &mut self.template_out {
+            if Path::new(d.as_str()).is_relative() {
+                *d = base.join(d.as_str()).display().to_string();
+            }
+        }
+    }
+}
+
+/// The validated `--allow-template-out` directories.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateGrant {
+    pub outputs: Vec<GrantedDir>,
+}
+
+impl TemplateGrant {
+    /// Where templates may render, and which of those only the operator's
+    /// templates may: a granted proxy's config directory is a template output
+    /// (rendering the proxy's config is what the proxy grant is for) but,
+    /// unless the operator also granted it with `--allow-template-out`, only
+    /// for templates from read-only `--allow-dir`s, never text the plugin
+    /// wrote, which could add any directive to the proxy's config.
+    pub fn outputs(grants: &Grants) -> (Vec<GrantedDir>, Vec<GrantedDir>) {
+        let mut outputs = grants.template.outputs.clone();
+        let mut operator_only = Vec::new();
+        for dir in grants.proxy.iter().filter_map(|p| p.config_dir.as_ref()) {
+            if !outputs.iter().any(|d| d.same_dir(dir)) {
+                outputs.push(dir.clone());
+                operator_only.push(dir.clone());
+            }
+        }
+        (outputs, operator_only)
+    }
+}
+
+impl Capability for TemplateCap {
+    const INTERFACES: &'static [&'static str] = &["runner:plugin/template"];
+    const FLAG_HINT: &'static str = "--allow-template-out DIR (data: --allow-service, --allow-kv)";
+    const TOML_HINT: &'static str =
+        "grants.template_out = [\"DIR\"] (or a proxy, kv or services for its data)";
+    const WIT: &'static [(&'static str, &'static str)] =
+        &[("template.wit", include_str!("../../../../wit/template.wit"))];
+    type Spec = TemplateSpec;
+    type Grant = TemplateGrant;
+
+    fn validate(spec: &TemplateSpec, cx: &mut ValidateContext<'_>) -> Result<TemplateGrant, GrantError> {
+        let outputs = spec
+            .template_out
+            .iter()
+            .map(|d| {
+                cx.existing_dir(Path::new(d))
+                    .map_err(|r| GrantError::invalid("--allow-template-out", d, r))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(TemplateGrant { outputs })
+    }
+
+    fn granted(grants: &Grants) -> bool {
+        !TemplateGrant::outputs(grants).0.is_empty()
+            || !grants.kv.is_empty()
+            || !grants.catalog.is_empty()
+    }
+
+    fn prepare(cx: &RunContext<'_>) -> Self {
+        let grants = cx.grants;
+        let (outputs, operator_only) = TemplateGrant::outputs(grants);
+        let mut sources = grants.dirs.granted();
+        sources.extend(outputs.iter().cloned());
+        Self {
+            kv: grants.kv.clone(),
+            services: grants.catalog.clone(),
+            sources,
+            operator_only,
+            operator_sources: grants
+                .dirs
+                .iter()
+                .filter(|d| !d.writable)
+                .map(|d| d.granted.clone())
+                .collect(),
+            plugin_writable: grants
+                .dirs
+                .iter()
+                .filter(|d| d.writable)
+                .map(|d| d.granted.clone())
+                .chain(outputs.iter().cloned())
+                .collect(),
+            outputs,
+            guest_dirs: grants.dirs.0.clone(),
+            registry: cx.host.registry.clone(),
+            timeout: cx.limits.host_call_timeout,
+        }
+    }
+
+    fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        template::add_to_linker::<T, HasSelf<Self>>(linker, get)
     }
 }

@@ -1,0 +1,89 @@
+//! `runner kv` and `runner catalog`: the registry's store and catalog.
+
+use super::CommandError;
+use super::host::{Host, Open};
+use crate::cli::{CatalogCommand, Cli, KvCommand};
+use std::io::Write;
+
+pub(super) async fn kv(cli: &Cli, cmd: &KvCommand) -> Result<(), CommandError> {
+    let registry = Host::registry(cli, Open::Now)?;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        KvCommand::Get { key, detailed } => {
+            let entry = registry
+                .kv_get(key)
+                .await?
+                .ok_or_else(|| CommandError::NotFound(format!("key \"{key}\" does not exist")))?;
+            if *detailed {
+                writeln!(
+                    out,
+                    "key\t{}\ncreate_index\t{}\nmodify_index\t{}",
+                    entry.key, entry.create_index, entry.modify_index
+                )?;
+                writeln!(out, "value\t{}", String::from_utf8_lossy(&entry.value))?;
+            } else {
+                out.write_all(&entry.value)?;
+                if !entry.value.ends_with(b"\n") {
+                    writeln!(out)?;
+                }
+            }
+        }
+        KvCommand::Put { key, value, cas } => match cas {
+            Some(index) => {
+                if !registry.kv_cas(key, value.as_bytes(), *index).await? {
+                    return Err(CommandError::NotFound(format!(
+                        "key \"{key}\" was not written: its modify index is not {index} (read it again with `runner kv get --detailed {key}`)"
+                    )));
+                }
+            }
+            None => {
+                registry.kv_put(key, value.as_bytes()).await?;
+            }
+        },
+        KvCommand::List { prefix } => {
+            for entry in registry.kv_list(prefix).await? {
+                writeln!(
+                    out,
+                    "{}\t{}",
+                    entry.key,
+                    String::from_utf8_lossy(&entry.value)
+                )?;
+            }
+        }
+        KvCommand::Delete { key } => {
+            if !registry.kv_delete(key).await? {
+                return Err(CommandError::NotFound(format!(
+                    "key \"{key}\" does not exist"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn catalog(cli: &Cli, cmd: &CatalogCommand) -> Result<(), CommandError> {
+    let registry = Host::registry(cli, Open::Now)?;
+    let CatalogCommand::List { service } = cmd;
+    let names = match service {
+        Some(s) => vec![s.clone()],
+        None => registry.services().await?,
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "SERVICE\tID\tADDRESS\tHEALTH\tTAGS")?;
+    for name in names {
+        for i in registry.instances(&name).await? {
+            let health = if i.healthy { "passing" } else { "critical" };
+            writeln!(
+                out,
+                "{}\t{}\t{}:{}\t{}\t{}",
+                i.name,
+                i.id,
+                i.address,
+                i.port,
+                health,
+                i.tags.join(",")
+            )?;
+        }
+    }
+    Ok(())
+}
