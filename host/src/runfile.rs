@@ -290,10 +290,7 @@ mod tests {
         assert_eq!(grants.proxy.len(), 1);
         let (outputs, operator_only) = crate::caps::template::TemplateGrant::outputs(&grants);
         assert_eq!(operator_only.len(), 1);
-        assert!(
-            outputs[0]
-                .contains(&dir.path().join("nginx/upstreams").canonicalize().unwrap())
-        );
+        assert!(outputs[0].contains(&dir.path().join("nginx/upstreams").canonicalize().unwrap()));
 
         let undefined = GrantsSpec {
             proxy: crate::caps::proxy::ProxyGrantSpec {

@@ -1,15 +1,17 @@
 //! `catalog`: instances of services, limited to granted service names.
 
 use super::globs::Globs;
-use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, bounded, denied, registry_error};
-use crate::grants::{GrantError, InvalidGrant};
-use wasmtime::component::{HasSelf, Linker};
+use super::{
+    Capability, GrantSpec, Grants, RunContext, ValidateContext, bounded, denied, registry_error,
+};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::catalog;
+use crate::grants::{GrantError, InvalidGrant};
 use crate::names;
 use crate::registry::{Instance, Registry};
 use std::sync::Arc;
 use std::time::Duration;
+use wasmtime::component::{HasSelf, Linker};
 
 /// Service names a plugin may read and register (`--allow-service`, globs).
 #[derive(Debug, Clone, Default)]
@@ -177,7 +179,10 @@ impl Capability for CatalogCap {
     type Spec = CatalogSpec;
     type Grant = ServiceGrant;
 
-    fn validate(spec: &CatalogSpec, _: &mut ValidateContext<'_>) -> Result<ServiceGrant, GrantError> {
+    fn validate(
+        spec: &CatalogSpec,
+        _: &mut ValidateContext<'_>,
+    ) -> Result<ServiceGrant, GrantError> {
         ServiceGrant::parse(&spec.services)
             .map_err(|r| GrantError::invalid("--allow-service", spec.services.join(","), r))
     }

@@ -9,11 +9,12 @@
 
 use super::globs::{Globs, glob_matcher};
 use super::template::GrantedDir;
-use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, bounded, denied, registry_error};
-use crate::grants::{GrantError, InvalidGrant};
-use wasmtime::component::{HasSelf, Linker};
+use super::{
+    Capability, GrantSpec, Grants, RunContext, ValidateContext, bounded, denied, registry_error,
+};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::docker;
+use crate::grants::{GrantError, InvalidGrant};
 use crate::names;
 use crate::registry::{Instance, Registry};
 use bollard::Docker;
@@ -31,6 +32,7 @@ use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use wasmtime::component::{HasSelf, Linker};
 
 /// Labels runner puts on every container it runs. Every `runner.` label is
 /// the host's alone: a plugin that could set them could register its
@@ -415,7 +417,10 @@ impl DockerCap {
     ) -> Result<(Vec<u8>, Option<String>), PluginError> {
         // The plugin may name the context as it sees it (`/build/app` for a
         // `build:/build` grant) or as a host path.
-        let host = self.guest_dirs.iter().find_map(|d| d.host_path(context_dir))
+        let host = self
+            .guest_dirs
+            .iter()
+            .find_map(|d| d.host_path(context_dir))
             .unwrap_or_else(|| context_dir.into());
         let dir =
             super::template::open_dir_inside(&self.build_dirs, &host).map_err(|e| match e {

@@ -3,12 +3,12 @@
 //! stage's pre- and post-integration tests).
 
 use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, denied};
-use crate::grants::GrantError;
-use wasmtime::component::{HasSelf, Linker};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::hooks;
+use crate::grants::GrantError;
 use async_trait::async_trait;
 use std::sync::Arc;
+use wasmtime::component::{HasSelf, Linker};
 
 /// Who asks for a hook: the settings a plugin may pass are limited to what
 /// the operator declared `overridable`; the pipeline (host code) passes its

@@ -1,13 +1,13 @@
 //! `http`: outbound requests through reqwest, limited to granted origins.
 
 use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, denied};
-use crate::grants::GrantError;
-use wasmtime::component::{HasSelf, Linker};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::http;
+use crate::grants::GrantError;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use url::Url;
+use wasmtime::component::{HasSelf, Linker};
 
 /// One allowed origin, `scheme://host:port`; host may be `*` or `*.domain`,
 /// port may be `*`; a missing port means the scheme's default.

@@ -7,14 +7,14 @@
 //! service's journal, through this interface, while it holds the deploy lock.
 
 use super::{Capability, Grants, NoGrant, RunContext, ValidateContext, bounded, registry_error};
-use crate::grants::GrantError;
-use wasmtime::component::{HasSelf, Linker};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::journal;
+use crate::grants::GrantError;
 use crate::registry::{Registry, RegistryError, runner_key};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use wasmtime::component::{HasSelf, Linker};
 
 /// Most details one entry holds, and bytes per key or value.
 pub const MAX_DETAILS: usize = 32;

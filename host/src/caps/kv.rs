@@ -1,14 +1,16 @@
 //! `kv`: the registry's key/value store, limited to granted key prefixes.
 
-use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, bounded, denied, registry_error};
-use crate::grants::{GrantError, InvalidGrant};
-use wasmtime::component::{HasSelf, Linker};
+use super::{
+    Capability, GrantSpec, Grants, RunContext, ValidateContext, bounded, denied, registry_error,
+};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::kv;
+use crate::grants::{GrantError, InvalidGrant};
 use crate::names;
 use crate::registry::{self, KvEntry, Registry};
 use std::sync::Arc;
 use std::time::Duration;
+use wasmtime::component::{HasSelf, Linker};
 
 /// Key prefixes a plugin may read and write (`--allow-kv`). `*` grants every key.
 ///
@@ -155,7 +157,6 @@ pub struct KvCap {
 }
 
 impl KvCap {
-
     fn check(&self, op: &str, key: &str) -> Result<(), PluginError> {
         self.grant.check(op, key)
     }
@@ -267,7 +268,8 @@ impl Capability for KvCap {
     type Grant = KvGrant;
 
     fn validate(spec: &KvSpec, _: &mut ValidateContext<'_>) -> Result<KvGrant, GrantError> {
-        KvGrant::parse(&spec.kv).map_err(|r| GrantError::invalid("--allow-kv", spec.kv.join(","), r))
+        KvGrant::parse(&spec.kv)
+            .map_err(|r| GrantError::invalid("--allow-kv", spec.kv.join(","), r))
     }
 
     fn granted(grants: &Grants) -> bool {

@@ -7,8 +7,8 @@
 use super::{Capability, Grants, NoGrant, RunContext, ValidateContext};
 use crate::bindings::runner::plugin::{log, types};
 use crate::grants::GrantError;
-use wasmtime::component::{HasSelf, Linker};
 use std::sync::Arc;
+use wasmtime::component::{HasSelf, Linker};
 
 /// Longest log message kept whole (longer ones are cut, with a marker).
 pub const MAX_MESSAGE: usize = 64 * 1024;

@@ -88,7 +88,8 @@ pub trait Capability: Sized + Send + 'static {
     type Grant: Clone + std::fmt::Debug + Default + Send + Sync;
 
     /// Parse and check the written grant, once, before anything runs.
-    fn validate(spec: &Self::Spec, cx: &mut ValidateContext<'_>) -> Result<Self::Grant, GrantError>;
+    fn validate(spec: &Self::Spec, cx: &mut ValidateContext<'_>)
+    -> Result<Self::Grant, GrantError>;
     /// Whether `grants` let a plugin use this capability at all.
     fn granted(grants: &Grants) -> bool;
     /// This run's state.
@@ -123,14 +124,53 @@ macro_rules! capabilities {
     ($($field:ident: $cap:ty,)+) => {
         /// Grants as written by the operator (flags or a `[grants]` table),
         /// before validation. Everything is denied unless granted.
-        #[derive(clap::Args, serde::Deserialize, Debug, Clone, Default, PartialEq)]
-        #[serde(deny_unknown_fields)]
+        #[derive(clap::Args, Debug, Clone, Default, PartialEq)]
         pub struct GrantsSpec {
             $(
                 #[command(flatten)]
-                #[serde(flatten)]
                 pub $field: <$cap as Capability>::Spec,
             )+
+        }
+
+        /// A `[grants]` table: each key goes to the capability that owns it;
+        /// an unknown key is refused at that key (its line in the file),
+        /// naming every known one.
+        impl<'de> serde::Deserialize<'de> for GrantsSpec {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Table;
+                impl<'de> serde::de::Visitor<'de> for Table {
+                    type Value = GrantsSpec;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a table of grants")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<GrantsSpec, A::Error> {
+                        let mut spec = GrantsSpec::default();
+                        while let Some(key) = map.next_key_seed(GrantKey(grant_keys()))? {
+                            $(
+                                if spec_keys::<<$cap as Capability>::Spec>().contains(&key.as_str()) {
+                                    spec.$field.merge(map.next_value_seed(OneKey(key, std::marker::PhantomData))?);
+                                    continue;
+                                }
+                            )+
+                        }
+                        Ok(spec)
+                    }
+                }
+                deserializer.deserialize_map(Table)
+            }
+        }
+
+        /// Every key of a `[grants]` table, in the list's order.
+        fn grant_keys() -> &'static [&'static str] {
+            static KEYS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+            KEYS.get_or_init(|| {
+                let mut keys = Vec::new();
+                $( keys.extend_from_slice(spec_keys::<<$cap as Capability>::Spec>()); )+
+                keys
+            })
         }
 
         impl GrantsSpec {
@@ -223,6 +263,41 @@ capabilities! {
     journal: journal::JournalCap,
 }
 
+/// The TOML keys of a capability's spec (serde's own field list).
+fn spec_keys<S: GrantSpec>() -> &'static [&'static str] {
+    serde_aux::serde_introspection::serde_introspect::<S>()
+}
+
+/// A key of a `[grants]` table, refused while it is read (so the error
+/// points at it) unless one of `.0` (every known key).
+struct GrantKey(&'static [&'static str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for GrantKey {
+    type Value = String;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        let key = <String as serde::Deserialize>::deserialize(d)?;
+        if self.0.contains(&key.as_str()) {
+            Ok(key)
+        } else {
+            Err(serde::de::Error::unknown_field(&key, self.0))
+        }
+    }
+}
+
+/// The value of `key` as the spec `S` that owns it, checked while it is read
+/// (so an error points at the value).
+struct OneKey<S>(String, std::marker::PhantomData<S>);
+
+impl<'de, S: GrantSpec> serde::de::DeserializeSeed<'de> for OneKey<S> {
+    type Value = S;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<S, D::Error> {
+        let value = <toml::Value as serde::Deserialize>::deserialize(d)?;
+        let mut table = toml::Table::new();
+        table.insert(self.0, value);
+        S::deserialize(toml::Value::Table(table)).map_err(|e| serde::de::Error::custom(e.message()))
+    }
+}
+
 /// One row of [`IMPORTS`].
 pub struct ImportGrant {
     pub capability: &'static str,
@@ -236,7 +311,9 @@ pub struct ImportGrant {
 impl ImportGrant {
     fn serves(&self, interface: &str) -> bool {
         self.interfaces.iter().any(|i| match i.strip_suffix('/') {
-            Some(family) => interface.starts_with(family) && interface[family.len()..].starts_with('/'),
+            Some(family) => {
+                interface.starts_with(family) && interface[family.len()..].starts_with('/')
+            }
             None => interface == *i,
         })
     }
@@ -245,7 +322,10 @@ impl ImportGrant {
 /// WASI interfaces every run gets (or never gets), granted by no capability.
 const WASI_POLICY: &[(&str, &str)] = &[
     ("wasi:sockets/", "never granted: use runner:plugin/http"),
-    ("wasi:cli/environment", "always empty (no environment, no arguments)"),
+    (
+        "wasi:cli/environment",
+        "always empty (no environment, no arguments)",
+    ),
     ("wasi:cli/stdout", "captured into the log"),
     ("wasi:cli/stderr", "captured into the log"),
     ("wasi:cli/", "always available"),
@@ -400,7 +480,9 @@ mod tests {
                 matches!(import_use(&import), Some(ImportUse::Capability(_))),
                 "{iface}"
             );
-            let serving = IMPORTS.iter().filter(|c| c.serves(&format!("runner:plugin/{iface}")));
+            let serving = IMPORTS
+                .iter()
+                .filter(|c| c.serves(&format!("runner:plugin/{iface}")));
             assert_eq!(serving.count(), 1, "{iface}");
         }
         assert!(matches!(
@@ -435,8 +517,17 @@ mod tests {
             toml::from_str("kv = [\"books-ms/\"]\ncontainers = [\"books-ms-*\"]\nbuild = true")
                 .unwrap();
         assert_eq!(flags.grants, toml);
-        let err = toml::from_str::<GrantsSpec>("kvv = []").unwrap_err().to_string();
-        assert!(err.contains("kvv"), "{err}");
+        let err = toml::from_str::<GrantsSpec>("kv = []\nkvv = []").unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("unknown field `kvv`, expected one of `kv`, `services`"),
+            "{message}"
+        );
+        assert_eq!(
+            err.span().map(|s| s.start),
+            Some(8),
+            "the error points at the key"
+        );
     }
 
     #[test]

@@ -128,4 +128,3 @@ pub(super) async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError>
     }
     Ok(())
 }
-

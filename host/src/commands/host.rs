@@ -46,13 +46,16 @@ impl Host {
         timeout: Duration,
         open: Open,
     ) -> Result<Self, CommandError> {
-        let registry: Arc<dyn Registry> = match cli.consul.as_deref().or(targets.consul.as_deref()) {
+        let registry: Arc<dyn Registry> = match cli.consul.as_deref().or(targets.consul.as_deref())
+        {
             Some(address) => Arc::new(ConsulRegistry::new(
                 address,
                 cli.consul_token.clone(),
                 timeout,
             )?),
-            None if open == Open::Lazy => Arc::new(LazyRegistry::new(cli.state_dir.clone(), timeout)),
+            None if open == Open::Lazy => {
+                Arc::new(LazyRegistry::new(cli.state_dir.clone(), timeout))
+            }
             None => Arc::new(EmbeddedRegistry::open(&cli.state_dir, timeout)?),
         };
         Ok(Self {
@@ -99,53 +102,53 @@ impl Host {
     /// Wait (bounded) for the deploy lock of `service`.
     pub async fn acquire_lock(
         &self,
-    service: &str,
-    stage: &str,
-    wait: std::time::Duration,
-) -> Result<Box<dyn LockGuard>, CommandError> {
-    let holder = LockHolder {
-        host: crate::registry::this_host(),
-        pid: std::process::id(),
-        user: crate::registry::this_user(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        stage: stage.into(),
-        started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-    };
-    let started = std::time::Instant::now();
-    let mut announced = false;
-    loop {
-        match self.registry.try_lock(service, &holder).await? {
-            LockAttempt::Acquired(guard) => {
-                tracing::debug!("holding the deploy lock of {service}");
-                return Ok(guard);
-            }
-            LockAttempt::Held(current) => {
-                if started.elapsed() >= wait {
-                    // The holder may have been mid-write a moment ago: ask once more.
-                    let holder = match current {
-                        Some(h) => Some(h),
-                        None => self.registry.lock_holder(service).await.ok().flatten(),
-                    };
-                    return Err(CommandError::Locked {
-                        service: service.into(),
-                        waited: humantime::format_duration(wait).to_string(),
-                        holder: holder.map(Box::new),
-                    });
+        service: &str,
+        stage: &str,
+        wait: std::time::Duration,
+    ) -> Result<Box<dyn LockGuard>, CommandError> {
+        let holder = LockHolder {
+            host: crate::registry::this_host(),
+            pid: std::process::id(),
+            user: crate::registry::this_user(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            stage: stage.into(),
+            started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        };
+        let started = std::time::Instant::now();
+        let mut announced = false;
+        loop {
+            match self.registry.try_lock(service, &holder).await? {
+                LockAttempt::Acquired(guard) => {
+                    tracing::debug!("holding the deploy lock of {service}");
+                    return Ok(guard);
                 }
-                // A holder that just took the lock may not have written who it is yet.
-                if !announced
-                    && (current.is_some() || started.elapsed() > std::time::Duration::from_secs(1))
-                {
-                    let by = current.map(|h| format!(" by {h}")).unwrap_or_default();
-                    tracing::info!("waiting for the deploy lock of {service}, held{by}");
-                    announced = true;
+                LockAttempt::Held(current) => {
+                    if started.elapsed() >= wait {
+                        // The holder may have been mid-write a moment ago: ask once more.
+                        let holder = match current {
+                            Some(h) => Some(h),
+                            None => self.registry.lock_holder(service).await.ok().flatten(),
+                        };
+                        return Err(CommandError::Locked {
+                            service: service.into(),
+                            waited: humantime::format_duration(wait).to_string(),
+                            holder: holder.map(Box::new),
+                        });
+                    }
+                    // A holder that just took the lock may not have written who it is yet.
+                    if !announced
+                        && (current.is_some()
+                            || started.elapsed() > std::time::Duration::from_secs(1))
+                    {
+                        let by = current.map(|h| format!(" by {h}")).unwrap_or_default();
+                        tracing::info!("waiting for the deploy lock of {service}, held{by}");
+                        announced = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         }
     }
-}
-
 }
 
 /// The Wasm runtime, with the CLI's artifact cache settings.
@@ -174,4 +177,3 @@ pub async fn shutdown_signal() -> &'static str {
         _ = term.recv() => "SIGTERM",
     }
 }
-

@@ -32,4 +32,3 @@ pub(super) async fn lock(cli: &Cli, cmd: &LockCommand) -> Result<(), CommandErro
     }
     Ok(())
 }
-

@@ -118,4 +118,3 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Template(ref cmd) => template::template(&cli, cmd).await,
     }
 }
-

@@ -142,8 +142,14 @@ async fn deploy_stage_only(
 pub(super) async fn promote(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandError> {
     let (runtime, pipeline) = load(cli, &args.file, &args.options.plugin_path)?;
     check_service(&pipeline, &args.service)?;
-    let registry = connect(cli, &args.options, Some(&pipeline), Duration::from_secs(30), Open::Now)?
-        .registry;
+    let registry = connect(
+        cli,
+        &args.options,
+        Some(&pipeline),
+        Duration::from_secs(30),
+        Open::Now,
+    )?
+    .registry;
     let Some(paused) = history::paused(&*registry, &pipeline.service).await? else {
         return Err(CommandError::Usage(format!(
             "no deploy of {} is waiting for promotion; run one whose deploy stage has promotion = \"manual\"",

@@ -16,7 +16,6 @@ pub(super) fn inspect(cli: &Cli, path: &Path) -> Result<(), CommandError> {
     Ok(())
 }
 
-
 /// A new plugin project in `dir` (default `./NAME`).
 pub(super) fn new(
     name: &str,

@@ -4,7 +4,10 @@ use super::CommandError;
 use super::host::{Host, Open, shutdown_signal};
 use crate::cli::Cli;
 
-pub(super) async fn template(cli: &Cli, cmd: &crate::cli::TemplateCommand) -> Result<(), CommandError> {
+pub(super) async fn template(
+    cli: &Cli,
+    cmd: &crate::cli::TemplateCommand,
+) -> Result<(), CommandError> {
     use crate::caps::template::{TemplateJob, WatchTiming};
     use crate::cli::{TemplateCommand, TemplateTargets};
     let jobs = |t: &TemplateTargets| -> Vec<TemplateJob> {
@@ -60,4 +63,3 @@ pub(super) async fn template(cli: &Cli, cmd: &crate::cli::TemplateCommand) -> Re
         }
     }
 }
-

@@ -9,7 +9,8 @@ mod stdio;
 
 pub use cache::{ArtifactCache, CacheOutcome, CacheRefused};
 pub use limits::{
-    DEFAULT_HTTP_MAX_BODY, Limits, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, MemoryLimitExceeded, TABLE_ELEMENT_BYTES,
+    DEFAULT_HTTP_MAX_BODY, Limits, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, MemoryLimitExceeded,
+    TABLE_ELEMENT_BYTES,
 };
 
 use crate::bindings::{Context as StageContext, Outcome, PluginError, Stage, StagePre};

@@ -28,8 +28,11 @@ pub enum ScaffoldError {
 /// The contract, as this runner speaks it: the world, then each
 /// capability's interfaces (from the capability list).
 fn wit_files() -> impl Iterator<Item = (&'static str, &'static str)> {
-    std::iter::once(("world.wit", include_str!("../../../wit/world.wit")))
-        .chain(crate::caps::IMPORTS.iter().flat_map(|c| c.wit.iter().copied()))
+    std::iter::once(("world.wit", include_str!("../../../wit/world.wit"))).chain(
+        crate::caps::IMPORTS
+            .iter()
+            .flat_map(|c| c.wit.iter().copied()),
+    )
 }
 
 const RUST: &[(&str, &str)] = &[

@@ -23,11 +23,11 @@ use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, denied};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::proxy;
 use crate::grants::GrantError;
-use wasmtime::component::{HasSelf, Linker};
 use bollard::query_parameters::KillContainerOptions;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use wasmtime::component::{HasSelf, Linker};
 
 pub use haproxy::servers_state as haproxy_servers;
 
@@ -254,7 +254,6 @@ impl Capability for ProxyCap {
 }
 
 impl ProxyCap {
-
     fn get(&self, name: &str) -> Result<&ProxyConfig, PluginError> {
         self.proxies.iter().find(|p| p.name == name).ok_or_else(|| {
             denied(
@@ -509,7 +508,10 @@ mod tests {
         let mut cap = ProxyCap {
             proxies: vec![config],
             docker: DockerEngine::new(None),
-            templates: crate::caps::test_prepare(&Grants::default(), &crate::caps::test_services(dir.path())),
+            templates: crate::caps::test_prepare(
+                &Grants::default(),
+                &crate::caps::test_services(dir.path()),
+            ),
         };
         let err = proxy::Host::reload(&mut cap, "p".into()).await.unwrap_err();
         let PluginError::Failed(msg) = err else {

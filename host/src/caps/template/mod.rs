@@ -14,15 +14,17 @@ pub use watch::{Rendered, TemplateJob, TemplateJobError, WatchTiming};
 
 use super::catalog::ServiceGrant;
 use super::kv::KvGrant;
-use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, bounded, denied, registry_error};
-use crate::grants::GrantError;
-use wasmtime::component::{HasSelf, Linker};
+use super::{
+    Capability, GrantSpec, Grants, RunContext, ValidateContext, bounded, denied, registry_error,
+};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::template;
+use crate::grants::GrantError;
 use crate::registry::Registry;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use wasmtime::component::{HasSelf, Linker};
 
 pub struct TemplateCap {
     kv: KvGrant,
@@ -50,7 +52,10 @@ impl TemplateCap {
             template::Source::Inline(text) => Ok(text),
             template::Source::File(path) => {
                 // As the plugin sees it (`/templates/x.ctmpl`), or a host path.
-                let host = self.guest_dirs.iter().find_map(|d| d.host_path(&path))
+                let host = self
+                    .guest_dirs
+                    .iter()
+                    .find_map(|d| d.host_path(&path))
                     .unwrap_or_else(|| path.into());
                 output::read_inside_limited(&self.sources, &host, MAX_TEMPLATE_BYTES as u64)
                     .map_err(|e| file_error(e, "--allow-dir DIR"))
@@ -83,7 +88,10 @@ impl TemplateCap {
         match source {
             template::Source::Inline(_) => Err(raw()),
             template::Source::File(path) => {
-                let host = self.guest_dirs.iter().find_map(|d| d.host_path(&path))
+                let host = self
+                    .guest_dirs
+                    .iter()
+                    .find_map(|d| d.host_path(&path))
                     .unwrap_or_else(|| path.into());
                 let writable = std::fs::canonicalize(&host)
                     .map(|c| self.plugin_writable.iter().any(|d| d.contains(&c)))
@@ -332,7 +340,10 @@ impl Capability for TemplateCap {
     type Spec = TemplateSpec;
     type Grant = TemplateGrant;
 
-    fn validate(spec: &TemplateSpec, cx: &mut ValidateContext<'_>) -> Result<TemplateGrant, GrantError> {
+    fn validate(
+        spec: &TemplateSpec,
+        cx: &mut ValidateContext<'_>,
+    ) -> Result<TemplateGrant, GrantError> {
         let outputs = spec
             .template_out
             .iter()
