@@ -5,7 +5,6 @@
 //! trait impl generated from `wit/`, and a grant check at the top of every
 //! call. The runtime only sees [`Capabilities`] and [`add_to_linker`].
 
-mod build_context;
 pub mod catalog;
 pub mod docker;
 mod globs;

@@ -306,7 +306,7 @@ async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
 /// running ones of this registry it lacks) before a stage that manages containers; a failure
 /// is logged, not fatal: the stage itself will meet the engine's error.
 pub(crate) async fn reconcile_catalog(services: &HostServices) {
-    match crate::caps::docker::reconcile(&services.docker, &*services.registry).await {
+    match crate::caps::docker::reconcile(&*services.docker, &*services.registry).await {
         Ok(done) if done == Default::default() => {}
         Ok(done) => tracing::info!(
             "catalog reconciled: {} gone, {} registered",

@@ -23,7 +23,6 @@ use super::{HostServices, denied};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::proxy;
 use crate::grants::Grants;
-use bollard::query_parameters::KillContainerOptions;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -275,25 +274,21 @@ pub(crate) async fn reload_now(
             Ok(text)
         }
         Some(ReloadAction::Signal { container, signal }) => {
-            let client = docker.client().await?;
-            tokio::time::timeout(
-                config.timeout,
-                client.kill_container(
-                    container,
-                    Some(KillContainerOptions {
-                        signal: signal.clone(),
-                    }),
-                ),
-            )
-            .await
-            .map_err(|_| {
-                PluginError::Timeout(format!("proxy {proxy}: signalling {container} timed out"))
-            })?
-            .map_err(|e| {
-                PluginError::Failed(format!(
-                    "proxy {proxy}: sending {signal} to {container}: {e}"
-                ))
-            })?;
+            // Connected first: the timeout bounds the signal, not the connection.
+            docker
+                .connect()
+                .await
+                .map_err(|e| e.to_plugin_error("kill", container))?;
+            tokio::time::timeout(config.timeout, docker.kill(container, signal))
+                .await
+                .map_err(|_| {
+                    PluginError::Timeout(format!("proxy {proxy}: signalling {container} timed out"))
+                })?
+                .map_err(|e| {
+                    PluginError::Failed(format!(
+                        "proxy {proxy}: sending {signal} to {container}: {e}"
+                    ))
+                })?;
             Ok(String::new())
         }
     }
