@@ -11,7 +11,6 @@
 //! table are generated from it. The runtime only sees [`Capabilities`] and
 //! [`add_to_linker`].
 
-mod build_context;
 pub mod catalog;
 pub mod dirs;
 pub mod docker;

@@ -85,7 +85,7 @@ impl Host {
     /// manages containers; a failure is logged, not fatal: the stage itself
     /// will meet the engine's error.
     pub async fn reconcile_catalog(&self) {
-        match crate::caps::docker::reconcile(&self.docker, &*self.registry).await {
+        match crate::caps::docker::reconcile(&*self.docker, &*self.registry).await {
             Ok(done) if done == Default::default() => {}
             Ok(done) => tracing::info!(
                 "catalog reconciled: {} gone, {} registered",

@@ -378,7 +378,7 @@ pub(super) async fn status(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandE
     ));
     let docker = host.docker.clone();
     out.push_str("containers\n");
-    match crate::caps::docker::containers_named(&docker, &format!("{service}-")).await {
+    match crate::caps::docker::containers_named(&*docker, &format!("{service}-")).await {
         Ok(list) if list.is_empty() => out.push_str("  none\n"),
         Ok(list) => {
             for c in list {

@@ -23,7 +23,6 @@ use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, denied};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::proxy;
 use crate::grants::GrantError;
-use bollard::query_parameters::KillContainerOptions;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -333,25 +332,21 @@ pub(crate) async fn reload_now(
             Ok(text)
         }
         Some(ReloadAction::Signal { container, signal }) => {
-            let client = docker.client().await?;
-            tokio::time::timeout(
-                config.timeout,
-                client.kill_container(
-                    container,
-                    Some(KillContainerOptions {
-                        signal: signal.clone(),
-                    }),
-                ),
-            )
-            .await
-            .map_err(|_| {
-                PluginError::Timeout(format!("proxy {proxy}: signalling {container} timed out"))
-            })?
-            .map_err(|e| {
-                PluginError::Failed(format!(
-                    "proxy {proxy}: sending {signal} to {container}: {e}"
-                ))
-            })?;
+            // Connected first: the timeout bounds the signal, not the connection.
+            docker
+                .connect()
+                .await
+                .map_err(|e| e.to_plugin_error("kill", container))?;
+            tokio::time::timeout(config.timeout, docker.kill(container, signal))
+                .await
+                .map_err(|_| {
+                    PluginError::Timeout(format!("proxy {proxy}: signalling {container} timed out"))
+                })?
+                .map_err(|e| {
+                    PluginError::Failed(format!(
+                        "proxy {proxy}: sending {signal} to {container}: {e}"
+                    ))
+                })?;
             Ok(String::new())
         }
     }
@@ -526,5 +521,56 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(denied, PluginError::Denied(_)));
+    }
+
+    #[tokio::test]
+    async fn a_signal_reload_goes_through_the_container_engine() {
+        use crate::caps::docker::fake::FakeEngine;
+        use crate::caps::docker::{ContainerEngine, ContainerSpec, Restart};
+        let engine = std::sync::Arc::new(FakeEngine::new());
+        engine.add_image("nginx:alpine");
+        let id = engine
+            .create(ContainerSpec {
+                name: "nginx".into(),
+                image: "nginx:alpine".into(),
+                env: vec![],
+                command: None,
+                labels: Default::default(),
+                ports: vec![],
+                publish_ip: "127.0.0.1".into(),
+                memory_bytes: 1 << 30,
+                pids: 1024,
+                nano_cpus: None,
+                restart: Restart::No,
+            })
+            .await
+            .unwrap();
+        engine.start(&id).await.unwrap();
+        let config = |container: &str| ProxyConfig {
+            name: "p".into(),
+            driver: Driver::Files,
+            config_dir: None,
+            check: None,
+            reload: Some(ReloadAction::Signal {
+                container: container.into(),
+                signal: "HUP".into(),
+            }),
+            timeout: Duration::from_secs(10),
+            workdir: std::env::temp_dir(),
+        };
+        let docker = DockerEngine::from_engine(engine.clone());
+        reload_now(&config("nginx"), &docker).await.unwrap();
+        assert!(engine.calls().contains(&"kill nginx".to_string()));
+        assert!(
+            engine.containers()[0].running,
+            "HUP reloads, it does not stop"
+        );
+        let Err(PluginError::Failed(msg)) = reload_now(&config("ghost"), &docker).await else {
+            panic!("signalled a missing container")
+        };
+        assert_eq!(
+            msg,
+            "proxy p: sending HUP to ghost: No such container: ghost"
+        );
     }
 }
