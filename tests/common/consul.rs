@@ -501,6 +501,12 @@ impl ConsulServer {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The Consul backend pointed at this server, without a token.
+    pub fn registry(&self) -> runner::registry::ConsulRegistry {
+        runner::registry::ConsulRegistry::new(&self.url(), None, std::time::Duration::from_secs(5))
+            .expect("consul registry")
+    }
+
     /// Answer the next `n` requests with 500.
     pub fn fail_next(&self, n: usize) {
         self.state().failures = n;
