@@ -1,12 +1,16 @@
 //! The Consul backend against the API-faithful test server
-//! (`tests/common/consul.rs`; no real Consul can be installed here): the same
-//! KV, catalog and template behaviour plugins get from the embedded registry.
+//! (`tests/common/consul.rs`; no real Consul can be installed here): what
+//! plugins and commands get through Consul, and what only Consul does (ACL
+//! tokens, health checks, sessions, index resets). The registry contract
+//! both backends keep runs in `registry/contract.rs`.
 
 mod common;
 
 use common::consul::ConsulServer;
 use common::{Env, plugin, run};
-use runner::registry::{ConsulRegistry, Dependency, Instance, Registry};
+use runner::registry::{
+    Catalog, Dependency, DeployLocks, Instance, KvStore, LockAttempt, LockHolder, Watch,
+};
 use std::time::Duration;
 
 /// A scratch env, and a function pointing a runner command at `url`.
@@ -23,8 +27,8 @@ fn consul_env(
 
 /// Register the seed's books-ms-blue instance (10.100.198.201:32769) in `server`.
 async fn register_seed_blue(server: &ConsulServer) {
-    let consul = ConsulRegistry::new(&server.url(), None, Duration::from_secs(5)).unwrap();
-    consul
+    server
+        .registry()
         .register(&Instance {
             id: "prod:books-ms-blue:8080".into(),
             name: "books-ms-blue".into(),
@@ -37,77 +41,41 @@ async fn register_seed_blue(server: &ConsulServer) {
         .unwrap();
 }
 
+/// Consul's health comes from the instance's check, not from what was
+/// registered: a failing check marks the instance unhealthy.
 #[tokio::test]
-async fn kv_round_trips_binary_values_with_increasing_indexes_and_cas() {
+async fn health_follows_the_service_check() {
     let server = ConsulServer::start(None);
-    let consul = ConsulRegistry::new(&server.url(), None, Duration::from_secs(5)).unwrap();
-    assert_eq!(consul.kv_get("app/bin").await.unwrap(), None);
-    let bytes = vec![0u8, 255, 10, 13, 34, 92];
-    let i1 = consul.kv_put("app/bin", &bytes).await.unwrap();
-    let i2 = consul.kv_put("app/bin", &bytes).await.unwrap();
-    assert!(i2 > i1, "{i1} then {i2}");
-    let e = consul.kv_get("app/bin").await.unwrap().unwrap();
-    assert_eq!(
-        (e.value.clone(), e.create_index, e.modify_index),
-        (bytes, i1, i2)
-    );
-
-    assert!(
-        !consul.kv_cas("app/bin", b"x", i1).await.unwrap(),
-        "stale index"
-    );
-    assert!(consul.kv_cas("app/bin", b"x", i2).await.unwrap());
-    assert!(!consul.kv_cas("app/new", b"x", 7).await.unwrap());
-    assert!(
-        consul.kv_cas("app/new", b"y", 0).await.unwrap(),
-        "0 creates"
-    );
-    assert!(
-        !consul.kv_cas("app/new", b"z", 0).await.unwrap(),
-        "0 only creates"
-    );
-
-    consul.kv_put("other/k", b"v").await.unwrap();
-    let keys: Vec<String> = consul
-        .kv_list("app/")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
-    assert_eq!(keys, ["app/bin", "app/new"]);
-    assert!(consul.kv_delete("app/new").await.unwrap());
-    assert!(!consul.kv_delete("app/new").await.unwrap());
-    assert!(consul.kv_list("none/").await.unwrap().is_empty());
+    register_seed_blue(&server).await;
+    let consul = server.registry();
+    assert!(consul.instances("books-ms-blue").await.unwrap()[0].healthy);
+    server.set_check("prod:books-ms-blue:8080", "critical");
+    assert!(!consul.instances("books-ms-blue").await.unwrap()[0].healthy);
 }
 
+/// A Consul lock is a session: an operator can break a held one (its
+/// session destroyed), unlike the embedded store's file lock.
 #[tokio::test]
-async fn catalog_health_and_registration() {
+async fn force_unlock_breaks_a_held_lock() {
     let server = ConsulServer::start(None);
-    let consul = ConsulRegistry::new(&server.url(), None, Duration::from_secs(5)).unwrap();
-    let blue = Instance {
-        id: "runner:books-ms-blue:8080".into(),
-        name: "books-ms-blue".into(),
-        address: "127.0.0.1".into(),
-        port: 32769,
-        tags: vec!["v1".into()],
-        healthy: true,
+    let consul = server.registry();
+    let holder = LockHolder {
+        host: "build-1".into(),
+        pid: 4242,
+        user: "deployer".into(),
+        version: "0.1.0".into(),
+        stage: "bluegreen".into(),
+        started_at: "2024-01-01T00:00:00Z".into(),
     };
-    consul.register(&blue).await.unwrap();
-    assert_eq!(
-        consul.services().await.unwrap(),
-        ["books-ms-blue"],
-        "consul itself is not listed"
-    );
-    assert_eq!(
-        consul.instances("books-ms-blue").await.unwrap(),
-        vec![blue.clone()]
-    );
-    server.set_check(&blue.id, "critical");
-    assert!(!consul.instances("books-ms-blue").await.unwrap()[0].healthy);
-    assert!(consul.deregister("books-ms-blue", &blue.id).await.unwrap());
-    assert!(!consul.deregister("books-ms-blue", &blue.id).await.unwrap());
-    assert!(consul.instances("books-ms-blue").await.unwrap().is_empty());
+    let LockAttempt::Acquired(_held) = consul.try_lock("books-ms", &holder).await.unwrap() else {
+        panic!("a free lock is taken")
+    };
+    assert!(consul.force_unlock("books-ms").await.unwrap());
+    assert_eq!(consul.lock_holder("books-ms").await.unwrap(), None);
+    let LockAttempt::Acquired(next) = consul.try_lock("books-ms", &holder).await.unwrap() else {
+        panic!("a broken lock is free")
+    };
+    next.release().await.unwrap();
 }
 
 #[test]
@@ -286,70 +254,36 @@ async fn template_render_command_renders_seed_files_and_runs_the_command_on_chan
         .stderr_has("`exit 3` exited with exit status: 3");
 }
 
-/// Blocking queries (`?index=&wait=`): index 0 answers at once; a query at
-/// the current index waits its wait out and answers the same index; a write
-/// (or a health change, for a service) wakes it early; after a restore the
-/// index comes back lower, which tells the caller to reset.
+/// Blocking queries beyond the contract (`registry/contract.rs`): a health
+/// change wakes a service's query, and after a restore the index comes back
+/// lower, which tells the caller to reset.
 #[tokio::test]
-async fn blocking_queries_wake_on_change_and_time_out() {
+async fn blocking_queries_wake_on_health_and_see_an_index_reset() {
     let server = ConsulServer::start(None);
     register_seed_blue(&server).await;
-    let consul = std::sync::Arc::new(
-        ConsulRegistry::new(&server.url(), None, Duration::from_secs(5)).unwrap(),
-    );
+    let consul = server.registry();
     consul.kv_put("app/color", b"blue").await.unwrap();
-    let key = Dependency::Key("app/color".into());
 
-    let now = consul
-        .wait_for_change(&key, 0, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(now, server.index());
-
-    let asked = std::time::Instant::now();
-    let same = consul
-        .wait_for_change(&key, now, Duration::from_millis(300))
-        .await
-        .unwrap();
-    assert_eq!(same, now, "nothing changed");
-    assert!(
-        asked.elapsed() >= Duration::from_millis(300),
-        "answered after {:?}, before its wait ended",
-        asked.elapsed()
-    );
-
-    // Woken by a write long before its 60 s wait ends (whether the write
-    // lands before or after the query arrives, the answer is the new index).
-    for (dep, change) in [
-        (key.clone(), "write"),
-        (Dependency::Service("books-ms-blue".into()), "health"),
-    ] {
-        let from = server.index();
-        let waiting = tokio::spawn({
-            let (consul, dep) = (consul.clone(), dep.clone());
-            async move {
-                consul
-                    .wait_for_change(&dep, from, Duration::from_secs(60))
-                    .await
-            }
-        });
-        match change {
-            "write" => server.put("app/color", "green"),
-            _ => server.set_check("prod:books-ms-blue:8080", "critical"),
-        }
-        let woke = tokio::time::timeout(Duration::from_secs(10), waiting)
+    let service = Dependency::Service("books-ms-blue".into());
+    let from = server.index();
+    let watch = consul.wait_for_change(&service, from, Duration::from_secs(60));
+    let flip = async { server.set_check("prod:books-ms-blue:8080", "critical") };
+    let (woke, ()) =
+        tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(watch, flip) })
             .await
-            .unwrap_or_else(|_| panic!("a {change} did not wake the query on {dep}"))
-            .unwrap()
-            .unwrap();
-        assert!(woke > from, "{change}: {from} then {woke}");
-    }
+            .expect("a health change did not wake the query");
+    let woke = woke.unwrap();
+    assert!(woke > from, "{from} then {woke}");
 
     let before = server.index();
     server.reset_index(1);
     server.put("app/color", "red");
     let after = consul
-        .wait_for_change(&key, before, Duration::from_millis(200))
+        .wait_for_change(
+            &Dependency::Key("app/color".into()),
+            before,
+            Duration::from_millis(200),
+        )
         .await
         .unwrap();
     assert!(after < before, "the index went back: {before} then {after}");

@@ -11,7 +11,7 @@ mod common;
 
 use common::hostile::{Calls, exec, unique};
 use common::{Env, Output, docker_remove, run, sleep_context};
-use runner::registry::{EmbeddedRegistry, Instance, Registry};
+use runner::registry::{Catalog, EmbeddedRegistry, Instance, Registry};
 use std::process::Command;
 use std::time::Duration;
 

@@ -1,10 +1,14 @@
-//! The embedded registry across processes: persistence, CAS, concurrency,
-//! and the catalog data templates render from.
+//! The registry contract every backend keeps (`registry/contract.rs`), and
+//! the embedded registry across processes: persistence, CAS, concurrency,
+//! its lock files, and the catalog data templates render from.
 
 mod common;
 
+#[path = "registry/contract.rs"]
+mod contract;
+
 use common::{Env, run};
-use runner::registry::{EmbeddedRegistry, Instance, Registry};
+use runner::registry::{Catalog, DeployLocks, EmbeddedRegistry, Instance, LockAttempt, LockHolder};
 use std::time::Duration;
 
 #[test]
@@ -169,4 +173,40 @@ async fn seed_template_renders_from_the_catalog_through_a_plugin() {
         std::fs::read_to_string(&dest).unwrap(),
         "upstream books-ms {\n \n server 10.100.198.201:32769;\n \n}\n"
     );
+}
+
+/// The embedded store's deploy locks are OS file locks in the state
+/// directory: held while the holder lives, and never broken from outside
+/// (the holder is a live process; `force_unlock` says how to stop it).
+#[tokio::test]
+async fn embedded_locks_are_files_that_cannot_be_broken() {
+    let env = Env::new();
+    let registry = EmbeddedRegistry::open(&env.state_dir(), Duration::from_secs(5)).unwrap();
+    let holder = LockHolder {
+        host: "build-1".into(),
+        pid: 4242,
+        user: "deployer".into(),
+        version: "0.1.0".into(),
+        stage: "bluegreen".into(),
+        started_at: "2024-01-01T00:00:00Z".into(),
+    };
+    let LockAttempt::Acquired(guard) = registry.try_lock("books-ms", &holder).await.unwrap() else {
+        panic!("a free lock is taken")
+    };
+    let file = env.state_dir().join("locks/books-ms.lock");
+    let on_disk: LockHolder = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(on_disk, holder, "the holder is written into the lock file");
+    let refused = registry.force_unlock("books-ms").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("a file lock cannot be broken")
+            && refused.to_string().contains("kill 4242"),
+        "{refused}"
+    );
+    guard.release().await.unwrap();
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"",
+        "released: no stale holder"
+    );
+    assert!(!registry.force_unlock("books-ms").await.unwrap());
 }

@@ -7,7 +7,7 @@ mod common;
 
 use common::consul::ConsulServer;
 use common::{Env, run};
-use runner::registry::{EmbeddedRegistry, Registry};
+use runner::registry::{EmbeddedRegistry, KvStore};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -155,7 +155,7 @@ pub async fn paused(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::EmbeddedRegistry;
+    use crate::registry::{EmbeddedRegistry, KvStore};
     use std::time::Duration;
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! `<state>/locks/<service>.lock`, holding the holder's metadata. The kernel
 //! releases it when the holder exits or crashes, so it never goes stale.
 
-use super::{LockAttempt, LockGuard, LockHolder, RegistryError};
+use super::{DeployLocks, LockAttempt, LockGuard, LockHolder, RegistryError, off_thread};
 use async_trait::async_trait;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -51,13 +51,52 @@ struct FileLock {
 #[async_trait]
 impl LockGuard for FileLock {
     async fn release(self: Box<Self>) -> Result<(), RegistryError> {
-        // Empty the metadata first, so nobody reads a stale holder.
-        self.file.set_len(0).map_err(|e| io(&self.path, e))?;
-        self.file.unlock().map_err(|e| io(&self.path, e))
+        let path = self.path.clone();
+        off_thread(&path, move || {
+            // Empty the metadata first, so nobody reads a stale holder.
+            self.file.set_len(0).map_err(|e| io(&self.path, e))?;
+            self.file.unlock().map_err(|e| io(&self.path, e))
+        })
+        .await
     }
 }
 
-pub fn try_lock(
+/// The deploy locks of the state directory this holds; each call runs on
+/// the blocking pool (opening, locking and syncing a file).
+#[derive(Debug, Clone)]
+pub(super) struct FileLocks {
+    state_dir: PathBuf,
+}
+
+impl FileLocks {
+    pub(super) fn new(state_dir: PathBuf) -> Self {
+        Self { state_dir }
+    }
+}
+
+#[async_trait]
+impl DeployLocks for FileLocks {
+    async fn try_lock(
+        &self,
+        service: &str,
+        holder: &LockHolder,
+    ) -> Result<LockAttempt, RegistryError> {
+        let (dir, service, holder) = (self.state_dir.clone(), service.to_owned(), holder.clone());
+        off_thread(&self.state_dir, move || try_lock(&dir, &service, &holder)).await
+    }
+
+    async fn lock_holder(&self, service: &str) -> Result<Option<LockHolder>, RegistryError> {
+        let (dir, service) = (self.state_dir.clone(), service.to_owned());
+        off_thread(&self.state_dir, move || self::holder(&dir, &service)).await
+    }
+
+    async fn force_unlock(&self, service: &str) -> Result<bool, RegistryError> {
+        let (dir, service) = (self.state_dir.clone(), service.to_owned());
+        off_thread(&self.state_dir, move || force_unlock(&dir, &service)).await
+    }
+}
+
+fn try_lock(
     state_dir: &Path,
     service: &str,
     holder: &LockHolder,
@@ -79,7 +118,7 @@ pub fn try_lock(
     }
 }
 
-pub fn holder(state_dir: &Path, service: &str) -> Result<Option<LockHolder>, RegistryError> {
+fn holder(state_dir: &Path, service: &str) -> Result<Option<LockHolder>, RegistryError> {
     let (path, mut file) = open(state_dir, service)?;
     match file.try_lock() {
         Ok(()) => {
@@ -93,7 +132,7 @@ pub fn holder(state_dir: &Path, service: &str) -> Result<Option<LockHolder>, Reg
 
 /// A file lock belongs to a live process (a dead one's is already free):
 /// it cannot be broken from outside, only its holder can be stopped.
-pub fn force_unlock(state_dir: &Path, service: &str) -> Result<bool, RegistryError> {
+fn force_unlock(state_dir: &Path, service: &str) -> Result<bool, RegistryError> {
     match holder(state_dir, service)? {
         None => Ok(false),
         Some(h) => Err(RegistryError::Refused(format!(

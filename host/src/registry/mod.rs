@@ -1,5 +1,7 @@
-//! The registry: a KV store with modify indexes and a service catalog, behind
-//! one trait so the embedded store and Consul are interchangeable.
+//! The registry: a KV store with modify indexes, a service catalog, change
+//! watches and deploy locks, one small trait each ([`KvStore`], [`Catalog`],
+//! [`Watch`], [`DeployLocks`]) under the umbrella [`Registry`], so the
+//! embedded store and Consul are interchangeable.
 
 mod consul;
 mod embedded;
@@ -57,7 +59,7 @@ pub struct Instance {
     pub healthy: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
     /// The backend cannot be reached or opened (locked past the timeout, server down).
     #[error("registry unavailable: {0}")]
@@ -167,22 +169,37 @@ pub enum LockAttempt {
     Held(Option<LockHolder>),
 }
 
-/// KV + catalog operations every backend provides.
+/// The key-value store, with Consul's index semantics.
 #[async_trait]
-pub trait Registry: Send + Sync {
+pub trait KvStore: Send + Sync {
     async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, RegistryError>;
     /// Unconditional write; returns the new modify index.
     async fn kv_put(&self, key: &str, value: &[u8]) -> Result<u64, RegistryError>;
     /// Write only if the key's modify index is `expected` (0: only if absent).
     async fn kv_cas(&self, key: &str, value: &[u8], expected: u64) -> Result<bool, RegistryError>;
+    /// Returns whether the key existed.
     async fn kv_delete(&self, key: &str) -> Result<bool, RegistryError>;
+    /// Every key under `prefix`, sorted by key, at most [`MAX_LIST_BYTES`].
     async fn kv_list(&self, prefix: &str) -> Result<Vec<KvEntry>, RegistryError>;
+}
 
+/// The service catalog.
+#[async_trait]
+pub trait Catalog: Send + Sync {
+    /// Instances of `service`, sorted by ID, healthy or not.
     async fn instances(&self, service: &str) -> Result<Vec<Instance>, RegistryError>;
+    /// The names of all registered services, sorted.
     async fn services(&self) -> Result<Vec<String>, RegistryError>;
+    /// Register (or replace) an instance; an ID another service owns is a
+    /// [`RegistryError::Conflict`].
     async fn register(&self, instance: &Instance) -> Result<(), RegistryError>;
+    /// Returns whether `service` had an instance `id`.
     async fn deregister(&self, service: &str, id: &str) -> Result<bool, RegistryError>;
+}
 
+/// Change notification for what templates read.
+#[async_trait]
+pub trait Watch: Send + Sync {
     /// Wait until `dep` may have changed since `index` (0, or a value this
     /// returned before), or until `wait` passes; returns the current index.
     /// Consul answers with a blocking query; the embedded store polls its
@@ -194,7 +211,11 @@ pub trait Registry: Send + Sync {
         index: u64,
         wait: std::time::Duration,
     ) -> Result<u64, RegistryError>;
+}
 
+/// One deploy of a service at a time.
+#[async_trait]
+pub trait DeployLocks: Send + Sync {
     /// Try once to take the deploy lock of `service`.
     async fn try_lock(
         &self,
@@ -205,7 +226,11 @@ pub trait Registry: Send + Sync {
     async fn lock_holder(&self, service: &str) -> Result<Option<LockHolder>, RegistryError>;
     /// Break `service`'s lock (an operator's decision); returns whether one was held.
     async fn force_unlock(&self, service: &str) -> Result<bool, RegistryError>;
+}
 
+/// A whole backend: KV, catalog, watches and deploy locks over one store, so
+/// the embedded store and Consul are interchangeable behind `Arc<dyn Registry>`.
+pub trait Registry: KvStore + Catalog + Watch + DeployLocks {
     /// The network address clients reach the backend at, if it has one:
     /// plugins' HTTP grants never open it.
     fn endpoint(&self) -> Option<String> {
@@ -219,4 +244,24 @@ pub trait Registry: Send + Sync {
     /// runs with it, so `reconcile` adopts only this registry's containers
     /// when several registries (state directories, Consuls) share an engine.
     fn identity(&self) -> String;
+}
+
+/// Run blocking work (SQLite, lock files) on tokio's blocking pool, so a
+/// busy wait never stalls the async workers; a panic there becomes an error
+/// for the caller, not the host's. `what` names the store for the message.
+pub(crate) async fn off_thread<T: Send + 'static>(
+    what: &std::path::Path,
+    work: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, RegistryError> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        let how = if e.is_panic() {
+            "panicked"
+        } else {
+            "was cancelled"
+        };
+        Err(RegistryError::Backend(format!(
+            "{}: the registry call {how}",
+            what.display()
+        )))
+    })
 }

@@ -4,13 +4,13 @@
 //!
 //! Every request has a timeout; connection errors and 5xx answers are retried
 //! a bounded number of times with backoff; a 403 (ACL) becomes `Denied`
-//! naming the key or service.
+//! naming the key or service (`http`). Deploy locks are sessions (`locks`).
 
-use super::{
-    Dependency, Instance, KvEntry, LockAttempt, LockGuard, LockHolder, Registry, RegistryError,
-};
+mod http;
+mod locks;
+
+use super::{Catalog, Dependency, Instance, KvEntry, KvStore, Registry, RegistryError, Watch};
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable};
 use base64::Engine as _;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -89,22 +89,8 @@ struct HealthCheck {
     status: String,
 }
 
-/// A non-5xx answer.
-struct Answer {
-    status: StatusCode,
-    /// `X-Consul-Index`, on reads.
-    index: Option<u64>,
-    body: bytes::Bytes,
-}
-
 /// Consul's longest blocking wait; longer waits are cut to it by the server.
 const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(600);
-
-/// A request failure worth retrying: the server was unreachable or answered 5xx.
-enum Attempt {
-    Retry(RegistryError),
-    Final(RegistryError),
-}
 
 impl ConsulRegistry {
     /// `address` is Consul's HTTP address (`http://127.0.0.1:8500`); `timeout`
@@ -138,111 +124,6 @@ impl ConsulRegistry {
         })
     }
 
-    fn url(&self, path: &str, query: &[(&str, String)]) -> Url {
-        let mut url = self.base.clone();
-        url.set_path(path);
-        if !query.is_empty() {
-            let mut pairs = url.query_pairs_mut();
-            for (k, v) in query {
-                if v.is_empty() {
-                    pairs.append_key_only(k);
-                } else {
-                    pairs.append_pair(k, v);
-                }
-            }
-        }
-        url
-    }
-
-    /// Send with bounded retries; `what` names the key or service for errors.
-    /// Returns (status, body) for any non-5xx answer.
-    async fn send(
-        &self,
-        method: Method,
-        url: Url,
-        body: Option<Vec<u8>>,
-        what: &str,
-    ) -> Result<(StatusCode, bytes::Bytes), RegistryError> {
-        let answer = self.send_with(method, url, body, what, None).await?;
-        Ok((answer.status, answer.body))
-    }
-
-    /// `send`, with the answer's `X-Consul-Index` and an optional timeout
-    /// replacing the client's (a blocking query outlives a normal request).
-    async fn send_with(
-        &self,
-        method: Method,
-        url: Url,
-        body: Option<Vec<u8>>,
-        what: &str,
-        timeout: Option<Duration>,
-    ) -> Result<Answer, RegistryError> {
-        let attempt = || async {
-            let mut request = self.client.request(method.clone(), url.clone());
-            if let Some(timeout) = timeout {
-                request = request.timeout(timeout);
-            }
-            if let Some(token) = &self.token {
-                request = request.header("X-Consul-Token", token);
-            }
-            if let Some(body) = &body {
-                request = request.body(body.clone());
-            }
-            let response = request.send().await.map_err(|e| {
-                Attempt::Retry(RegistryError::Unavailable(format!(
-                    "consul at {}: {e}",
-                    self.base
-                )))
-            })?;
-            let status = response.status();
-            let index = response
-                .headers()
-                .get("X-Consul-Index")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            let bytes = response.bytes().await.map_err(|e| {
-                Attempt::Retry(RegistryError::Unavailable(format!(
-                    "consul at {}: {e}",
-                    self.base
-                )))
-            })?;
-            if status.is_server_error() {
-                return Err(Attempt::Retry(RegistryError::Unavailable(format!(
-                    "consul at {} answered {status} for {what}: {}",
-                    self.base,
-                    String::from_utf8_lossy(&bytes).trim()
-                ))));
-            }
-            if status == StatusCode::FORBIDDEN {
-                return Err(Attempt::Final(RegistryError::Denied(format!(
-                    "consul ACL denied access to {what}; check the token (--consul-token or CONSUL_HTTP_TOKEN)"
-                ))));
-            }
-            Ok(Answer {
-                status,
-                index,
-                body: bytes,
-            })
-        };
-        attempt
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(50))
-                    .with_max_delay(Duration::from_secs(1))
-                    .with_max_times(3),
-            )
-            .when(|e| matches!(e, Attempt::Retry(_)))
-            .await
-            .map_err(|e| match e {
-                Attempt::Retry(e) | Attempt::Final(e) => e,
-            })
-    }
-
-    /// In runner's reserved namespace: no plugin's KV grant covers it.
-    fn lock_key(service: &str) -> String {
-        crate::registry::runner_key(service, "lock")
-    }
-
     async fn raw_pair(&self, key: &str) -> Result<Option<KvPair>, RegistryError> {
         Self::valid_key(key)?;
         let what = format!("key \"{key}\"");
@@ -259,20 +140,6 @@ impl ConsulRegistry {
             }
             other => Err(Self::unexpected(&what, other, &body)),
         }
-    }
-
-    async fn session_put(
-        &self,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<bytes::Bytes, RegistryError> {
-        let (status, bytes) = self
-            .send(Method::PUT, self.url(path, &[]), body, "a lock session")
-            .await?;
-        if status != StatusCode::OK {
-            return Err(Self::unexpected("a lock session", status, &bytes));
-        }
-        Ok(bytes)
     }
 
     /// Each segment percent-encoded: the key that was checked is the key sent.
@@ -295,13 +162,6 @@ impl ConsulRegistry {
         names::service_name(service)
             .map(|_| ())
             .map_err(|e| RegistryError::Refused(e.to_string()))
-    }
-
-    fn unexpected(what: &str, status: StatusCode, body: &[u8]) -> RegistryError {
-        RegistryError::Backend(format!(
-            "consul answered {status} for {what}: {}",
-            String::from_utf8_lossy(body).trim()
-        ))
     }
 
     fn decode(pair: KvPair) -> Result<KvEntry, RegistryError> {
@@ -341,195 +201,10 @@ impl ConsulRegistry {
             other => Err(Self::unexpected(&what, other, &body)),
         }
     }
-
-    fn boolean(what: &str, status: StatusCode, body: &[u8]) -> Result<bool, RegistryError> {
-        match (status, body.trim_ascii()) {
-            (StatusCode::OK, b"true") => Ok(true),
-            (StatusCode::OK, b"false") => Ok(false),
-            _ => Err(Self::unexpected(what, status, body)),
-        }
-    }
-}
-
-/// How long a lock outlives a holder that stops renewing (crashed, cut off).
-const LOCK_TTL: Duration = Duration::from_secs(15);
-
-struct ConsulLock {
-    consul: ConsulRegistry,
-    key: String,
-    session: String,
-    renewal: tokio::task::JoinHandle<()>,
 }
 
 #[async_trait]
-impl LockGuard for ConsulLock {
-    async fn release(self: Box<Self>) -> Result<(), RegistryError> {
-        self.renewal.abort();
-        let url = self.consul.url(
-            &ConsulRegistry::kv_path(&self.key),
-            &[("release", self.session.clone())],
-        );
-        let released = self
-            .consul
-            .send(Method::PUT, url, Some(Vec::new()), &self.key)
-            .await;
-        // Destroying the session releases the lock too, whatever happened above.
-        self.consul
-            .session_put(
-                &format!("/v1/session/destroy/{}", names::path_segment(&self.session)),
-                None,
-            )
-            .await?;
-        released.map(|_| ())
-    }
-}
-
-#[async_trait]
-impl Registry for ConsulRegistry {
-    fn endpoint(&self) -> Option<String> {
-        Some(self.base.to_string())
-    }
-
-    /// `consul:` and the address's origin: scheme, host and port as the URL
-    /// parser normalizes them (lowercase, default port dropped), without
-    /// credentials or a path (requests replace the path anyway).
-    fn identity(&self) -> String {
-        format!("consul:{}", self.base.origin().ascii_serialization())
-    }
-
-    async fn try_lock(
-        &self,
-        service: &str,
-        holder: &LockHolder,
-    ) -> Result<LockAttempt, RegistryError> {
-        let key = Self::lock_key(service);
-        let body = serde_json::json!({
-            "Name": format!("runner deploy lock of {service}"),
-            "TTL": format!("{}s", LOCK_TTL.as_secs()),
-            "Behavior": "release",
-            "LockDelay": "0s",
-        });
-        let created = self
-            .session_put("/v1/session/create", Some(body.to_string().into_bytes()))
-            .await?;
-        let session = serde_json::from_slice::<serde_json::Value>(&created)
-            .ok()
-            .and_then(|v| v["ID"].as_str().map(str::to_string))
-            .ok_or_else(|| {
-                RegistryError::Backend("consul session create: no ID in the answer".into())
-            })?;
-        let meta = serde_json::to_vec(holder).map_err(|e| RegistryError::Backend(e.to_string()))?;
-        let url = self.url(&Self::kv_path(&key), &[("acquire", session.clone())]);
-        let (status, answer) = self
-            .send(Method::PUT, url, Some(meta), &format!("key \"{key}\""))
-            .await?;
-        if Self::boolean(&key, status, &answer)? {
-            let consul = self.clone();
-            let id = session.clone();
-            // Renew well inside the TTL; if this process dies, the TTL frees the lock.
-            let renewal = tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(LOCK_TTL / 3).await;
-                    if let Err(e) = consul
-                        .session_put(
-                            &format!("/v1/session/renew/{}", names::path_segment(&id)),
-                            None,
-                        )
-                        .await
-                    {
-                        tracing::warn!("cannot renew the deploy lock session: {e}");
-                    }
-                }
-            });
-            return Ok(LockAttempt::Acquired(Box::new(ConsulLock {
-                consul: self.clone(),
-                key,
-                session,
-                renewal,
-            })));
-        }
-        self.session_put(
-            &format!("/v1/session/destroy/{}", names::path_segment(&session)),
-            None,
-        )
-        .await?;
-        Ok(LockAttempt::Held(self.lock_holder(service).await?))
-    }
-
-    async fn lock_holder(&self, service: &str) -> Result<Option<LockHolder>, RegistryError> {
-        let Some(pair) = self.raw_pair(&Self::lock_key(service)).await? else {
-            return Ok(None);
-        };
-        if pair.session.as_deref().unwrap_or_default().is_empty() {
-            return Ok(None);
-        }
-        let entry = Self::decode(pair)?;
-        Ok(serde_json::from_slice(&entry.value).ok())
-    }
-
-    async fn force_unlock(&self, service: &str) -> Result<bool, RegistryError> {
-        let pair = self.raw_pair(&Self::lock_key(service)).await?;
-        match pair.and_then(|p| p.session).filter(|s| !s.is_empty()) {
-            None => Ok(false),
-            Some(session) => {
-                self.session_put(
-                    &format!("/v1/session/destroy/{}", names::path_segment(&session)),
-                    None,
-                )
-                .await?;
-                Ok(true)
-            }
-        }
-    }
-
-    async fn wait_for_change(
-        &self,
-        dep: &Dependency,
-        index: u64,
-        wait: Duration,
-    ) -> Result<u64, RegistryError> {
-        let wait = wait.min(MAX_BLOCKING_WAIT);
-        let mut query = vec![
-            ("index", index.to_string()),
-            ("wait", format!("{}ms", wait.as_millis().max(1))),
-        ];
-        let path = match dep {
-            Dependency::Key(key) => {
-                Self::valid_key(key)?;
-                Self::kv_path(key)
-            }
-            Dependency::Prefix(prefix) => {
-                Self::valid_key(prefix)?;
-                query.push(("recurse", String::new()));
-                Self::kv_path(prefix)
-            }
-            Dependency::Service(service) => {
-                Self::valid_service(service)?;
-                format!("/v1/health/service/{}", names::path_segment(service))
-            }
-            Dependency::Services => "/v1/catalog/services".to_string(),
-        };
-        let what = dep.to_string();
-        // Consul may hold the answer up to wait/16 past `wait` (jitter).
-        let timeout = wait + wait / 16 + self.timeout;
-        let answer = self
-            .send_with(
-                Method::GET,
-                self.url(&path, &query),
-                None,
-                &what,
-                Some(timeout),
-            )
-            .await?;
-        match (answer.status, answer.index) {
-            (StatusCode::OK | StatusCode::NOT_FOUND, Some(index)) => Ok(index),
-            (StatusCode::OK | StatusCode::NOT_FOUND, None) => Err(RegistryError::Backend(format!(
-                "consul answered the blocking query for {what} without X-Consul-Index"
-            ))),
-            (other, _) => Err(Self::unexpected(&what, other, &answer.body)),
-        }
-    }
-
+impl KvStore for ConsulRegistry {
     async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, RegistryError> {
         self.raw_pair(key).await?.map(Self::decode).transpose()
     }
@@ -609,7 +284,10 @@ impl Registry for ConsulRegistry {
             other => Err(Self::unexpected(&what, other, &body)),
         }
     }
+}
 
+#[async_trait]
+impl Catalog for ConsulRegistry {
     async fn instances(&self, service: &str) -> Result<Vec<Instance>, RegistryError> {
         let what = format!("service \"{service}\"");
         Self::valid_service(service)?;
@@ -716,6 +394,70 @@ impl Registry for ConsulRegistry {
             return Err(Self::unexpected(&what, status, &body));
         }
         Ok(true)
+    }
+}
+
+#[async_trait]
+impl Watch for ConsulRegistry {
+    async fn wait_for_change(
+        &self,
+        dep: &Dependency,
+        index: u64,
+        wait: Duration,
+    ) -> Result<u64, RegistryError> {
+        let wait = wait.min(MAX_BLOCKING_WAIT);
+        let mut query = vec![
+            ("index", index.to_string()),
+            ("wait", format!("{}ms", wait.as_millis().max(1))),
+        ];
+        let path = match dep {
+            Dependency::Key(key) => {
+                Self::valid_key(key)?;
+                Self::kv_path(key)
+            }
+            Dependency::Prefix(prefix) => {
+                Self::valid_key(prefix)?;
+                query.push(("recurse", String::new()));
+                Self::kv_path(prefix)
+            }
+            Dependency::Service(service) => {
+                Self::valid_service(service)?;
+                format!("/v1/health/service/{}", names::path_segment(service))
+            }
+            Dependency::Services => "/v1/catalog/services".to_string(),
+        };
+        let what = dep.to_string();
+        // Consul may hold the answer up to wait/16 past `wait` (jitter).
+        let timeout = wait + wait / 16 + self.timeout;
+        let answer = self
+            .send_with(
+                Method::GET,
+                self.url(&path, &query),
+                None,
+                &what,
+                Some(timeout),
+            )
+            .await?;
+        match (answer.status, answer.index) {
+            (StatusCode::OK | StatusCode::NOT_FOUND, Some(index)) => Ok(index),
+            (StatusCode::OK | StatusCode::NOT_FOUND, None) => Err(RegistryError::Backend(format!(
+                "consul answered the blocking query for {what} without X-Consul-Index"
+            ))),
+            (other, _) => Err(Self::unexpected(&what, other, &answer.body)),
+        }
+    }
+}
+
+impl Registry for ConsulRegistry {
+    fn endpoint(&self) -> Option<String> {
+        Some(self.base.to_string())
+    }
+
+    /// `consul:` and the address's origin: scheme, host and port as the URL
+    /// parser normalizes them (lowercase, default port dropped), without
+    /// credentials or a path (requests replace the path anyway).
+    fn identity(&self) -> String {
+        format!("consul:{}", self.base.origin().ascii_serialization())
     }
 }
 
