@@ -318,9 +318,10 @@ pub enum LockCommand {
     --config base_url=http://127.0.0.1:8080 --config check.health='GET /health 200'\n\n\
     Outputs are printed to stdout as KEY=VALUE lines (or JSON with --json).")]
 pub struct ExecArgs {
-    /// The stage plugin: a .wasm component built against wit/ (world `stage`).
-    #[arg(long, value_name = "PATH")]
-    pub plugin: PathBuf,
+    /// The stage plugin: a .wasm component built against wit/ (world `stage`),
+    /// as a path, or a name found as NAME.wasm in RUNNER_PLUGIN_PATH or ./plugins.
+    #[arg(long, value_name = "PATH|NAME")]
+    pub plugin: crate::plugin_ref::PluginRef,
 
     /// The service being deployed, passed to the stage.
     #[arg(long, default_value = "", value_name = "NAME")]

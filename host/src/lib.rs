@@ -19,6 +19,7 @@ pub mod grants;
 pub mod inspect;
 pub mod names;
 pub mod pipeline;
+pub mod plugin_ref;
 pub mod registry;
 pub mod runfile;
 pub mod runtime;

@@ -5,10 +5,12 @@ use super::host::{Host, Open, Targets, runtime, shutdown_signal};
 use crate::bindings::Context as StageContext;
 use crate::caps::{Capabilities, RunContext};
 use crate::cli::{Cli, ExecArgs};
+use crate::plugin_ref::{PluginPath, PluginRef, PluginSource};
 use crate::runfile::RunnerFile;
 use crate::runtime::Limits;
 use crate::stage::Hooks;
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 
 pub(super) async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError> {
@@ -40,7 +42,14 @@ pub(super) async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError>
     };
 
     let runtime = runtime(cli)?;
-    let plugin = runtime.load(&args.plugin)?;
+    let source = PluginPath::new(&[], Path::new("."))
+        .resolve(&args.plugin, Path::new(""))
+        .or_else(|e| match &args.plugin {
+            // A missing file is the runtime's to report (with its exit code).
+            PluginRef::File(path) => Ok(PluginSource::File(path.clone())),
+            PluginRef::Named(_) => Err(CommandError::Usage(e.to_string())),
+        })?;
+    let plugin = runtime.load_source(&source)?;
     tracing::debug!(plugin = plugin.name(), cache = ?plugin.cache_outcome(), "plugin loaded");
     let stage = args
         .stage

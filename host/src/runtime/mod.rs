@@ -15,6 +15,7 @@ pub use limits::{
 
 use crate::bindings::{Context as StageContext, Outcome, PluginError, Stage, StagePre};
 use crate::caps::{self, Capabilities, CapabilitiesView};
+use crate::plugin_ref::PluginSource;
 use futures_util::FutureExt;
 use limits::MemoryLimiter;
 use std::io::Read;
@@ -268,7 +269,14 @@ impl Runtime {
         &self.cache
     }
 
-    /// Read, compile (or load precompiled) and type-check a plugin.
+    /// Load a resolved plugin reference (see [`crate::plugin_ref`]).
+    pub fn load_source(&self, source: &PluginSource) -> Result<Plugin, LoadError> {
+        match source {
+            PluginSource::File(path) => self.load(path),
+        }
+    }
+
+    /// Read, compile (or load precompiled) and type-check a plugin file.
     pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
         let name = path
             .file_stem()

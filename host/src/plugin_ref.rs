@@ -1,0 +1,192 @@
+//! Where a plugin comes from: one reference type, resolved in one place,
+//! for `runner exec`, pipeline stages and hooks alike.
+//!
+//! A reference as written is a file path (`plugins/build.wasm`, anything with
+//! a `/` or ending in `.wasm`) or a name searched on the plugin path (`build`
+//! → `build.wasm`). Resolving it yields a [`PluginSource`] the runtime loads
+//! ([`crate::runtime::Runtime::load_source`]). A registry reference (an OCI
+//! artifact pinned by digest) is one more variant of each, resolved to bytes
+//! and a digest here; nothing that runs plugins changes.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A plugin reference as the operator wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginRef {
+    /// A `.wasm` file, relative to the file that names it (or the current
+    /// directory on the command line).
+    File(PathBuf),
+    /// A name searched on the plugin path.
+    Named(String),
+}
+
+impl PluginRef {
+    /// Classify `text`: a path when it has a `/` or ends in `.wasm`, else a name.
+    pub fn parse(text: &str) -> Self {
+        if text.contains('/') || text.ends_with(".wasm") {
+            Self::File(PathBuf::from(text))
+        } else {
+            Self::Named(text.to_string())
+        }
+    }
+}
+
+impl std::str::FromStr for PluginRef {
+    type Err = std::convert::Infallible;
+    /// On the command line an existing file is a file whatever its name
+    /// (`runner exec --plugin my-stage`, a file in the current directory).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match Self::parse(text) {
+            Self::Named(name) if Path::new(&name).is_file() => Self::File(name.into()),
+            parsed => parsed,
+        })
+    }
+}
+
+impl fmt::Display for PluginRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Named(name) => f.write_str(name),
+        }
+    }
+}
+
+/// What a reference resolved to: what the runtime loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    /// A file on this machine (loaded through the artifact cache's identity
+    /// index: an unchanged file is not even read again).
+    File(PathBuf),
+}
+
+impl PluginSource {
+    /// The file, for messages and for checks before a run.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::File(path) => path,
+        }
+    }
+}
+
+impl fmt::Display for PluginSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// A reference that resolves to nothing, with the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginRefError {
+    #[error(
+        "plugin {} does not exist; build it (scripts/build-plugins) or fix the path",
+        path.display()
+    )]
+    MissingFile { path: PathBuf },
+    #[error(
+        "plugin \"{name}\" not found as {name}.wasm in {}; add its directory with --plugin-path DIR or RUNNER_PLUGIN_PATH, or give a path",
+        searched.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NotOnPath {
+        name: String,
+        searched: Vec<PathBuf>,
+    },
+}
+
+/// Where named plugins are searched: `--plugin-path` directories, then
+/// `RUNNER_PLUGIN_PATH`, then the runner file's `plugins/` directory.
+#[derive(Debug, Clone, Default)]
+pub struct PluginPath {
+    dirs: Vec<PathBuf>,
+}
+
+impl PluginPath {
+    pub fn new(flags: &[PathBuf], file_dir: &Path) -> Self {
+        let mut dirs = flags.to_vec();
+        if let Some(env) = std::env::var_os("RUNNER_PLUGIN_PATH") {
+            dirs.extend(std::env::split_paths(&env));
+        }
+        dirs.push(file_dir.join("plugins"));
+        Self { dirs }
+    }
+
+    /// Resolve `plugin`; a file path is taken relative to `base`.
+    pub fn resolve(&self, plugin: &PluginRef, base: &Path) -> Result<PluginSource, PluginRefError> {
+        match plugin {
+            PluginRef::File(path) => {
+                let path = base.join(path);
+                if path.is_file() {
+                    Ok(PluginSource::File(path))
+                } else {
+                    Err(PluginRefError::MissingFile { path })
+                }
+            }
+            PluginRef::Named(name) => {
+                // Cargo names a crate's artifact with '_' for '-'.
+                let names = [
+                    format!("{name}.wasm"),
+                    format!("{}.wasm", name.replace('-', "_")),
+                ];
+                self.dirs
+                    .iter()
+                    .flat_map(|d| names.iter().map(move |n| d.join(n)))
+                    .find(|p| p.is_file())
+                    .map(PluginSource::File)
+                    .ok_or_else(|| PluginRefError::NotOnPath {
+                        name: name.clone(),
+                        searched: self.dirs.clone(),
+                    })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_paths_or_names() {
+        assert_eq!(PluginRef::parse("build"), PluginRef::Named("build".into()));
+        assert_eq!(
+            PluginRef::parse("plugins/build.wasm"),
+            PluginRef::File("plugins/build.wasm".into())
+        );
+        assert_eq!(PluginRef::parse("x.wasm"), PluginRef::File("x.wasm".into()));
+    }
+
+    #[test]
+    fn names_are_searched_with_cargo_underscores_and_paths_are_relative() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        std::fs::write(plugins.join("integration_test.wasm"), b"").unwrap();
+        let path = PluginPath::new(&[], dir.path());
+        assert_eq!(
+            path.resolve(&PluginRef::parse("integration-test"), dir.path()),
+            Ok(PluginSource::File(plugins.join("integration_test.wasm")))
+        );
+        assert_eq!(
+            path.resolve(
+                &PluginRef::parse("plugins/integration_test.wasm"),
+                dir.path()
+            ),
+            Ok(PluginSource::File(plugins.join("integration_test.wasm")))
+        );
+        let missing = path
+            .resolve(&PluginRef::parse("nope"), dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.starts_with("plugin \"nope\" not found as nope.wasm in"),
+            "{missing}"
+        );
+        assert!(matches!(
+            path.resolve(&PluginRef::parse("gone.wasm"), dir.path()),
+            Err(PluginRefError::MissingFile { .. })
+        ));
+    }
+}
