@@ -189,7 +189,7 @@ impl GrantsSpec {
         let services = ServiceGrant::parse(&self.services)
             .map_err(|r| invalid("--allow-service", &self.services.join(","), r))?;
         let http = HttpGrant::parse(&self.http)
-            .map_err(|r| invalid("--allow-http", &self.http.join(","), r))?;
+            .map_err(|r| invalid("--allow-http", &self.http.join(","), r.to_string()))?;
         let mut missing_dirs = Vec::new();
         let dirs = self
             .dirs

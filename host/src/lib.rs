@@ -14,6 +14,7 @@ pub mod bindings;
 pub mod caps;
 pub mod cli;
 pub mod commands;
+pub mod conventions;
 pub mod faults;
 pub mod grants;
 pub mod inspect;

@@ -13,6 +13,7 @@ use crate::runfile::HookDef;
 use crate::runtime::{Limits, Plugin, Runtime, StageResult};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use tracing::Instrument;
 
 /// Runs `[hooks.*]` for the stage being executed: each hook is loaded once,
 /// then run in its own store under its own grants and limits, on its own task
@@ -202,7 +203,7 @@ pub async fn run_plugin(
         .config
         .iter()
         .rev()
-        .find(|(k, _)| k == "report")
+        .find(|(k, _)| k == crate::conventions::REPORT)
         .map(|(_, guest)| guest.clone());
     let plugin_name = plugin.name().to_string();
     let request = crate::runtime::RunRequest {
@@ -212,7 +213,10 @@ pub async fn run_plugin(
         context,
     };
     let runtime = runtime.clone();
-    let result = match tokio::spawn(async move { runtime.run(&plugin, request).await }).await {
+    // The task stays in the caller's span: a pipeline's stage span says
+    // which stage the plugin's log lines belong to.
+    let task = async move { runtime.run(&plugin, request).await }.in_current_span();
+    let result = match tokio::spawn(task).await {
         Ok(result) => result,
         Err(join) => Ok(Err(PluginError::Failed(format!(
             "the plugin's task did not complete: {join}"
