@@ -2,18 +2,22 @@
 //! WebAssembly component.
 //!
 //! Layers, outside in (see ARCHITECTURE.md):
-//! - [`cli`] parses the command line (the binary in `main.rs` maps results to exit codes);
+//! - [`cli`] parses the command line (the binary in `main.rs` maps results to exit codes
+//!   and shows pipeline runs: the library only sends [`pipeline::report::Event`]s to the
+//!   reporter it is handed);
 //! - [`runtime`] owns the engine, the precompiled-artifact cache, limits and the
 //!   run of one stage; it knows no capability's internals;
 //! - [`caps`] holds one module per capability (grant check + host trait impl);
 //! - [`registry`] is the KV + catalog backend the `kv`, `catalog` and `template`
 //!   capabilities share;
-//! - [`grants`] is the default-deny grant model, from flags or TOML.
+//! - [`grants`] is the default-deny grant model, from flags or TOML;
+//! - [`conventions`] names what the host and the stock plugins agree on outside the WIT.
 
 pub mod bindings;
 pub mod caps;
 pub mod cli;
 pub mod commands;
+pub mod conventions;
 pub mod faults;
 pub mod grants;
 pub mod inspect;

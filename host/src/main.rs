@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, Layer};
 
+mod term;
+
 // Loading a precompiled component is dominated by small allocations while
 // decoding its metadata; mimalloc makes plugin start measurably faster.
 #[global_allocator]
@@ -28,10 +30,24 @@ fn main() -> ExitCode {
     );
     let timestamps =
         pipeline && (!std::io::stderr().is_terminal() || std::env::var_os("CI").is_some());
+    let json = match &cli.command {
+        Command::Run(args) => args.options.json,
+        Command::Rollback(args) | Command::Promote(args) | Command::Recover(args) => {
+            args.options.json
+        }
+        _ => false,
+    };
+    let reporter = term::reporter(term::OutputMode::detect(json));
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // The stage span only tells the reporter whose log a line is; the log
+    // lines themselves stay as they are, even at trace level.
+    let filter = match format!("{}=off", runner::pipeline::report::STAGE_SPAN_TARGET).parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let log = tracing_subscriber::fmt::layer()
-        .with_writer(runner::pipeline::report::LogWriter)
+        .with_writer(term::LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let log = if timestamps {
@@ -41,7 +57,7 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::registry()
         .with(log.with_filter(filter))
-        .with(runner::pipeline::report::PluginEvents)
+        .with(term::PluginEvents::new(reporter.clone()))
         .init();
 
     let tokio = match tokio::runtime::Builder::new_multi_thread()
@@ -54,7 +70,7 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    match tokio.block_on(runner::commands::run(cli)) {
+    match tokio.block_on(runner::commands::run(cli, reporter)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -81,6 +81,9 @@ impl fmt::Display for PluginSource {
 /// A reference that resolves to nothing, with the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PluginRefError {
+    /// A runner file's hook (`runner exec --file`): there is no plugin path.
+    #[error("plugin {} does not exist", path.display())]
+    NoFile { path: PathBuf },
     #[error(
         "plugin {} does not exist; build it (scripts/build-plugins) or fix the path",
         path.display()
@@ -94,6 +97,20 @@ pub enum PluginRefError {
         name: String,
         searched: Vec<PathBuf>,
     },
+}
+
+/// Resolve `plugin` with no plugin path (a runner file given to `runner
+/// exec`): a name is a file in `base` too.
+pub fn resolve_in(plugin: &PluginRef, base: &Path) -> Result<PluginSource, PluginRefError> {
+    let path = match plugin {
+        PluginRef::File(path) => base.join(path),
+        PluginRef::Named(name) => base.join(name),
+    };
+    if path.is_file() {
+        Ok(PluginSource::File(path))
+    } else {
+        Err(PluginRefError::NoFile { path })
+    }
 }
 
 /// Where named plugins are searched: `--plugin-path` directories, then

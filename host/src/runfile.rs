@@ -19,14 +19,17 @@
 //! limits = { deadline = "2m" }
 //! ```
 
-use crate::caps::proxy::{ProxyConfig, ProxySpec};
+use crate::caps::proxy::{ProxyConfig, ProxySpec, ProxySpecError};
 use crate::caps::{Grants, GrantsSpec};
 use crate::grants::GrantError;
+use crate::plugin_ref::{self, PluginRef, PluginRefError, PluginSource};
 use crate::runtime::Limits;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::ops::Range;
+use std::path::Path;
 use std::time::Duration;
+use toml::Spanned;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,10 +45,11 @@ pub struct RunnerFileSpec {
     pub stages: Vec<toml::Spanned<StageSpec>>,
     #[serde(default)]
     pub grants: GrantsSpec,
+    /// Spanned, so a problem with one names its line.
     #[serde(default)]
-    pub proxies: BTreeMap<String, ProxySpec>,
+    pub proxies: BTreeMap<String, Spanned<ProxySpec>>,
     #[serde(default)]
-    pub hooks: BTreeMap<String, HookSpec>,
+    pub hooks: BTreeMap<String, Spanned<HookSpec>>,
 }
 
 /// Where a pipeline deploys; flags and environment variables win.
@@ -93,10 +97,11 @@ pub struct HookSpec {
     /// grants were given for.
     #[serde(default)]
     pub overridable: Vec<String>,
+    /// Spanned (so optional), so a problem with them names their own line.
     #[serde(default)]
-    pub grants: GrantsSpec,
+    pub grants: Option<Spanned<GrantsSpec>>,
     #[serde(default)]
-    pub limits: LimitsSpec,
+    pub limits: Option<Spanned<LimitsSpec>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -112,7 +117,7 @@ pub struct LimitsSpec {
 #[derive(Debug, Clone)]
 pub struct HookDef {
     pub name: String,
-    pub plugin: PathBuf,
+    pub plugin: PluginSource,
     pub config: Vec<(String, String)>,
     /// Settings a caller may set (`overridable`); everything else is the operator's.
     pub overridable: Vec<String>,
@@ -129,7 +134,74 @@ pub struct RunnerFile {
     pub hooks: Vec<HookDef>,
     /// Problems that do not stop a run, e.g. a proxy config directory a
     /// later step creates (`[proxies.NAME]: ...`).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<RunfileWarning>,
+}
+
+/// A problem in the runner file that does not stop a run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{table}: {message}")]
+pub struct RunfileWarning {
+    /// The table it is about, as written in the file (`[proxies.nginx]`).
+    pub table: String,
+    /// Where that table is in the file (byte offsets).
+    pub span: Range<usize>,
+    pub message: String,
+}
+
+/// Why `limits` do not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitsError {
+    #[error("\"{value}\": {source}")]
+    Duration {
+        value: String,
+        source: humantime::DurationError,
+    },
+    #[error("memory \"{value}\": {reason}")]
+    Memory { value: String, reason: String },
+    #[error("http_max_body \"{value}\": {reason}")]
+    HttpMaxBody { value: String, reason: String },
+}
+
+/// Why a runner file's `[proxies.*]` or `[hooks.*]` is refused; `span`
+/// locates the table in the file.
+#[derive(Debug, thiserror::Error)]
+pub enum RunfileError {
+    #[error("[proxies.{name}]: {source}")]
+    Proxy {
+        name: String,
+        span: Range<usize>,
+        source: ProxySpecError,
+    },
+    #[error("[hooks.{name}.grants]: {source}")]
+    HookGrants {
+        name: String,
+        span: Range<usize>,
+        source: GrantError,
+    },
+    #[error("[hooks.{name}]: {source}")]
+    HookPlugin {
+        name: String,
+        span: Range<usize>,
+        source: PluginRefError,
+    },
+    #[error("[hooks.{name}.limits]: {source}")]
+    HookLimits {
+        name: String,
+        span: Range<usize>,
+        source: LimitsError,
+    },
+}
+
+impl RunfileError {
+    /// Where in the file the table the problem is about is (byte offsets).
+    pub fn span(&self) -> Range<usize> {
+        match self {
+            RunfileError::Proxy { span, .. }
+            | RunfileError::HookGrants { span, .. }
+            | RunfileError::HookPlugin { span, .. }
+            | RunfileError::HookLimits { span, .. } => span.clone(),
+        }
+    }
 }
 
 fn invalid(path: &Path, message: impl Into<String>) -> GrantError {
@@ -140,16 +212,22 @@ fn invalid(path: &Path, message: impl Into<String>) -> GrantError {
 }
 
 impl LimitsSpec {
-    pub fn resolve(&self, defaults: Limits) -> Result<Limits, String> {
+    pub fn resolve(&self, defaults: Limits) -> Result<Limits, LimitsError> {
         let duration = |v: &Option<String>, d: Duration| match v {
-            Some(t) => humantime::parse_duration(t).map_err(|e| format!("\"{t}\": {e}")),
+            Some(t) => humantime::parse_duration(t).map_err(|source| LimitsError::Duration {
+                value: t.clone(),
+                source,
+            }),
             None => Ok(d),
         };
         Ok(Limits {
             memory_bytes: match &self.memory {
                 Some(m) => m
                     .parse::<bytesize::ByteSize>()
-                    .map_err(|e| format!("memory \"{m}\": {e}"))?
+                    .map_err(|reason| LimitsError::Memory {
+                        value: m.clone(),
+                        reason,
+                    })?
                     .as_u64(),
                 None => defaults.memory_bytes,
             },
@@ -158,7 +236,10 @@ impl LimitsSpec {
             http_max_body: match &self.http_max_body {
                 Some(m) => m
                     .parse::<bytesize::ByteSize>()
-                    .map_err(|e| format!("http_max_body \"{m}\": {e}"))?
+                    .map_err(|reason| LimitsError::HttpMaxBody {
+                        value: m.clone(),
+                        reason,
+                    })?
                     .as_u64(),
                 None => defaults.http_max_body,
             },
@@ -178,61 +259,90 @@ impl RunnerFile {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        Self::from_spec(spec, base).map_err(|m| invalid(path, m))
+        Self::from_spec(spec, base).map_err(|e| invalid(path, e.to_string()))
     }
 
-    pub fn from_spec(spec: RunnerFileSpec, base: &Path) -> Result<Self, String> {
-        Self::from_spec_with(spec, base, &|plugin| {
-            let path = base.join(plugin);
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(format!("plugin {} does not exist", path.display()))
-            }
-        })
+    pub fn from_spec(spec: RunnerFileSpec, base: &Path) -> Result<Self, RunfileError> {
+        Self::from_spec_with(spec, base, &|plugin| plugin_ref::resolve_in(plugin, base))
     }
 
     /// As `from_spec`, finding hook plugins with `resolve_plugin`.
     pub fn from_spec_with(
         spec: RunnerFileSpec,
         base: &Path,
-        resolve_plugin: &dyn Fn(&str) -> Result<PathBuf, String>,
-    ) -> Result<Self, String> {
+        resolve_plugin: &dyn Fn(&PluginRef) -> Result<PluginSource, PluginRefError>,
+    ) -> Result<Self, RunfileError> {
         let mut proxies = Vec::new();
         let mut warnings = Vec::new();
         for (name, p) in &spec.proxies {
-            let (proxy, warning) = p
-                .validate(name, base)
-                .map_err(|e| format!("[proxies.{name}]: {e}"))?;
+            let (proxy, warning) =
+                p.get_ref()
+                    .validate(name, base)
+                    .map_err(|source| RunfileError::Proxy {
+                        name: name.clone(),
+                        span: p.span(),
+                        source,
+                    })?;
             proxies.push(proxy);
-            warnings.extend(warning.map(|w| format!("[proxies.{name}]: {w}")));
+            warnings.extend(warning.map(|message| RunfileWarning {
+                table: format!("[proxies.{name}]"),
+                span: p.span(),
+                message,
+            }));
         }
         let names: Vec<String> = spec.hooks.keys().cloned().collect();
         let mut hooks = Vec::new();
-        for (name, hook) in &spec.hooks {
-            let mut grants = hook.grants.clone();
+        for (name, spanned) in &spec.hooks {
+            let hook = spanned.get_ref();
+            // Inline tables are spanned by the hook's own table.
+            let grants_span = hook.grants.as_ref().map_or(spanned.span(), Spanned::span);
+            let limits_span = hook.limits.as_ref().map_or(spanned.span(), Spanned::span);
+            let mut grants = hook
+                .grants
+                .as_ref()
+                .map(|g| g.get_ref().clone())
+                .unwrap_or_default();
             grants.rebase(base);
-            let grants = grants
-                .validate_with(&proxies, &names)
-                .map_err(|e| format!("[hooks.{name}.grants]: {e}"))?;
-            warnings.extend(grants.missing_dirs.iter().map(|d| {
-                format!(
-                    "[hooks.{name}.grants]: {} does not exist yet; it must exist before the hook runs",
+            let grants = grants.validate_with(&proxies, &names).map_err(|source| {
+                RunfileError::HookGrants {
+                    name: name.clone(),
+                    span: grants_span.clone(),
+                    source,
+                }
+            })?;
+            warnings.extend(grants.missing_dirs.iter().map(|d| RunfileWarning {
+                table: format!("[hooks.{name}.grants]"),
+                span: grants_span.clone(),
+                message: format!(
+                    "{} does not exist yet; it must exist before the hook runs",
                     d.display()
-                )
+                ),
             }));
-            let plugin =
-                resolve_plugin(&hook.plugin).map_err(|e| format!("[hooks.{name}]: {e}"))?;
+            let plugin = resolve_plugin(&PluginRef::parse(&hook.plugin)).map_err(|source| {
+                RunfileError::HookPlugin {
+                    name: name.clone(),
+                    span: spanned.span(),
+                    source,
+                }
+            })?;
+            let limits = hook
+                .limits
+                .as_ref()
+                .map(|l| l.get_ref().clone())
+                .unwrap_or_default()
+                .resolve(Limits::default())
+                .map_err(|source| RunfileError::HookLimits {
+                    name: name.clone(),
+                    span: limits_span,
+                    source,
+                })?;
             hooks.push(HookDef {
                 name: name.clone(),
                 plugin,
                 config: hook.config.clone().into_iter().collect(),
                 overridable: hook.overridable.clone(),
                 grants,
-                limits: hook
-                    .limits
-                    .resolve(Limits::default())
-                    .map_err(|e| format!("[hooks.{name}.limits]: {e}"))?,
+                limits,
             });
         }
         let mut grants = spec.grants;
@@ -281,7 +391,7 @@ mod tests {
         )
         .unwrap();
         let rf = RunnerFile::load(&file).unwrap();
-        assert_eq!(rf.hooks[0].plugin, dir.path().join("hook.wasm"));
+        assert_eq!(rf.hooks[0].plugin.path(), dir.path().join("hook.wasm"));
         assert_eq!(rf.hooks[0].limits.deadline, Duration::from_secs(120));
         let grants = rf
             .grants

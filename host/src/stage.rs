@@ -12,6 +12,7 @@ use crate::runfile::HookDef;
 use crate::runtime::{Limits, Plugin, Runtime, StageResult};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use tracing::Instrument;
 
 /// Runs `[hooks.*]` for the stage being executed: each hook is loaded once,
 /// then run in its own store under its own grants and limits, on its own task
@@ -80,7 +81,7 @@ impl HookRunner for Hooks {
                 None => {
                     let p = Arc::new(
                         self.runtime
-                            .load(&def.plugin)
+                            .load_source(&def.plugin)
                             .map_err(|e| PluginError::Failed(format!("hook {name}: {e}")))?,
                     );
                     loaded.insert(name.to_string(), p.clone());
@@ -106,7 +107,7 @@ impl HookRunner for Hooks {
         settings.retain(|(k, _)| !config.iter().any(|(c, _)| c == k));
         settings.extend(config);
         let inputs = self.inputs.lock().map(|i| i.clone()).unwrap_or_default();
-        tracing::info!("running hook {name} ({})", def.plugin.display());
+        tracing::info!("running hook {name} ({})", def.plugin);
         let result = run_plugin(
             &self.runtime,
             plugin,
@@ -201,7 +202,7 @@ pub async fn run_plugin(
         .config
         .iter()
         .rev()
-        .find(|(k, _)| k == "report")
+        .find(|(k, _)| k == crate::conventions::REPORT)
         .map(|(_, guest)| guest.clone());
     let plugin_name = plugin.name().to_string();
     let request = crate::runtime::RunRequest {
@@ -215,7 +216,10 @@ pub async fn run_plugin(
         context,
     };
     let runtime = runtime.clone();
-    let result = match tokio::spawn(async move { runtime.run(&plugin, request).await }).await {
+    // The task stays in the caller's span: a pipeline's stage span says
+    // which stage the plugin's log lines belong to.
+    let task = async move { runtime.run(&plugin, request).await }.in_current_span();
+    let result = match tokio::spawn(task).await {
         Ok(result) => result,
         Err(join) => Ok(Err(PluginError::Failed(format!(
             "the plugin's task did not complete: {join}"

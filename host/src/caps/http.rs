@@ -9,6 +9,27 @@ use std::time::Duration;
 use url::Url;
 use wasmtime::component::{HasSelf, Linker};
 
+/// What an origin pattern looks like, as every error about one says.
+const ORIGIN_EXAMPLE: &str =
+    "expected scheme://host:port, e.g. http://127.0.0.1:8080 or https://*.example.com:*";
+
+/// Why an origin pattern (`--allow-http`) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OriginError {
+    #[error("\"{0}\" has no scheme; {example}", example = ORIGIN_EXAMPLE)]
+    NoScheme(String),
+    #[error("\"{0}\": scheme must be http or https; {example}", example = ORIGIN_EXAMPLE)]
+    Scheme(String),
+    #[error("\"{0}\" must be an origin without a path; {example}", example = ORIGIN_EXAMPLE)]
+    Path(String),
+    #[error("\"{text}\": port \"{port}\" is not a number or *; {example}", example = ORIGIN_EXAMPLE)]
+    Port { text: String, port: String },
+    #[error("\"{0}\" has an empty host; {example}", example = ORIGIN_EXAMPLE)]
+    EmptyHost(String),
+    #[error("\"{0}\": a host wildcard must be `*` or `*.domain`; {example}", example = ORIGIN_EXAMPLE)]
+    Wildcard(String),
+}
+
 /// One allowed origin, `scheme://host:port`; host may be `*` or `*.domain`,
 /// port may be `*`; a missing port means the scheme's default.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,43 +41,36 @@ pub struct OriginPattern {
 }
 
 impl OriginPattern {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let example =
-            "expected scheme://host:port, e.g. http://127.0.0.1:8080 or https://*.example.com:*";
+    pub fn parse(text: &str) -> Result<Self, OriginError> {
         let (scheme, rest) = text
             .split_once("://")
-            .ok_or_else(|| format!("\"{text}\" has no scheme; {example}"))?;
+            .ok_or_else(|| OriginError::NoScheme(text.to_string()))?;
         if scheme != "http" && scheme != "https" {
-            return Err(format!(
-                "\"{text}\": scheme must be http or https; {example}"
-            ));
+            return Err(OriginError::Scheme(text.to_string()));
         }
         if rest.contains('/') || rest.contains('?') {
-            return Err(format!(
-                "\"{text}\" must be an origin without a path; {example}"
-            ));
+            return Err(OriginError::Path(text.to_string()));
         }
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, "*")) => (h, None),
             Some((h, p)) => (
                 h,
-                Some(p.parse::<u16>().map_err(|_| {
-                    format!("\"{text}\": port \"{p}\" is not a number or *; {example}")
+                Some(p.parse::<u16>().map_err(|_| OriginError::Port {
+                    text: text.to_string(),
+                    port: p.to_string(),
                 })?),
             ),
             None => (rest, Some(if scheme == "https" { 443 } else { 80 })),
         };
         if host.is_empty() {
-            return Err(format!("\"{text}\" has an empty host; {example}"));
+            return Err(OriginError::EmptyHost(text.to_string()));
         }
         let wildcard_ok = match host.strip_prefix("*.") {
             Some(domain) => !domain.contains('*'),
             None => host == "*" || !host.contains('*'),
         };
         if !wildcard_ok {
-            return Err(format!(
-                "\"{text}\": a host wildcard must be `*` or `*.domain`; {example}"
-            ));
+            return Err(OriginError::Wildcard(text.to_string()));
         }
         Ok(Self {
             scheme: scheme.to_string(),
@@ -120,7 +134,7 @@ fn is_local(host: &str) -> bool {
 }
 
 impl HttpGrant {
-    pub fn parse(patterns: &[String]) -> Result<Self, String> {
+    pub fn parse(patterns: &[String]) -> Result<Self, OriginError> {
         Ok(Self {
             origins: patterns
                 .iter()
@@ -442,7 +456,7 @@ mod tests {
             "http://x:port",
             "http://a*b:1",
         ] {
-            let err = OriginPattern::parse(bad).unwrap_err();
+            let err = OriginPattern::parse(bad).unwrap_err().to_string();
             assert!(err.contains("scheme://host:port"), "{bad}: {err}");
         }
     }

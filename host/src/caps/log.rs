@@ -10,6 +10,15 @@ use crate::grants::GrantError;
 use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker};
 
+/// The tracing target of what plugins log (here and on stdout/stderr), as
+/// `[plugin] text`. The binary shows these lines, and inside a pipeline's
+/// stage span also reports them as the stage's log events.
+pub const PLUGIN_TARGET: &str = "plugin";
+
+/// The tracing target of plugin progress as data (`step`, `done`, `total`),
+/// for a pipeline's reporter.
+pub const PROGRESS_TARGET: &str = "runner::progress";
+
 /// Longest log message kept whole (longer ones are cut, with a marker).
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Most log text one run may write; past it, messages are dropped.
@@ -100,11 +109,11 @@ impl log::Host for LogCap {
         };
         let plugin = &*self.plugin;
         match level {
-            log::Level::Trace => tracing::trace!(target: "plugin", "[{plugin}] {message}"),
-            log::Level::Debug => tracing::debug!(target: "plugin", "[{plugin}] {message}"),
-            log::Level::Info => tracing::info!(target: "plugin", "[{plugin}] {message}"),
-            log::Level::Warn => tracing::warn!(target: "plugin", "[{plugin}] {message}"),
-            log::Level::Error => tracing::error!(target: "plugin", "[{plugin}] {message}"),
+            log::Level::Trace => tracing::trace!(target: PLUGIN_TARGET, "[{plugin}] {message}"),
+            log::Level::Debug => tracing::debug!(target: PLUGIN_TARGET, "[{plugin}] {message}"),
+            log::Level::Info => tracing::info!(target: PLUGIN_TARGET, "[{plugin}] {message}"),
+            log::Level::Warn => tracing::warn!(target: PLUGIN_TARGET, "[{plugin}] {message}"),
+            log::Level::Error => tracing::error!(target: PLUGIN_TARGET, "[{plugin}] {message}"),
         }
     }
 
@@ -114,13 +123,13 @@ impl log::Host for LogCap {
         };
         let plugin = &*self.plugin;
         if total > 0 {
-            tracing::info!(target: "plugin", "[{plugin}] {step} ({done}/{total})");
+            tracing::info!(target: PLUGIN_TARGET, "[{plugin}] {step} ({done}/{total})");
         } else {
-            tracing::info!(target: "plugin", "[{plugin}] {step}");
+            tracing::info!(target: PLUGIN_TARGET, "[{plugin}] {step}");
         }
         // The same as data, for a pipeline's reporter (progress display, JSON
         // events); at trace level so the log shows the line above only once.
-        tracing::trace!(target: crate::pipeline::report::PROGRESS_TARGET, step = %step, done, total);
+        tracing::trace!(target: PROGRESS_TARGET, step = %step, done, total);
     }
 }
 

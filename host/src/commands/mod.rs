@@ -17,6 +17,7 @@ use crate::cli::{Cli, Command, PluginCommand};
 use crate::grants::GrantError;
 use crate::registry::RegistryError;
 use crate::runtime::{Fault, LoadError};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -96,15 +97,19 @@ impl CommandError {
     }
 }
 
-pub async fn run(cli: Cli) -> Result<(), CommandError> {
+/// Run `cli`'s command; pipelines send what they do to `reporter`.
+pub async fn run(
+    cli: Cli,
+    reporter: Arc<dyn crate::pipeline::report::Reporter>,
+) -> Result<(), CommandError> {
     match cli.command {
-        Command::Run(ref args) => pipeline::run(&cli, args).await,
+        Command::Run(ref args) => pipeline::run(&cli, args, reporter).await,
         Command::Validate(ref args) => pipeline::validate(&cli, args),
         Command::Status(ref args) => pipeline::status(&cli, args).await,
         Command::History(ref args) => pipeline::history(&cli, args).await,
-        Command::Rollback(ref args) => pipeline::rollback(&cli, args).await,
-        Command::Promote(ref args) => pipeline::promote(&cli, args).await,
-        Command::Recover(ref args) => pipeline::recover(&cli, args).await,
+        Command::Rollback(ref args) => pipeline::rollback(&cli, args, reporter).await,
+        Command::Promote(ref args) => pipeline::promote(&cli, args, reporter).await,
+        Command::Recover(ref args) => pipeline::recover(&cli, args, reporter).await,
         Command::Exec(ref args) => exec::exec(&cli, args).await,
         Command::Plugin(PluginCommand::Inspect { ref path }) => plugin::inspect(&cli, path),
         Command::Plugin(PluginCommand::New {

@@ -7,9 +7,10 @@ use crate::bindings::describe;
 use crate::caps::journal;
 use crate::caps::proxy::{Driver, ProxyConfig, haproxy_servers};
 use crate::cli::{Cli, HistoryArgs, PipelineArgs, RunOptions, ServiceArgs, ValidateArgs};
+use crate::conventions::{self, RunKind};
 use crate::pipeline::file::Pipeline;
 use crate::pipeline::history::{self, DeployRecord, Paused};
-use crate::pipeline::report::{self, OutputMode};
+use crate::pipeline::report::Reporter;
 use crate::pipeline::{Execution, Finished, execute, junit};
 use crate::registry::Registry;
 use crate::runtime::{Limits, Runtime};
@@ -21,11 +22,10 @@ use std::time::{Duration, SystemTime};
 
 /// A run of (part of) a pipeline, as `run`, `rollback` and `promote` start it.
 struct Start {
-    kind: &'static str,
+    kind: RunKind,
     from_stage: usize,
     only_one: bool,
     outputs: BTreeMap<String, String>,
-    first_stage_config: Vec<(String, String)>,
 }
 
 fn load(
@@ -93,53 +93,68 @@ pub(super) fn validate(cli: &Cli, args: &ValidateArgs) -> Result<(), CommandErro
         pipeline
             .stages
             .iter()
-            .map(|s| format!("{} ({})", s.name, s.plugin.display()))
+            .map(|s| format!("{} ({})", s.name, s.plugin))
             .collect::<Vec<_>>()
             .join(", ")
     )?;
     Ok(())
 }
 
-pub(super) async fn run(cli: &Cli, args: &PipelineArgs) -> Result<(), CommandError> {
+pub(super) async fn run(
+    cli: &Cli,
+    args: &PipelineArgs,
+    reporter: Arc<dyn Reporter>,
+) -> Result<(), CommandError> {
     let (runtime, pipeline) = load(cli, &args.file, &args.options.plugin_path)?;
     let start = Start {
-        kind: "run",
+        kind: RunKind::Run,
         from_stage: 0,
         only_one: false,
         outputs: BTreeMap::new(),
-        first_stage_config: Vec::new(),
     };
-    run_pipeline(cli, &args.options, runtime, &pipeline, start).await
+    run_pipeline(cli, &args.options, runtime, &pipeline, start, reporter).await
 }
 
-pub(super) async fn rollback(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandError> {
-    deploy_stage_only(cli, args, "rollback").await
+pub(super) async fn rollback(
+    cli: &Cli,
+    args: &ServiceArgs,
+    reporter: Arc<dyn Reporter>,
+) -> Result<(), CommandError> {
+    deploy_stage_only(cli, args, RunKind::Rollback, reporter).await
 }
 
-pub(super) async fn recover(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandError> {
-    deploy_stage_only(cli, args, "recover").await
+pub(super) async fn recover(
+    cli: &Cli,
+    args: &ServiceArgs,
+    reporter: Arc<dyn Reporter>,
+) -> Result<(), CommandError> {
+    deploy_stage_only(cli, args, RunKind::Recover, reporter).await
 }
 
-/// Run the deploy stage alone with `action=<action>` (`rollback`, `recover`),
+/// Run the deploy stage alone with `action=<kind>` (`rollback`, `recover`),
 /// recorded in the history as that kind.
 async fn deploy_stage_only(
     cli: &Cli,
     args: &ServiceArgs,
-    action: &'static str,
+    kind: RunKind,
+    reporter: Arc<dyn Reporter>,
 ) -> Result<(), CommandError> {
     let (runtime, pipeline) = load(cli, &args.file, &args.options.plugin_path)?;
     check_service(&pipeline, &args.service)?;
     let start = Start {
-        kind: action,
+        kind,
         from_stage: deploy_stage(&pipeline)?,
         only_one: true,
         outputs: BTreeMap::new(),
-        first_stage_config: vec![("action".into(), action.into())],
     };
-    run_pipeline(cli, &args.options, runtime, &pipeline, start).await
+    run_pipeline(cli, &args.options, runtime, &pipeline, start, reporter).await
 }
 
-pub(super) async fn promote(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandError> {
+pub(super) async fn promote(
+    cli: &Cli,
+    args: &ServiceArgs,
+    reporter: Arc<dyn Reporter>,
+) -> Result<(), CommandError> {
     let (runtime, pipeline) = load(cli, &args.file, &args.options.plugin_path)?;
     check_service(&pipeline, &args.service)?;
     let registry = connect(
@@ -168,13 +183,12 @@ pub(super) async fn promote(cli: &Cli, args: &ServiceArgs) -> Result<(), Command
             ))
         })?;
     let start = Start {
-        kind: "promote",
+        kind: RunKind::Promote,
         from_stage,
         only_one: false,
         outputs: paused.outputs,
-        first_stage_config: vec![("action".into(), "promote".into())],
     };
-    run_pipeline(cli, &args.options, runtime, &pipeline, start).await
+    run_pipeline(cli, &args.options, runtime, &pipeline, start, reporter).await
 }
 
 fn deploy_stage(pipeline: &Pipeline) -> Result<usize, CommandError> {
@@ -198,6 +212,7 @@ async fn run_pipeline(
     runtime: Arc<Runtime>,
     pipeline: &Pipeline,
     start: Start,
+    reporter: Arc<dyn Reporter>,
 ) -> Result<(), CommandError> {
     let host = connect(
         cli,
@@ -221,7 +236,6 @@ async fn run_pipeline(
     if pipeline.stages.iter().any(|s| !s.grants.docker.is_empty()) {
         host.reconcile_catalog().await;
     }
-    let reporter = report::reporter(OutputMode::detect(options.json));
     let started_at = SystemTime::now();
     let execution = Execution {
         runtime,
@@ -230,8 +244,8 @@ async fn run_pipeline(
         from_stage: start.from_stage,
         only_one: start.only_one,
         outputs: start.outputs,
-        first_stage_config: start.first_stage_config,
-        lenient_references: matches!(start.kind, "rollback" | "recover"),
+        first_stage_config: start.kind.action().into_iter().collect(),
+        lenient_references: start.kind.deploy_stage_only(),
     };
     let finished = tokio::select! {
         finished = execute(pipeline, execution) => Ok(finished),
@@ -273,7 +287,7 @@ async fn run_pipeline(
 async fn record(
     registry: &dyn Registry,
     pipeline: &Pipeline,
-    kind: &str,
+    kind: RunKind,
     started_at: SystemTime,
     finished: &Finished,
 ) -> Result<(), crate::registry::RegistryError> {
@@ -285,14 +299,14 @@ async fn record(
     let deploy = pipeline.deploy_stage.clone().unwrap_or_default();
     let record = DeployRecord {
         id: id.clone(),
-        kind: kind.into(),
+        kind: kind.as_str().into(),
         started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
         user: crate::registry::this_user(),
         host: crate::registry::this_host(),
         version: finished.deployed_image.clone().unwrap_or_default(),
         color: finished
             .outputs
-            .get(&format!("{deploy}.color"))
+            .get(&conventions::stage_output(&deploy, conventions::COLOR))
             .cloned()
             .unwrap_or_default(),
         outcome: finished.outcome.as_str().into(),
@@ -365,7 +379,7 @@ pub(super) async fn status(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandE
     let registry = host.registry.clone();
     let mut out = String::new();
     let color = registry
-        .kv_get(&format!("{service}/color"))
+        .kv_get(&conventions::color_key(service))
         .await?
         .map(|e| String::from_utf8_lossy(&e.value).into_owned());
     out.push_str(&format!(
@@ -378,7 +392,9 @@ pub(super) async fn status(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandE
     ));
     let docker = host.docker.clone();
     out.push_str("containers\n");
-    match crate::caps::docker::containers_named(&*docker, &format!("{service}-")).await {
+    match crate::caps::docker::containers_named(&*docker, &conventions::container_prefix(service))
+        .await
+    {
         Ok(list) if list.is_empty() => out.push_str("  none\n"),
         Ok(list) => {
             for c in list {
@@ -477,15 +493,11 @@ async fn proxy_upstreams(proxy: &ProxyConfig, service: &str) -> String {
                 .flatten()
             {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if !name.starts_with(service) {
+                if !conventions::is_upstream_file(&name, service) {
                     continue;
                 }
                 let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                for line in text.lines() {
-                    if let Some(server) = line.trim().strip_prefix("server ") {
-                        servers.push(server.trim_end_matches(';').trim().to_string());
-                    }
-                }
+                servers.extend(conventions::upstream_servers(&text));
             }
             servers
         }

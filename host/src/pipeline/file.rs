@@ -10,6 +10,8 @@
 //! not run earlier, and plugins whose imports their grants do not cover.
 
 use crate::caps::{Grants, ImportUse};
+use crate::conventions::DEFAULT_DEPLOY_STAGE;
+use crate::plugin_ref::{PluginPath, PluginRef, PluginSource};
 use crate::runfile::{RunnerFile, RunnerFileSpec};
 use crate::runtime::{Limits, Runtime};
 use std::collections::BTreeMap;
@@ -17,62 +19,11 @@ use std::path::{Path, PathBuf};
 
 pub use crate::runfile::{StageSpec, TargetsSpec};
 
-/// Where plugins named without a path are found, in order: `--plugin-path`,
-/// `RUNNER_PLUGIN_PATH`, then `plugins/` next to the file.
-#[derive(Debug, Clone, Default)]
-pub struct PluginPath {
-    dirs: Vec<PathBuf>,
-}
-
-impl PluginPath {
-    pub fn new(flags: &[PathBuf], file_dir: &Path) -> Self {
-        let mut dirs = flags.to_vec();
-        if let Some(env) = std::env::var_os("RUNNER_PLUGIN_PATH") {
-            dirs.extend(std::env::split_paths(&env));
-        }
-        dirs.push(file_dir.join("plugins"));
-        Self { dirs }
-    }
-
-    /// `plugin` as written: `build` (searched as `build.wasm`) or a path.
-    pub fn resolve(&self, plugin: &str, base: &Path) -> Result<PathBuf, String> {
-        let is_path = plugin.contains('/') || plugin.ends_with(".wasm");
-        if is_path {
-            let path = base.join(plugin);
-            return if path.is_file() {
-                Ok(path)
-            } else {
-                Err(format!(
-                    "plugin {} does not exist; build it (scripts/build-plugins) or fix the path",
-                    path.display()
-                ))
-            };
-        }
-        // Cargo names a crate's artifact with '_' for '-'.
-        let names = [
-            format!("{plugin}.wasm"),
-            format!("{}.wasm", plugin.replace('-', "_")),
-        ];
-        self.dirs
-            .iter()
-            .flat_map(|d| names.iter().map(move |n| d.join(n)))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                let searched: Vec<String> =
-                    self.dirs.iter().map(|d| d.display().to_string()).collect();
-                format!(
-                    "plugin \"{plugin}\" not found as {plugin}.wasm in {}; add its directory with --plugin-path DIR or RUNNER_PLUGIN_PATH, or give a path",
-                    searched.join(", ")
-                )
-            })
-    }
-}
-
 /// A validated stage.
 #[derive(Debug, Clone)]
 pub struct StageDef {
     pub name: String,
-    pub plugin: PathBuf,
+    pub plugin: PluginSource,
     /// As written: `${stage.key}` and `${env.NAME}` are filled in at run time.
     pub config: Vec<(String, String)>,
     pub grants: Grants,
@@ -143,9 +94,29 @@ pub fn references(value: &str) -> Vec<&str> {
     refs
 }
 
+/// Why a `${...}` reference cannot be filled in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InterpolateError {
+    #[error("unclosed \"${{\" in \"{0}\"")]
+    Unclosed(String),
+    #[error("environment variable {0} is not set; set it or write ${{env.{0}:-DEFAULT}}")]
+    UnsetVariable(String),
+    #[error(
+        "${{{reference}}}: no earlier stage output \"{reference}\" (outputs so far: {})",
+        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+    )]
+    NoOutput {
+        reference: String,
+        known: Vec<String>,
+    },
+}
+
 /// Fill in `${stage.key}` from `outputs` and `${env.NAME}` / `${env.NAME:-default}`
 /// from the environment.
-pub fn interpolate(value: &str, outputs: &BTreeMap<String, String>) -> Result<String, String> {
+pub fn interpolate(
+    value: &str,
+    outputs: &BTreeMap<String, String>,
+) -> Result<String, InterpolateError> {
     let mut out = String::new();
     let mut rest = value;
     while let Some(start) = rest.find("${") {
@@ -153,7 +124,7 @@ pub fn interpolate(value: &str, outputs: &BTreeMap<String, String>) -> Result<St
         let after = &rest[start + 2..];
         let end = after
             .find('}')
-            .ok_or_else(|| format!("unclosed \"${{\" in \"{value}\""))?;
+            .ok_or_else(|| InterpolateError::Unclosed(value.to_string()))?;
         out.push_str(&resolve_reference(&after[..end], outputs)?);
         rest = &after[end + 1..];
     }
@@ -164,7 +135,7 @@ pub fn interpolate(value: &str, outputs: &BTreeMap<String, String>) -> Result<St
 fn resolve_reference(
     reference: &str,
     outputs: &BTreeMap<String, String>,
-) -> Result<String, String> {
+) -> Result<String, InterpolateError> {
     if let Some(var) = reference.strip_prefix("env.") {
         let (name, default) = match var.split_once(":-") {
             Some((n, d)) => (n, Some(d)),
@@ -173,24 +144,16 @@ fn resolve_reference(
         return match (std::env::var(name), default) {
             (Ok(v), _) if !v.is_empty() => Ok(v),
             (_, Some(d)) => Ok(d.to_string()),
-            _ => Err(format!(
-                "environment variable {name} is not set; set it or write ${{env.{name}:-DEFAULT}}"
-            )),
+            _ => Err(InterpolateError::UnsetVariable(name.to_string())),
         };
     }
-    outputs.get(reference).cloned().ok_or_else(|| {
-        format!(
-            "${{{reference}}}: no earlier stage output \"{reference}\" (outputs so far: {})",
-            {
-                let known: Vec<&str> = outputs.keys().map(String::as_str).collect();
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            }
-        )
-    })
+    outputs
+        .get(reference)
+        .cloned()
+        .ok_or_else(|| InterpolateError::NoOutput {
+            reference: reference.to_string(),
+            known: outputs.keys().cloned().collect(),
+        })
 }
 
 impl Pipeline {
@@ -243,33 +206,18 @@ impl Pipeline {
         let runfile =
             match RunnerFile::from_spec_with(spec, base, &|p| plugin_path.resolve(p, base)) {
                 Ok(r) => r,
-                Err(message) => {
-                    let line = message
-                        .split_once("]")
-                        .and_then(|(table, _)| {
-                            text.find(&format!("{}]", table)).map(|o| line_of(&text, o))
-                        })
-                        .unwrap_or(1);
+                Err(e) => {
                     return Err(PipelineError::Invalid {
-                        problems: vec![problem(line, message)],
+                        problems: vec![problem(line_of(&text, e.span().start), e.to_string())],
                     });
                 }
             };
         let hook_names = runfile.hook_names();
-        for message in &runfile.warnings {
-            // `[hooks.NAME.grants]: ...` is written inside `[hooks.NAME]`.
-            let line = message
-                .split_once(']')
-                .and_then(|(table, _)| {
-                    text.find(&format!("{table}]"))
-                        .or_else(|| {
-                            let parent = table.rsplit_once('.')?.0;
-                            text.find(&format!("{parent}]"))
-                        })
-                        .map(|o| line_of(&text, o))
-                })
-                .unwrap_or(1);
-            warnings.push(problem(line, message.clone()));
+        for warning in &runfile.warnings {
+            warnings.push(problem(
+                line_of(&text, warning.span.start),
+                warning.to_string(),
+            ));
         }
 
         let mut stages: Vec<StageDef> = Vec::new();
@@ -286,11 +234,11 @@ impl Pipeline {
             if stages.iter().any(|s| &s.name == name) {
                 at("another stage has this name; stage names must be unique".into());
             }
-            let plugin = match plugin_path.resolve(&stage.plugin, base) {
+            let plugin = match plugin_path.resolve(&PluginRef::parse(&stage.plugin), base) {
                 Ok(p) => p,
                 Err(e) => {
-                    at(e);
-                    PathBuf::new()
+                    at(e.to_string());
+                    PluginSource::File(PathBuf::new())
                 }
             };
             let mut grants = stage.grants.clone();
@@ -350,8 +298,9 @@ impl Pipeline {
                 }
             }
             // With grants that do not parse, what they would cover is moot.
-            if let (Some(runtime), true, Some(grants)) = (runtime, plugin.is_file(), &grants) {
-                match runtime.load(&plugin) {
+            if let (Some(runtime), true, Some(grants)) = (runtime, plugin.path().is_file(), &grants)
+            {
+                match runtime.load_source(&plugin) {
                     Ok(loaded) => {
                         // A warning, not an error: some toolchains
                         // (componentize-py) import every interface of the
@@ -393,8 +342,8 @@ impl Pipeline {
         let deploy_stage = deploy_stage.or_else(|| {
             stages
                 .iter()
-                .any(|s| s.name == "deploy")
-                .then(|| "deploy".into())
+                .any(|s| s.name == DEFAULT_DEPLOY_STAGE)
+                .then(|| DEFAULT_DEPLOY_STAGE.into())
         });
         Ok(Self {
             path: path.into(),
@@ -447,9 +396,13 @@ mod tests {
             interpolate("${env.RUNNER_SURELY_UNSET:-dflt}", &outputs).unwrap(),
             "dflt"
         );
-        let err = interpolate("${env.RUNNER_SURELY_UNSET}", &outputs).unwrap_err();
+        let err = interpolate("${env.RUNNER_SURELY_UNSET}", &outputs)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("RUNNER_SURELY_UNSET is not set"), "{err}");
-        let err = interpolate("${push.image}", &outputs).unwrap_err();
+        let err = interpolate("${push.image}", &outputs)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("outputs so far: build.image"), "{err}");
         assert_eq!(references("a ${x.y} b ${env.Z:-1}"), ["x.y", "env.Z:-1"]);
     }
@@ -459,5 +412,48 @@ mod tests {
         assert_eq!(line_of("a\nb\nc", 0), 1);
         assert_eq!(line_of("a\nb\nc", 2), 2);
         assert_eq!(line_of("a\nb\nc", 4), 3);
+    }
+
+    /// Load `toml` as `runner.toml` in a new directory holding `plugin.wasm`.
+    fn load_text(toml: &str) -> (tempfile::TempDir, Result<Pipeline, PipelineError>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("plugin.wasm"), b"").unwrap();
+        let file = dir.path().join("runner.toml");
+        std::fs::write(&file, toml).unwrap();
+        let loaded = Pipeline::load(&file, &[], None);
+        (dir, loaded)
+    }
+
+    #[test]
+    fn runner_file_problems_name_the_line_of_their_table() {
+        let (_dir, loaded) = load_text(
+            "service = \"s\"\n\
+             [[stages]]\nname = \"deploy\"\nplugin = \"plugin.wasm\"\n\
+             \n[proxies.nginx]\ndriver = \"nope\"\n",
+        );
+        let Err(PipelineError::Invalid { problems }) = loaded else {
+            panic!("an unknown driver loads");
+        };
+        assert_eq!(problems[0].line, 6, "{problems:?}");
+        assert!(
+            problems[0]
+                .message
+                .starts_with("[proxies.nginx]: driver \"nope\" is not known"),
+            "{problems:?}"
+        );
+
+        let (_dir, loaded) = load_text(
+            "service = \"s\"\n\
+             [[stages]]\nname = \"deploy\"\nplugin = \"plugin.wasm\"\n\
+             [hooks.h]\nplugin = \"plugin.wasm\"\n\
+             [hooks.h.grants]\ndirs = [\"missing:/m\"]\n",
+        );
+        let warnings = loaded.expect("a missing directory is a warning").warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].line, 7, "{warnings:?}");
+        assert!(
+            warnings[0].message.starts_with("[hooks.h.grants]: "),
+            "{warnings:?}"
+        );
     }
 }

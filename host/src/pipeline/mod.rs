@@ -2,7 +2,7 @@
 //! sandbox with its own grants and limits. Outputs of a stage become inputs
 //! (`<stage>.<key>`) of the ones after it and can be used in their config as
 //! `${stage.key}`. The first failure stops the pipeline; a stage reporting a
-//! `paused` output stops it at a promotion gate (`runner promote` resumes).
+//! `paused` output (`conventions::PAUSED`) stops it at a promotion gate (`runner promote` resumes).
 
 pub mod file;
 pub mod history;
@@ -12,6 +12,7 @@ pub mod report;
 use crate::bindings::{Context as StageContext, PluginError, describe};
 use crate::caps::HostServices;
 use crate::caps::hooks::HookRunner;
+use crate::conventions::{self, hook};
 use crate::runtime::Runtime;
 use crate::stage::{Hooks, run_plugin};
 use file::{Pipeline, StageDef, interpolate};
@@ -19,6 +20,7 @@ use report::{Event, Reporter, StageStatus, StageSummary};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tracing::Instrument;
 
 /// What to run, and with what.
 pub struct Execution {
@@ -114,10 +116,9 @@ pub async fn execute(pipeline: &Pipeline, x: Execution) -> Finished {
         }
         x.reporter.event(&Event::StageStarted {
             stage: stage.name.clone(),
-            plugin: stage.plugin.display().to_string(),
+            plugin: stage.plugin.to_string(),
             index: x.from_stage + i,
         });
-        report::set_active(Some((x.reporter.clone(), stage.name.clone())));
         let stage_started = Instant::now();
         let extra = if i == 0 {
             x.first_stage_config.clone()
@@ -139,8 +140,11 @@ pub async fn execute(pipeline: &Pipeline, x: Execution) -> Finished {
             hooks: &hooks,
             reports: &reports,
         };
-        let result = run.run(&outputs, extra).await;
-        report::set_active(None);
+        // Plugin log lines inside the span are this stage's (see `report`).
+        let result = run
+            .run(&outputs, extra)
+            .instrument(report::stage_span(&stage.name))
+            .await;
         let duration_ms = stage_started.elapsed().as_millis() as u64;
         let (status, message, stage_outputs) = match result {
             Ok((done, image)) => {
@@ -150,10 +154,10 @@ pub async fn execute(pipeline: &Pipeline, x: Execution) -> Finished {
                 let paused = done
                     .outputs
                     .iter()
-                    .any(|(k, v)| k == "paused" && !v.is_empty());
+                    .any(|(k, v)| k == conventions::PAUSED && !v.is_empty());
                 let stage_outputs: BTreeMap<String, String> = done.outputs.into_iter().collect();
                 for (k, v) in &stage_outputs {
-                    outputs.insert(format!("{}.{k}", stage.name), v.clone());
+                    outputs.insert(conventions::stage_output(&stage.name, k), v.clone());
                 }
                 if paused {
                     paused_at = Some(stage.name.clone());
@@ -236,7 +240,7 @@ impl StageRun<'_> {
             .collect();
         self.hooks.set_inputs(inputs.clone());
         for hook in &stage.before {
-            self.run_hook(hook, "before", None)
+            self.run_hook(hook, hook::BEFORE, None)
                 .await
                 .map_err(|e| failed(format!("before-hook {hook}: {}", describe(&e))))?;
         }
@@ -265,11 +269,11 @@ impl StageRun<'_> {
         let image = config
             .iter()
             .rev()
-            .find(|(k, _)| k == "image")
+            .find(|(k, _)| k == conventions::IMAGE)
             .map(|(_, v)| v.clone());
         let plugin = self
             .runtime
-            .load(&stage.plugin)
+            .load_source(&stage.plugin)
             .map(Arc::new)
             .map_err(|e| Failure::Fault {
                 stage: stage.name.clone(),
@@ -299,12 +303,12 @@ impl StageRun<'_> {
             }),
         };
         let status = if result.is_ok() {
-            "succeeded"
+            hook::SUCCEEDED
         } else {
-            "failed"
+            hook::FAILED
         };
         for hook in &stage.after {
-            if let Err(e) = self.run_hook(hook, "after", Some(status)).await {
+            if let Err(e) = self.run_hook(hook, hook::AFTER, Some(status)).await {
                 let message = format!("after-hook {hook}: {}", describe(&e));
                 return Err(match result {
                     // The stage's own failure matters more.
@@ -323,11 +327,11 @@ impl StageRun<'_> {
         outcome: Option<&str>,
     ) -> Result<(), PluginError> {
         let mut config = vec![
-            ("stage".to_string(), self.stage.name.clone()),
-            ("phase".to_string(), phase.to_string()),
+            (hook::STAGE.to_string(), self.stage.name.clone()),
+            (hook::PHASE.to_string(), phase.to_string()),
         ];
         if let Some(outcome) = outcome {
-            config.push(("outcome".to_string(), outcome.to_string()));
+            config.push((hook::OUTCOME.to_string(), outcome.to_string()));
         }
         let done = self
             .hooks

@@ -2,7 +2,7 @@
 //! plugin's name, under the same per-message and per-run bounds as the
 //! `log` interface (`caps::log::LogBudget`).
 
-use crate::caps::log::LogBudget;
+use crate::caps::log::{LogBudget, PLUGIN_TARGET};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -23,6 +23,9 @@ pub struct LogStream {
     plugin: Arc<str>,
     stream: Stream,
     budget: SharedBudget,
+    /// The span the run started in (a pipeline's stage span): WASI writes
+    /// the stream from a task of its own, outside it.
+    span: tracing::Span,
 }
 
 impl LogStream {
@@ -31,6 +34,7 @@ impl LogStream {
             plugin,
             stream,
             budget,
+            span: tracing::Span::current(),
         }
     }
 }
@@ -72,9 +76,10 @@ impl LineWriter {
             return;
         };
         let plugin = &*self.sink.plugin;
+        let _run = self.sink.span.enter();
         match self.sink.stream {
-            Stream::Stdout => tracing::info!(target: "plugin", "[{plugin}] {text}"),
-            Stream::Stderr => tracing::warn!(target: "plugin", "[{plugin}] {text}"),
+            Stream::Stdout => tracing::info!(target: PLUGIN_TARGET, "[{plugin}] {text}"),
+            Stream::Stderr => tracing::warn!(target: PLUGIN_TARGET, "[{plugin}] {text}"),
         }
     }
 

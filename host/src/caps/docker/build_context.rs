@@ -52,23 +52,28 @@ pub fn read_dockerfile(dir: &Dir, name: &str) -> Result<Option<String>, ContextE
     Ok(Some(text))
 }
 
+/// A base image a Dockerfile names through a build argument.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "base image \"{0}\" comes from a build argument; name the image itself so its grant can be checked"
+)]
+pub struct ArgumentImage(pub String);
+
 /// The images a Dockerfile builds from: each `FROM` image and `--from=`
 /// image that is not an earlier stage (or `scratch`). A `$` in one is
 /// refused: an image chosen by a build argument cannot be checked.
-pub fn base_images(dockerfile: &str) -> Result<Vec<String>, String> {
+pub fn base_images(dockerfile: &str) -> Result<Vec<String>, ArgumentImage> {
     let joined = dockerfile.replace("\\\r\n", " ").replace("\\\n", " ");
     let mut stages: Vec<String> = Vec::new();
     let mut images = Vec::new();
-    let mut add = |image: &str, stages: &[String]| -> Result<(), String> {
+    let mut add = |image: &str, stages: &[String]| -> Result<(), ArgumentImage> {
         let is_stage =
             stages.iter().any(|s| s.eq_ignore_ascii_case(image)) || image.parse::<usize>().is_ok();
         if is_stage || image.eq_ignore_ascii_case("scratch") {
             return Ok(());
         }
         if image.contains('$') {
-            return Err(format!(
-                "base image \"{image}\" comes from a build argument; name the image itself so its grant can be checked"
-            ));
+            return Err(ArgumentImage(image.to_string()));
         }
         images.push(image.to_string());
         Ok(())

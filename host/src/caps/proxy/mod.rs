@@ -95,6 +95,40 @@ pub struct ProxyConfig {
     pub workdir: PathBuf,
 }
 
+/// How to give a proxy its reload (said by every error about it).
+const ONE_RELOAD: &str = "give exactly one of `reload = [\"cmd\", ...]` or `reload_signal = { container = \"...\", signal = \"HUP\" }`";
+
+/// Why a `[proxies.NAME]` definition is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxySpecError {
+    /// A path could not be made absolute or opened.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("config_dir {} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("{}", ONE_RELOAD)]
+    Reload,
+    #[error(
+        "the files driver needs `config_dir = \"DIR\"` (where the upstream files are rendered)"
+    )]
+    FilesNeedConfigDir,
+    #[error(
+        "the haproxy driver needs `admin_socket = \"PATH\"` (HAProxy's `stats socket PATH level admin`)"
+    )]
+    HaproxyNeedsSocket,
+    #[error(
+        "driver \"{0}\" is not known; use \"files\" (config files + check + reload, e.g. nginx) or \"haproxy\" (runtime API, no reload)"
+    )]
+    UnknownDriver(String),
+    #[error("`check` is an empty command")]
+    EmptyCheck,
+    #[error("timeout \"{value}\": {source}")]
+    Timeout {
+        value: String,
+        source: humantime::DurationError,
+    },
+}
+
 impl ProxySpec {
     /// Validate; relative paths are taken from `base` (the runner file's
     /// directory). A config directory that does not exist yet (a later step
@@ -103,22 +137,22 @@ impl ProxySpec {
         &self,
         name: &str,
         base: &Path,
-    ) -> Result<(ProxyConfig, Option<String>), String> {
+    ) -> Result<(ProxyConfig, Option<String>), ProxySpecError> {
         let mut warning = None;
         let config_dir = match &self.config_dir {
             None => None,
             Some(dir) => {
                 let dir = base.join(dir);
                 if dir.is_dir() {
-                    Some(GrantedDir::new(&dir).map_err(|e| e.to_string())?)
+                    Some(GrantedDir::new(&dir)?)
                 } else if dir.exists() {
-                    return Err(format!("config_dir {} is not a directory", dir.display()));
+                    return Err(ProxySpecError::NotADirectory(dir));
                 } else {
                     warning = Some(format!(
                         "config_dir {} does not exist yet; it must exist before a stage switches or renders into it",
                         dir.display()
                     ));
-                    Some(GrantedDir::not_yet_created(&dir).map_err(|e| e.to_string())?)
+                    Some(GrantedDir::not_yet_created(&dir)?)
                 }
             }
         };
@@ -129,40 +163,37 @@ impl ProxySpec {
                 signal: s.signal.clone(),
             }),
             (None, None) => None,
-            _ => {
-                return Err("give exactly one of `reload = [\"cmd\", ...]` or `reload_signal = { container = \"...\", signal = \"HUP\" }`".into());
-            }
+            _ => return Err(ProxySpecError::Reload),
         };
         let driver = match self.driver.as_deref().unwrap_or("files") {
             "files" => {
                 if config_dir.is_none() {
-                    return Err("the files driver needs `config_dir = \"DIR\"` (where the upstream files are rendered)".into());
+                    return Err(ProxySpecError::FilesNeedConfigDir);
                 }
                 if reload.is_none() {
-                    return Err("give exactly one of `reload = [\"cmd\", ...]` or `reload_signal = { container = \"...\", signal = \"HUP\" }`".into());
+                    return Err(ProxySpecError::Reload);
                 }
                 Driver::Files
             }
             "haproxy" => {
-                let socket = self.admin_socket.as_ref().ok_or(
-                    "the haproxy driver needs `admin_socket = \"PATH\"` (HAProxy's `stats socket PATH level admin`)",
-                )?;
+                let socket = self
+                    .admin_socket
+                    .as_ref()
+                    .ok_or(ProxySpecError::HaproxyNeedsSocket)?;
                 Driver::Haproxy {
-                    admin_socket: std::path::absolute(base.join(socket))
-                        .map_err(|e| e.to_string())?,
+                    admin_socket: std::path::absolute(base.join(socket))?,
                 }
             }
-            other => {
-                return Err(format!(
-                    "driver \"{other}\" is not known; use \"files\" (config files + check + reload, e.g. nginx) or \"haproxy\" (runtime API, no reload)"
-                ));
-            }
+            other => return Err(ProxySpecError::UnknownDriver(other.to_string())),
         };
         if self.check.as_ref().is_some_and(|c| c.is_empty()) {
-            return Err("`check` is an empty command".into());
+            return Err(ProxySpecError::EmptyCheck);
         }
         let timeout = match &self.timeout {
-            Some(t) => humantime::parse_duration(t).map_err(|e| format!("timeout \"{t}\": {e}"))?,
+            Some(t) => humantime::parse_duration(t).map_err(|source| ProxySpecError::Timeout {
+                value: t.clone(),
+                source,
+            })?,
             None => Duration::from_secs(10),
         };
         Ok((
@@ -173,7 +204,7 @@ impl ProxySpec {
                 check: self.check.clone(),
                 reload,
                 timeout,
-                workdir: std::path::absolute(base).map_err(|e| e.to_string())?,
+                workdir: std::path::absolute(base)?,
             },
             warning,
         ))
@@ -475,6 +506,7 @@ mod tests {
             spec(None, false)
                 .validate("p", &base)
                 .unwrap_err()
+                .to_string()
                 .contains("exactly one")
         );
         assert!(spec(Some(vec!["true"]), true).validate("p", &base).is_err());
