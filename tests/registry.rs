@@ -1,9 +1,9 @@
 //! The embedded registry across processes: persistence, CAS, concurrency,
 //! and the catalog data templates render from.
 
-mod common;
+use crate::common;
 
-use common::{Env, run};
+use crate::common::{Env, run};
 use runner::registry::{EmbeddedRegistry, Instance, Registry};
 use std::time::Duration;
 
