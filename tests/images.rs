@@ -2,7 +2,7 @@
 //! build from a granted directory, tag, push to and pull from a real local registry
 //! (Debian's docker-registry on 127.0.0.1), each refused without its grant.
 
-use crate::common::{Env, Exec, require_docker, unique};
+use crate::common::{Env, Exec, free_port, require_docker, unique};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -16,11 +16,7 @@ struct Registry {
 impl Registry {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
