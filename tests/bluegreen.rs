@@ -6,21 +6,23 @@
 //! Everything a test creates carries its own label and service name, and is
 //! removed when the test ends, even when it fails.
 
-mod common;
+use crate::common;
 
-use common::deployment::{Deployment, keepalive_load, load, sh};
-use common::{Env, plugin, run};
+use crate::common::deployment::{Deployment, keepalive_load, load, sh};
+use crate::common::{Env, plugin, require_docker, run};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 #[test]
 fn blue_green_deploys_fail_safely_roll_back_and_switch_without_dropping_requests() {
+    require_docker!();
     scenario(&Deployment::start("bgtest", false));
 }
 
 /// The same deploys with Consul (the API-faithful test server) as the registry.
 #[test]
 fn blue_green_with_the_consul_backend() {
+    require_docker!();
     let d = Deployment::start("bgconsul", true);
     scenario(&d);
     assert!(
@@ -32,6 +34,7 @@ fn blue_green_with_the_consul_backend() {
 /// The same deploys through HAProxy, switched through its runtime API.
 #[test]
 fn blue_green_with_the_haproxy_driver() {
+    require_docker!();
     scenario(&Deployment::start_with_proxy("bghaproxy", false, "haproxy"));
 }
 
@@ -40,6 +43,7 @@ fn blue_green_with_the_haproxy_driver() {
 /// fails, because a switch closes no connection.
 #[test]
 fn haproxy_switches_lose_no_keepalive_request() {
+    require_docker!();
     let d = Deployment::start_with_proxy("bgkeepalive", false, "haproxy");
     d.deploy("v1").expect_code(0);
     d.wait_serving("v1");
@@ -227,16 +231,14 @@ fn scenario(d: &Deployment) {
 
     // A container stopped behind runner's back leaves the catalog at the next run.
     sh(Command::new("docker").args(["stop", "-t", "1", &green]));
-    let mut reconcile = d.runner();
+    let mut reconcile = d.env.exec(plugin("sandbox-probe"));
+    reconcile.current_dir(&d.work);
+    if let Some(consul) = &d.consul {
+        reconcile.env("CONSUL_HTTP_ADDR", consul.url());
+    }
     reconcile
-        .args(["exec", "--plugin"])
-        .arg(plugin("sandbox-probe"))
-        .args([
-            "-c",
-            "mode=noop",
-            "--allow-container",
-            &format!("{}-*", d.service),
-        ]);
+        .config("mode", "noop")
+        .allow_container(&format!("{}-*", d.service));
     run(&mut reconcile)
         .expect_code(0)
         .stderr_has("no longer runs; deregistered");
@@ -304,35 +306,22 @@ fn docker_grants_are_enforced() {
     let env = Env::new();
     let probe = plugin("bluegreen");
     // No container grant: the first Docker call is denied, naming the flag.
-    let mut cmd = env.runner();
-    cmd.arg("exec")
-        .arg("--plugin")
-        .arg(&probe)
-        .args([
-            "--service",
-            "nogrant",
-            "--lock",
-            "--allow-kv",
-            "nogrant/",
-            "-c",
-            "image=nogrant:v1",
-            "-c",
-            "pre_hook=none",
-        ])
-        .args(["-c", "post_hook=none"]);
-    run(&mut cmd)
+    env.exec(&probe)
+        .service("nogrant")
+        .lock()
+        .allow_kv("nogrant/")
+        .config("image", "nogrant:v1")
+        .config("pre_hook", "none")
+        .config("post_hook", "none")
+        .run()
         .expect_code(1)
         .stderr_has("denied: docker:")
         .stderr_has("--allow-container nogrant-blue");
     // Without the deploy lock there is no journal, so no crash-safe deploy.
-    let mut cmd = env.runner();
-    cmd.arg("exec").arg("--plugin").arg(&probe).args([
-        "--service",
-        "nogrant",
-        "-c",
-        "image=nogrant:v1",
-    ]);
-    run(&mut cmd)
+    env.exec(&probe)
+        .service("nogrant")
+        .config("image", "nogrant:v1")
+        .run()
         .expect_code(1)
         .stderr_has("denied: journal:")
         .stderr_has("deploy lock");

@@ -1,8 +1,6 @@
 //! The precompiled-artifact cache: hits, and recovery from bad files.
 
-mod common;
-
-use common::{Env, run};
+use crate::common::{Env, run};
 
 #[test]
 fn first_run_stores_an_artifact_and_later_runs_use_it() {

@@ -4,10 +4,8 @@
 //! tokens, health checks, sessions, index resets). The registry contract
 //! both backends keep runs in `registry/contract.rs`.
 
-mod common;
-
-use common::consul::ConsulServer;
-use common::{Env, plugin, run};
+use crate::common::consul::ConsulServer;
+use crate::common::{Env, plugin, run};
 use runner::registry::{
     Catalog, Dependency, DeployLocks, Instance, KvStore, LockAttempt, LockHolder, Watch,
 };
@@ -123,7 +121,7 @@ async fn seed_template_renders_from_consul_byte_for_byte() {
     std::fs::create_dir(&out_dir).unwrap();
     let dest = out_dir.join("books-ms.conf");
     let seed = "upstream books-ms {\n {{range service \"books-ms-blue\" \"any\"}}\n server {{.Address}}:{{.Port}};\n {{end}}\n}\n";
-    let mut cmd = env.probe("template");
+    let mut cmd = env.probe("template").command();
     cmd.args(["--allow-service", "books-ms-*", "--allow-template-out"])
         .arg(&out_dir);
     cmd.args([
@@ -139,7 +137,7 @@ async fn seed_template_renders_from_consul_byte_for_byte() {
         "\"any\" includes the critical instance"
     );
     let healthy_only = "{{range service \"books-ms-blue\"}}{{.Port}}{{end}}";
-    let mut cmd = env.probe("template");
+    let mut cmd = env.probe("template").command();
     cmd.args(["--allow-service", "books-ms-*", "--allow-template-out"])
         .arg(&out_dir);
     cmd.args([
@@ -161,7 +159,7 @@ fn acl_denial_and_outages_reach_the_plugin_as_typed_errors() {
     let server = ConsulServer::start(Some("s3cret"));
     let (env, with_consul) = consul_env(server.url());
     let get = |token: Option<&str>| {
-        let mut cmd = env.probe("kv-get");
+        let mut cmd = env.probe("kv-get").command();
         cmd.args(["--allow-kv", "books-ms/", "-c", "key=books-ms/color"]);
         with_consul(&mut cmd);
         if let Some(t) = token {
@@ -185,7 +183,7 @@ fn acl_denial_and_outages_reach_the_plugin_as_typed_errors() {
 
     // A slow Consul: the plugin gets `timeout` within the host-call timeout.
     server.set_delay(Duration::from_millis(1500));
-    let mut slow = env.probe("kv-get");
+    let mut slow = env.probe("kv-get").command();
     slow.args([
         "--allow-kv",
         "books-ms/",
@@ -203,7 +201,7 @@ fn acl_denial_and_outages_reach_the_plugin_as_typed_errors() {
     // Consul down.
     let url = server.url();
     drop(server);
-    let mut cmd = env.probe("kv-get");
+    let mut cmd = env.probe("kv-get").command();
     cmd.args(["--allow-kv", "books-ms/", "-c", "key=books-ms/color"])
         .env("CONSUL_HTTP_ADDR", &url);
     run(&mut cmd).expect_code(1).stderr_has("unavailable: kv:");

@@ -5,10 +5,10 @@
 //! losing the Docker engine mid-deploy is a failed deploy (exit 1) that the
 //! next run finishes, never an exit 0 with both colors running.
 
-mod common;
+use crate::common;
 
-use common::deployment::{Deployment, sh};
-use common::run;
+use crate::common::deployment::{Deployment, sh};
+use crate::common::require_docker;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::Command;
@@ -65,39 +65,18 @@ impl<'a> Second<'a> {
 
     fn deploy(&self, tag: &str, template: &str) -> common::Output {
         let s = &self.service;
-        let mut cmd = self.d.runner();
-        cmd.args([
-            "exec",
-            "-f",
-            "runner.toml",
-            "--plugin",
-            "plugins/bluegreen.wasm",
-            "--service",
-            s,
-            "--allow-kv",
-            &format!("{s}/"),
-            "--allow-service",
-            &format!("{s}-*"),
-            "--allow-container",
-            &format!("{s}-*"),
-        ])
-        .args(["-c", &format!("image={}:{tag}", self.d.service)])
-        .args(["-c", &format!("upstream_template=templates/{template}")])
-        .args([
-            "-c",
-            &format!("proxy_url=http://127.0.0.1:{}/{s}", self.d.port),
-        ])
-        .args([
-            "-c",
-            "restart=no",
-            "-c",
-            "drain=0s",
-            "-c",
-            "stop_timeout=5s",
-        ])
-        .args(["-c", "health_timeout=5s", "-c", "post_hook=none"])
-        .args(["-c", &format!("label.{}", self.d.label)]);
-        run(&mut cmd)
+        self.d
+            .stage(s)
+            .allow_kv(&format!("{s}/"))
+            .allow_service(&format!("{s}-*"))
+            .allow_container(&format!("{s}-*"))
+            .config("image", format!("{}:{tag}", self.d.service))
+            .config("upstream_template", format!("templates/{template}"))
+            .config("proxy_url", format!("http://127.0.0.1:{}/{s}", self.d.port))
+            .config("drain", "0s")
+            .config("health_timeout", "5s")
+            .config("post_hook", "none")
+            .run()
     }
 
     fn serving(&self) -> String {
@@ -114,6 +93,7 @@ impl<'a> Second<'a> {
 
 #[test]
 fn services_sharing_an_nginx_never_publish_each_others_broken_or_half_done_switch() {
+    require_docker!();
     let d = Deployment::start("shared", false);
     let second = Second::add(&d);
     d.deploy("v1").expect_code(0);
@@ -253,6 +233,7 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn losing_docker_after_the_candidate_starts_fails_the_deploy_and_recovery_finishes_it() {
+    require_docker!();
     let d = Deployment::start("dockerlost", false);
     let front = DockerFront::start();
     let url = front.url();

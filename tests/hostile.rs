@@ -4,17 +4,9 @@
 //!
 //! One file per class of attack, under `tests/hostile/`.
 
-mod common;
-
-#[path = "hostile/deploys.rs"]
 mod deploys;
-#[path = "hostile/docker.rs"]
 mod docker;
-#[path = "hostile/files.rs"]
 mod files;
-#[path = "hostile/limits.rs"]
 mod limits;
-#[path = "hostile/registry.rs"]
 mod registry;
-#[path = "hostile/templates.rs"]
 mod templates;

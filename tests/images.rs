@@ -2,9 +2,7 @@
 //! build from a granted directory, tag, push to and pull from a real local registry
 //! (Debian's docker-registry on 127.0.0.1), each refused without its grant.
 
-mod common;
-
-use common::{Env, run};
+use crate::common::{Env, Exec, free_port, require_docker, unique};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -18,11 +16,7 @@ struct Registry {
 impl Registry {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
@@ -78,9 +72,10 @@ impl Drop for Images {
 
 #[test]
 fn build_tag_and_push_need_their_grants_and_work() {
+    require_docker!();
     let registry = Registry::start();
     let env = Env::new();
-    let name = format!("runner-test-images-{}", std::process::id());
+    let name = format!("runner-test-images-{}", unique());
     let local = format!("{name}:v1");
     let remote = format!("127.0.0.1:{}/{name}:v1", registry.port);
     let _images = Images(vec![local.clone(), remote.clone()]);
@@ -93,74 +88,60 @@ fn build_tag_and_push_need_their_grants_and_work() {
         "FROM scratch\nCOPY hello.txt /hello.txt\n",
     )
     .unwrap();
-    let ctx = format!("context={}", context.display());
     let images = format!("{name}:*");
     let remote_images = format!("127.0.0.1:*/{name}:*");
+    // A build of the context as `local`, with `grants` applied.
+    let build = |grants: &dyn Fn(&mut Exec) -> &mut Exec| {
+        let mut exec = env.probe("docker-build");
+        grants(&mut exec)
+            .allow_image(&images)
+            .config("context", context.display())
+            .config("tag", &local);
+        exec.run()
+    };
 
     // Build: refused without --allow-build, and outside the granted directories.
-    run(env.probe("docker-build").args([
-        "--allow-image",
-        &images,
-        "-c",
-        &ctx,
-        "-c",
-        &format!("tag={local}"),
-    ]))
-    .expect_code(1)
-    .stderr_has("grant it with --allow-build");
-    run(env.probe("docker-build").args([
-        "--allow-build",
-        "--allow-image",
-        &images,
-        "-c",
-        &ctx,
-        "-c",
-        &format!("tag={local}"),
-    ]))
-    .expect_code(1)
-    .stderr_has("is outside the granted directories");
-    let built = run(env
-        .probe("docker-build")
-        .args(["--allow-build", "--allow-image", &images, "--allow-dir"])
-        .arg(&context)
-        .args(["-c", &ctx, "-c", &format!("tag={local}")]))
-    .expect_code(0);
+    build(&|e| e)
+        .expect_code(1)
+        .stderr_has("grant it with --allow-build");
+    build(&|e| e.allow_build())
+        .expect_code(1)
+        .stderr_has("is outside the granted directories");
+    let built = build(&|e| e.allow_build().allow_dir(&context)).success();
     let id = built.output("id").unwrap();
     assert!(id.starts_with("sha256:"), "{id}");
 
     // Tag: both names must be granted images.
-    run(env.probe("docker-tag").args([
-        "--allow-image",
-        &images,
-        "-c",
-        &format!("source={local}"),
-        "-c",
-        &format!("target={remote}"),
-    ]))
-    .expect_code(1)
-    .stderr_has(&format!("--allow-image {remote}"));
-    let tag_grants = ["--allow-image", &images, "--allow-image", &remote_images];
-    run(env.probe("docker-tag").args(tag_grants).args([
-        "-c",
-        &format!("source={local}"),
-        "-c",
-        &format!("target={remote}"),
-    ]))
-    .expect_code(0);
+    env.probe("docker-tag")
+        .allow_image(&images)
+        .config("source", &local)
+        .config("target", &remote)
+        .run()
+        .expect_code(1)
+        .stderr_has(&format!("--allow-image {remote}"));
+    // Granted both the local and the registry's names.
+    let granted = |mode: &str| {
+        let mut exec = env.probe(mode);
+        exec.allow_image(&images).allow_image(&remote_images);
+        exec
+    };
+    granted("docker-tag")
+        .config("source", &local)
+        .config("target", &remote)
+        .run()
+        .success();
 
     // Push: refused without --allow-push, then into the real registry.
-    run(env
-        .probe("docker-push")
-        .args(tag_grants)
-        .args(["-c", &format!("image={remote}")]))
-    .expect_code(1)
-    .stderr_has("grant it with --allow-push");
-    run(env.probe("docker-push").args(tag_grants).args([
-        "--allow-push",
-        "-c",
-        &format!("image={remote}"),
-    ]))
-    .expect_code(0);
+    granted("docker-push")
+        .config("image", &remote)
+        .run()
+        .expect_code(1)
+        .stderr_has("grant it with --allow-push");
+    granted("docker-push")
+        .allow_push()
+        .config("image", &remote)
+        .run()
+        .success();
     let tags = Command::new("curl")
         .args([
             "-s",

@@ -3,40 +3,25 @@
 //! lock (the file lock dies with its process, a Consul session expires); Ctrl-C
 //! and SIGTERM release it.
 
-mod common;
-
-use common::consul::ConsulServer;
-use common::{Env, Output, plugin, run};
-use std::process::{Child, Command, Stdio};
+use crate::common::consul::ConsulServer;
+use crate::common::{Env, Exec, Output, finish, plugin, run};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SERVICE: &str = "books-ms";
 
-/// `runner exec --lock` of a stage that holds for `ms` milliseconds.
-fn holder(env: &Env, consul: Option<&ConsulServer>, ms: u64) -> Command {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("runner"));
-    cmd.current_dir(env.path())
-        .env("RUNNER_STATE_DIR", env.state_dir())
-        .env("RUNNER_CACHE_DIR", env.cache_dir())
-        .args(["exec", "--lock", "--service", SERVICE, "--plugin"])
-        .arg(plugin("sandbox-probe"))
-        .args(["-c", "mode=hold", "-c", &format!("ms={ms}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+/// `runner exec --lock` of a stage that holds for `ms` milliseconds; start
+/// it with `spawn`.
+fn holder(env: &Env, consul: Option<&ConsulServer>, ms: u64) -> Exec {
+    let mut cmd = env.exec(plugin("sandbox-probe"));
+    cmd.lock()
+        .service(SERVICE)
+        .config("mode", "hold")
+        .config("ms", ms);
     if let Some(c) = consul {
         cmd.env("CONSUL_HTTP_ADDR", c.url());
     }
     cmd
-}
-
-fn finish(child: Child) -> Output {
-    let out = child.wait_with_output().unwrap();
-    Output {
-        code: out.status.code().unwrap_or(-1),
-        signal: std::os::unix::process::ExitStatusExt::signal(&out.status),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 fn lock_status(env: &Env, consul: Option<&ConsulServer>) -> Output {
@@ -69,8 +54,8 @@ fn wait_for_lock(env: &Env, consul: Option<&ConsulServer>, held: bool) -> Output
 fn serialize(consul: Option<&ConsulServer>) {
     let env = Env::new();
     run(&mut env.probe("noop")).expect_code(0); // warm the artifact cache
-    let a = holder(&env, consul, 800).spawn().unwrap();
-    let b = holder(&env, consul, 800).spawn().unwrap();
+    let a = holder(&env, consul, 800).spawn();
+    let b = holder(&env, consul, 800).spawn();
     let (a, b) = (finish(a).expect_code(0), finish(b).expect_code(0));
     let span = |o: &Output| -> (u128, u128) {
         (
@@ -109,7 +94,7 @@ fn two_deploys_of_one_service_serialize_on_consul() {
 #[test]
 fn a_waiting_deploy_gives_up_naming_the_holder() {
     let env = Env::new();
-    let first = holder(&env, None, 20_000).spawn().unwrap();
+    let first = holder(&env, None, 20_000).spawn();
     let pid = first.id();
     let status = wait_for_lock(&env, None, true);
     assert!(
@@ -121,7 +106,7 @@ fn a_waiting_deploy_gives_up_naming_the_holder() {
     );
     let mut second = holder(&env, None, 10);
     second.args(["--lock-wait", "300ms"]);
-    finish(second.spawn().unwrap())
+    finish(second.spawn())
         .expect_code(1)
         .stderr_has("the deploy lock of books-ms is still held after 300ms by")
         .stderr_has(&format!("pid {pid}"));
@@ -136,12 +121,12 @@ fn a_waiting_deploy_gives_up_naming_the_holder() {
 #[test]
 fn a_killed_holder_leaves_no_stale_lock() {
     let env = Env::new();
-    let mut first = holder(&env, None, 60_000).spawn().unwrap();
+    let mut first = holder(&env, None, 60_000).spawn();
     wait_for_lock(&env, None, true);
     first.kill().unwrap(); // SIGKILL: no chance to clean up
     first.wait().unwrap();
     wait_for_lock(&env, None, false);
-    finish(holder(&env, None, 10).spawn().unwrap()).expect_code(0);
+    finish(holder(&env, None, 10).spawn()).expect_code(0);
 }
 
 #[test]
@@ -149,13 +134,13 @@ fn a_killed_holder_lock_expires_on_consul() {
     let consul = ConsulServer::start(None);
     consul.set_session_ttl(Duration::from_secs(1));
     let env = Env::new();
-    let mut first = holder(&env, Some(&consul), 60_000).spawn().unwrap();
+    let mut first = holder(&env, Some(&consul), 60_000).spawn();
     wait_for_lock(&env, Some(&consul), true);
     first.kill().unwrap();
     first.wait().unwrap();
     let mut second = holder(&env, Some(&consul), 10);
     second.args(["--lock-wait", "20s"]);
-    finish(second.spawn().unwrap()).expect_code(0);
+    finish(second.spawn()).expect_code(0);
 }
 
 #[test]
@@ -164,7 +149,7 @@ fn sigterm_ends_the_stage_and_releases_the_lock() {
     // interrupted holder released it, not the TTL.
     let consul = ConsulServer::start(None);
     let env = Env::new();
-    let first = holder(&env, Some(&consul), 60_000).spawn().unwrap();
+    let first = holder(&env, Some(&consul), 60_000).spawn();
     wait_for_lock(&env, Some(&consul), true);
     Command::new("kill")
         .args(["-TERM", &first.id().to_string()])
@@ -176,5 +161,5 @@ fn sigterm_ends_the_stage_and_releases_the_lock() {
     lock_status(&env, Some(&consul)).expect_code(1);
     let mut second = holder(&env, Some(&consul), 10);
     second.args(["--lock-wait", "2s"]);
-    finish(second.spawn().unwrap()).expect_code(0);
+    finish(second.spawn()).expect_code(0);
 }

@@ -5,9 +5,11 @@
 //! blue-green with integration hooks → push the tests image; then status,
 //! history, a manual promotion gate, promote and rollback.
 
-mod common;
+use crate::common;
 
-use common::{Env, Output, free_port, plugin, repo, run};
+use crate::common::{
+    Env, Output, RunnerFile, Stage, free_port, plugin, repo, require_docker, run, unique,
+};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -34,9 +36,15 @@ fn validate(env: &Env, text: &str) -> Output {
     run(&mut cmd)
 }
 
-/// Grants covering everything the probe imports (kv, http, template, docker).
-const PROBE_GRANTS: &str =
-    r#"grants = { kv = ["svc/"], http = ["http://127.0.0.1:9"], containers = ["svc-none"] }"#;
+/// A probe stage in `mode`, granted everything the probe imports (kv,
+/// http, template, docker).
+fn probe_stage(name: &str, mode: &str) -> Stage {
+    Stage::new(name, "sandbox-probe")
+        .config("mode", mode)
+        .grant("kv", ["svc/"])
+        .grant("http", ["http://127.0.0.1:9"])
+        .grant("containers", ["svc-none"])
+}
 
 /// The example pipeline validates from a clean checkout: the directories its
 /// environment creates later (nginx's config dir, reports, build contexts)
@@ -74,14 +82,19 @@ fn the_example_pipeline_validates_before_its_environment_exists() {
 #[test]
 fn validate_names_the_file_line_and_fix() {
     let env = Env::new();
-    let ok = format!(
-        "service = \"svc\"\n\n[[stages]]\nname = \"one\"\nplugin = \"sandbox-probe\"\nconfig = {{ mode = \"noop\" }}\n{PROBE_GRANTS}\n"
-    );
+    // The line numbers below are this layout's: stage at 3, plugin at 5.
+    let ok = RunnerFile::new()
+        .service("svc")
+        .stage(probe_stage("one", "noop"))
+        .text();
     let valid = validate(&env, &ok).expect_code(0).stdout;
     assert!(valid.contains("valid; service svc, 1 stages"), "{valid}");
 
     // Imports the grants do not cover: a warning, an error with --strict.
-    let uncovered = ok.replace(PROBE_GRANTS, "");
+    let uncovered = RunnerFile::new()
+        .service("svc")
+        .stage(Stage::new("one", "sandbox-probe").config("mode", "noop"))
+        .text();
     let warning = "runner.toml:3: stage \"one\": its plugin imports runner:plugin/kv but the stage grants nothing for it, so calls to it will be denied; if it uses it, add grants.kv = [\"PREFIX/\"]";
     validate(&env, &uncovered)
         .expect_code(0)
@@ -147,51 +160,40 @@ fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
 fn outputs_flow_to_later_stages_hooks_run_and_json_events_tell_it_all() {
     let env = Env::new();
     std::fs::create_dir(env.path().join("marks")).unwrap();
-    let file = pipeline_file(
-        &env,
-        &format!(
-            r#"service = "svc"
-
-[[stages]]
-name = "first"
-plugin = "sandbox-probe"
-config = {{ mode = "echo", color = "green" }}
-{PROBE_GRANTS}
-before = ["mark-before"]
-after = ["mark-after"]
-
-[[stages]]
-name = "second"
-plugin = "sandbox-probe"
-config = {{ mode = "echo", got = "${{first.color}}", home = "${{env.PIPELINE_TEST_UNSET:-none}}" }}
-{PROBE_GRANTS}
-
-[[stages]]
-name = "third"
-plugin = "sandbox-probe"
-config = {{ mode = "panic" }}
-{PROBE_GRANTS}
-
-[[stages]]
-name = "fourth"
-plugin = "sandbox-probe"
-config = {{ mode = "noop" }}
-{PROBE_GRANTS}
-
-[hooks.mark-before]
-plugin = "plugins/sandbox-probe.wasm"
-config = {{ mode = "write-file", path = "/marks/before" }}
-grants = {{ dirs = ["marks:/marks:rw"] }}
-
-[hooks.mark-after]
-plugin = "sandbox-probe"
-config = {{ mode = "write-file", path = "/marks/after" }}
-grants = {{ dirs = ["marks:/marks:rw"] }}
-"#
-        ),
-    );
+    // Hooks name their plugin by path or by name on the plugin path.
+    let mark = |plugin: &str, path: &str| {
+        Stage::hook(plugin)
+            .config("mode", "write-file")
+            .config("path", path)
+            .grant("dirs", ["marks:/marks:rw"])
+    };
+    let pipeline = RunnerFile::new()
+        .service("svc")
+        .stage(
+            probe_stage("first", "echo")
+                .config("color", "green")
+                .set("before", ["mark-before"])
+                .set("after", ["mark-after"]),
+        )
+        .stage(
+            probe_stage("second", "echo")
+                .config("got", "${first.color}")
+                .config("home", "${env.PIPELINE_TEST_UNSET:-none}"),
+        )
+        .stage(probe_stage("third", "panic"))
+        .stage(probe_stage("fourth", "noop"))
+        .hook(
+            "mark-before",
+            mark("plugins/sandbox-probe.wasm", "/marks/before"),
+        )
+        .hook("mark-after", mark("sandbox-probe", "/marks/after"));
+    let file = pipeline_file(&env, &pipeline.text());
+    // Run from a directory of its own: paths resolve from the file, not the
+    // working directory.
+    let elsewhere = env.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
     let mut cmd = env.runner();
-    cmd.current_dir(std::env::temp_dir())
+    cmd.current_dir(&elsewhere)
         .arg("run")
         .arg(&file)
         .arg("--json");
@@ -285,12 +287,9 @@ grants = {{ dirs = ["marks:/marks:rw"] }}
     assert_eq!(records[0]["kind"], "run");
 
     // status works without the pipeline file, from the registry alone.
-    let status = run(env
-        .runner()
-        .current_dir(std::env::temp_dir())
-        .args(["status", "svc"]))
-    .expect_code(0)
-    .stdout;
+    let status = run(env.runner().current_dir(&elsewhere).args(["status", "svc"]))
+        .expect_code(0)
+        .stdout;
     assert!(
         status.contains("(no runner.toml: proxy not shown)"),
         "{status}"
@@ -315,7 +314,7 @@ impl Example {
         let env = Env::new();
         let work = env.path().join("work");
         let example = Self {
-            service: format!("pl{}", std::process::id()),
+            service: format!("pl{}", unique()),
             proxy_port: free_port(),
             registry_port: free_port(),
             work,
@@ -405,6 +404,7 @@ fn timestamped(line: &str) -> bool {
 
 #[test]
 fn the_example_pipeline_deploys_from_source_through_a_local_registry() {
+    require_docker!();
     let x = Example::start();
     let svc = x.service.clone();
     let junit = x.env.path().join("junit.xml");
@@ -585,22 +585,15 @@ fn the_example_pipeline_deploys_from_source_through_a_local_registry() {
     );
 
     // The unit-test stage fails with the container's status and log lines.
-    let mut failing = x.env.runner();
-    failing
+    x.env
+        .exec(plugin("container-test"))
         .current_dir(&x.work)
-        .args(["exec", "--service", &svc, "--plugin"])
-        .arg(plugin("container-test"))
-        .args([
-            "-c",
-            &format!("image={}/{svc}-tests:v1", x.registry()),
-            "-c",
-            "command=/books-service-tests --no-such-flag",
-            "--allow-container",
-            &format!("{svc}-*"),
-            "--allow-image",
-            &format!("*/{svc}-tests:*"),
-        ]);
-    run(&mut failing)
+        .service(&svc)
+        .config("image", format!("{}/{svc}-tests:v1", x.registry()))
+        .config("command", "/books-service-tests --no-such-flag")
+        .allow_container(&format!("{svc}-*"))
+        .allow_image(&format!("*/{svc}-tests:*"))
+        .run()
         .expect_code(1)
         .stderr_has("exited with status 101")
         .stderr_has("Last log lines of")
@@ -615,10 +608,11 @@ fn a_pipeline_targeting_consul_keeps_its_history_there() {
     let env = Env::new();
     let file = pipeline_file(
         &env,
-        &format!(
-            "service = \"svc\"\n\n[targets]\nconsul = \"{}\"\n\n[[stages]]\nname = \"only\"\nplugin = \"sandbox-probe\"\nconfig = {{ mode = \"echo\" }}\n{PROBE_GRANTS}\n",
-            consul.url()
-        ),
+        &RunnerFile::new()
+            .service("svc")
+            .target("consul", &consul.url())
+            .stage(probe_stage("only", "echo"))
+            .text(),
     );
     run(env
         .runner()
@@ -648,9 +642,11 @@ fn a_terminal_gets_live_stage_lines_and_a_summary() {
     let env = Env::new();
     let file = pipeline_file(
         &env,
-        &format!(
-            "service = \"svc\"\n\n[[stages]]\nname = \"one\"\nplugin = \"sandbox-probe\"\nconfig = {{ mode = \"noop\" }}\n{PROBE_GRANTS}\n\n[[stages]]\nname = \"two\"\nplugin = \"sandbox-probe\"\nconfig = {{ mode = \"noop\" }}\n{PROBE_GRANTS}\n"
-        ),
+        &RunnerFile::new()
+            .service("svc")
+            .stage(probe_stage("one", "noop"))
+            .stage(probe_stage("two", "noop"))
+            .text(),
     );
     let runner = assert_cmd::cargo::cargo_bin("runner");
     let command = format!("{} run {}", runner.display(), file.display());

@@ -1,9 +1,9 @@
 //! The shipped plugins, run by `runner exec` as users run them: the Rust
 //! integration-test stage and the Python color stage.
 
-mod common;
+use crate::common;
 
-use common::{Env, HttpServer, plugin, run};
+use crate::common::{Env, Exec, HttpServer, plugin, run};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -20,17 +20,10 @@ fn books_service() -> HttpServer {
     })
 }
 
-fn integration_test(env: &Env, server: &HttpServer) -> assert_cmd::Command {
-    let mut cmd = env.runner();
-    cmd.arg("exec")
-        .arg("--plugin")
-        .arg(plugin("integration-test"))
-        .args([
-            "--allow-http",
-            &server.url(),
-            "-c",
-            &format!("base_url={}", server.url()),
-        ]);
+fn integration_test(env: &Env, server: &HttpServer) -> Exec {
+    let mut cmd = env.exec(plugin("integration-test"));
+    cmd.allow_http(&server.url())
+        .config("base_url", server.url());
     cmd
 }
 
@@ -71,7 +64,7 @@ fn integration_test_passes_against_a_healthy_service_and_writes_junit() {
     let reports = env.path().join("reports");
     std::fs::create_dir(&reports).unwrap();
     let out = run(integration_test(&env, &server)
-        .args(["--allow-dir", &format!("{}:/reports:rw", reports.display())])
+        .allow_dir(format!("{}:/reports:rw", reports.display()))
         .args([
             "-c",
             "check.health=GET /health 200",
@@ -97,7 +90,7 @@ fn integration_test_fails_naming_the_check_and_reports_it() {
     let reports = env.path().join("reports");
     std::fs::create_dir(&reports).unwrap();
     run(integration_test(&env, &server)
-        .args(["--allow-dir", &format!("{}:/reports:rw", reports.display())])
+        .allow_dir(format!("{}:/reports:rw", reports.display()))
         .args([
             "-c",
             "check.health=GET /health 200",
@@ -238,11 +231,9 @@ fn integration_test_with_retry_connection_retries_only_missing_responses() {
     // Nothing listens on the port: refused on every attempt, retried.
     let closed = format!("http://127.0.0.1:{}", common::free_port());
     let out = run(env
-        .runner()
-        .arg("exec")
-        .arg("--plugin")
-        .arg(plugin("integration-test"))
-        .args(["--allow-http", &closed, "-c", &format!("base_url={closed}")])
+        .exec(plugin("integration-test"))
+        .allow_http(&closed)
+        .config("base_url", &closed)
         .args([
             "-c",
             "check.health=GET /health 200",
@@ -298,13 +289,9 @@ fn integration_test_with_retry_connection_retries_only_missing_responses() {
 fn integration_test_config_errors_name_the_setting() {
     let env = Env::new();
     let server = books_service();
-    run(env
-        .runner()
-        .arg("exec")
-        .arg("--plugin")
-        .arg(plugin("integration-test")))
-    .expect_code(1)
-    .stderr_has("invalid config: missing setting `base_url`");
+    run(&mut env.exec(plugin("integration-test")))
+        .expect_code(1)
+        .stderr_has("invalid config: missing setting `base_url`");
     run(&mut integration_test(&env, &server))
         .expect_code(1)
         .stderr_has("no checks configured");
@@ -325,35 +312,22 @@ fn integration_test_config_errors_name_the_setting() {
 fn integration_test_without_the_http_grant_is_denied() {
     let env = Env::new();
     let server = books_service();
-    run(env
-        .runner()
-        .arg("exec")
-        .arg("--plugin")
-        .arg(plugin("integration-test"))
-        .args([
-            "-c",
-            &format!("base_url={}", server.url()),
-            "-c",
-            "check.h=GET /health 200",
-            "-c",
-            "retry_for=100ms",
-        ]))
-    .expect_code(1)
-    .stderr_has("denied: http: origin");
+    env.exec(plugin("integration-test"))
+        .config("base_url", server.url())
+        .config("check.h", "GET /health 200")
+        .config("retry_for", "100ms")
+        .run()
+        .expect_code(1)
+        .stderr_has("denied: http: origin");
 }
 
 fn color(env: &Env, commit: bool) -> common::Output {
-    let mut cmd = env.runner();
-    cmd.arg("exec").arg("--plugin").arg(plugin("color")).args([
-        "--service",
-        "books-ms",
-        "--allow-kv",
-        "books-ms/",
-    ]);
+    let mut cmd = env.exec(plugin("color"));
+    cmd.service("books-ms").allow_kv("books-ms/");
     if commit {
-        cmd.args(["-c", "commit=true"]);
+        cmd.config("commit", "true");
     }
-    run(&mut cmd)
+    cmd.run()
 }
 
 #[test]
@@ -379,15 +353,10 @@ fn python_color_stage_alternates_blue_green_and_commits_with_cas() {
 #[test]
 fn python_color_stage_errors_are_typed() {
     let env = Env::new();
-    run(env
-        .runner()
-        .arg("exec")
-        .arg("--plugin")
-        .arg(plugin("color"))
-        .args(["--service", "books-ms"]))
-    .expect_code(1)
-    .stderr_has("denied: kv: get of key \"books-ms/color\"")
-    .stderr_has("--allow-kv books-ms/");
+    run(env.exec(plugin("color")).service("books-ms"))
+        .expect_code(1)
+        .stderr_has("denied: kv: get of key \"books-ms/color\"")
+        .stderr_has("--allow-kv books-ms/");
     run(env.runner().args(["kv", "put", "books-ms/color", "purple"])).expect_code(0);
     color(&env, true)
         .expect_code(1)

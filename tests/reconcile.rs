@@ -7,10 +7,8 @@
 //! is pulled), through the hostile test guest's `docker.run`; everything a
 //! test makes carries its label and its unique name, and is removed on drop.
 
-mod common;
-
-use common::hostile::{Calls, exec, unique};
-use common::{Env, Output, docker_remove, run, sleep_context};
+use crate::common::hostile::{Calls, exec};
+use crate::common::{Env, Exec, Output, docker_remove, require_docker, run, sleep_context, unique};
 use runner::registry::{Catalog, EmbeddedRegistry, Instance, Registry};
 use std::process::Command;
 use std::time::Duration;
@@ -75,12 +73,12 @@ impl Fixture {
     /// `runner exec` in `env` of the hostile guest making `calls`, granted
     /// this test's containers, image and services: Docker grants, so every
     /// such run reconciles the catalog first.
-    fn exec(&self, env: &Env, calls: &Calls) -> assert_cmd::Command {
+    fn exec(&self, env: &Env, calls: &Calls) -> Exec {
         let pattern = format!("rc{}-*", self.u);
         let mut cmd = exec(env, calls);
-        cmd.args(["--allow-container", &pattern])
-            .args(["--allow-image", &pattern])
-            .args(["--allow-service", &pattern]);
+        cmd.allow_container(&pattern)
+            .allow_image(&pattern)
+            .allow_service(&pattern);
         cmd
     }
 
@@ -173,6 +171,7 @@ fn registry(env: &Env) -> EmbeddedRegistry {
 /// a container already in the catalog stays while it runs, as before.
 #[tokio::test]
 async fn registries_sharing_an_engine_reconcile_only_their_own_containers() {
+    require_docker!();
     let f = Fixture::start();
     let (a, b) = (Env::new(), Env::new());
     f.run_service(&a, "a", "alpha");
@@ -249,6 +248,7 @@ async fn registries_sharing_an_engine_reconcile_only_their_own_containers() {
 /// another service, is registered again as it runs.
 #[tokio::test]
 async fn reconcile_makes_the_catalog_true_after_failed_registration_writes() {
+    require_docker!();
     let f = Fixture::start();
     let env = Env::new();
     for suffix in ["missing", "stopped", "moved", "renamed"] {

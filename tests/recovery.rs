@@ -9,9 +9,10 @@
 //! steady load through nginx runs throughout and must lose nothing, except
 //! while a release that fails its post-tests was live before the crash.
 
-mod common;
+use crate::common;
 
-use common::deployment::{Deployment, load};
+use crate::common::deployment::{Deployment, load};
+use crate::common::require_docker;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -194,12 +195,14 @@ fn matrix(d: &Deployment) {
 
 #[test]
 fn every_crash_point_converges_with_the_embedded_registry() {
+    require_docker!();
     let d = Deployment::start("crash", false);
     matrix(&d);
 }
 
 #[test]
 fn every_crash_point_converges_with_the_consul_backend() {
+    require_docker!();
     let d = Deployment::start("crashconsul", true);
     // A killed runner's lock session expires after its TTL: shorten it so
     // the next runner does not wait 15 s for every crash.
@@ -213,6 +216,7 @@ fn every_crash_point_converges_with_the_consul_backend() {
 /// the dead deploy's untested candidate; the good version keeps serving.
 #[test]
 fn rollback_after_a_crash_never_moves_forward() {
+    require_docker!();
     let d = Deployment::start("crashrb", false);
     d.deploy("v1").expect_code(0);
     d.deploy("v2").expect_code(0);
@@ -241,6 +245,7 @@ fn rollback_after_a_crash_never_moves_forward() {
 /// does it, and the history records it.
 #[test]
 fn runner_recover_undoes_a_deploy_killed_during_its_post_tests() {
+    require_docker!();
     let d = Deployment::start("crashcmd", false);
     d.deploy("v1").expect_code(0);
     d.deploy("v2").expect_code(0);

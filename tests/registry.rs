@@ -2,12 +2,12 @@
 //! the embedded registry across processes: persistence, CAS, concurrency,
 //! its lock files, and the catalog data templates render from.
 
-mod common;
+use crate::common;
 
 #[path = "registry/contract.rs"]
 mod contract;
 
-use common::{Env, run};
+use crate::common::{Env, run};
 use runner::registry::{Catalog, DeployLocks, EmbeddedRegistry, Instance, LockAttempt, LockHolder};
 use std::time::Duration;
 

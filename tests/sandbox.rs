@@ -1,14 +1,12 @@
 //! The sandbox: limits, default-deny grants, and clear errors for files that
 //! are not runner stages. Every test runs the real `runner` binary.
 
-mod common;
-
-use common::{Env, HttpServer, plugin, run};
+use crate::common::{Env, HttpServer, RunnerFile, plugin, run};
 
 #[test]
 fn infinite_loop_hits_the_deadline() {
     let env = Env::new();
-    run(env.probe("loop").args(["--deadline", "1s"]))
+    run(env.probe("loop").deadline("1s"))
         .expect_code(3)
         .stderr_has("plugin sandbox-probe ran past its deadline (1s)");
 }
@@ -16,7 +14,7 @@ fn infinite_loop_hits_the_deadline() {
 #[test]
 fn memory_bomb_hits_the_cap() {
     let env = Env::new();
-    run(env.probe("membomb").args(["--memory", "64MiB"]))
+    run(env.probe("membomb").memory("64MiB"))
         .expect_code(3)
         .stderr_has("plugin sandbox-probe exceeded its memory limit (64 MiB)");
 }
@@ -74,24 +72,20 @@ fn directories_are_invisible_unless_granted_and_read_only_by_default() {
     let host_file = data.join("file.txt").display().to_string();
 
     // Not granted: the guest has no preopened directory at all.
-    run(env
-        .probe("read-file")
-        .args(["--config", &format!("path={host_file}")]))
-    .expect_code(1);
+    run(env.probe("read-file").config("path", &host_file)).expect_code(1);
 
     // Granted read-only under a guest path.
     let grant = format!("{}:/data", data.display());
-    let out = run(env.probe("read-file").args([
-        "--allow-dir",
-        &grant,
-        "--config",
-        "path=/data/file.txt",
-    ]))
+    let out = run(env
+        .probe("read-file")
+        .allow_dir(&grant)
+        .config("path", "/data/file.txt"))
     .expect_code(0);
     assert_eq!(out.output("content").as_deref(), Some("inside"));
     run(env
         .probe("write-file")
-        .args(["--allow-dir", &grant, "--config", "path=/data/new.txt"]))
+        .allow_dir(&grant)
+        .config("path", "/data/new.txt"))
     .expect_code(1);
     assert!(!data.join("new.txt").exists());
 
@@ -99,7 +93,8 @@ fn directories_are_invisible_unless_granted_and_read_only_by_default() {
     let grant_rw = format!("{}:/data:rw", data.display());
     run(env
         .probe("write-file")
-        .args(["--allow-dir", &grant_rw, "--config", "path=/data/new.txt"]))
+        .allow_dir(&grant_rw)
+        .config("path", "/data/new.txt"))
     .expect_code(0);
     assert_eq!(
         std::fs::read_to_string(data.join("new.txt")).unwrap(),
@@ -108,12 +103,10 @@ fn directories_are_invisible_unless_granted_and_read_only_by_default() {
 
     // `..` cannot climb out of the preopen.
     std::fs::write(env.path().join("secret.txt"), "secret").unwrap();
-    run(env.probe("read-file").args([
-        "--allow-dir",
-        &grant,
-        "--config",
-        "path=/data/../secret.txt",
-    ]))
+    run(env
+        .probe("read-file")
+        .allow_dir(&grant)
+        .config("path", "/data/../secret.txt"))
     .expect_code(1);
 }
 
@@ -122,18 +115,16 @@ fn ungranted_kv_prefix_is_denied_naming_the_grant() {
     let env = Env::new();
     run(env
         .probe("kv-get")
-        .args(["--allow-kv", "other/", "--config", "key=books-ms/color"]))
+        .allow_kv("other/")
+        .config("key", "books-ms/color"))
     .expect_code(1)
     .stderr_has("denied: kv: get of key \"books-ms/color\" is outside the grant")
     .stderr_has("grant it with --allow-kv books-ms/");
-    run(env.probe("kv-put").args([
-        "--allow-kv",
-        "books-ms/",
-        "--config",
-        "key=books-ms/color",
-        "--config",
-        "value=blue",
-    ]))
+    run(env
+        .probe("kv-put")
+        .allow_kv("books-ms/")
+        .config("key", "books-ms/color")
+        .config("value", "blue"))
     .expect_code(0);
 }
 
@@ -154,27 +145,23 @@ fn ungranted_http_origin_is_denied_and_redirects_stay_inside_the_allowlist() {
 
     run(env
         .probe("http-get")
-        .args(["--config", &format!("url={}/ok", inside.url())]))
+        .config("url", format!("{}/ok", inside.url())))
     .expect_code(1)
     .stderr_has(&format!(
         "denied: http: origin {allow} is not in the allowlist; grant it with --allow-http {allow}"
     ));
 
-    let out = run(env.probe("http-get").args([
-        "--allow-http",
-        &allow,
-        "--config",
-        &format!("url={}/ok", inside.url()),
-    ]))
+    let out = run(env
+        .probe("http-get")
+        .allow_http(&allow)
+        .config("url", format!("{}/ok", inside.url())))
     .expect_code(0);
     assert_eq!(out.output("body").as_deref(), Some("inside"));
 
-    run(env.probe("http-get").args([
-        "--allow-http",
-        &allow,
-        "--config",
-        &format!("url={}/hop", inside.url()),
-    ]))
+    run(env
+        .probe("http-get")
+        .allow_http(&allow)
+        .config("url", format!("{}/hop", inside.url())))
     .expect_code(1)
     .stderr_has("denied: http:")
     .stderr_has("leaves the allowlist");
@@ -184,14 +171,11 @@ fn ungranted_http_origin_is_denied_and_redirects_stay_inside_the_allowlist() {
 fn http_response_body_is_capped() {
     let env = Env::new();
     let big = HttpServer::start(|_, _| (200, vec![], "x".repeat(64 * 1024)));
-    run(env.probe("http-get").args([
-        "--allow-http",
-        &big.url(),
-        "--http-max-body",
-        "16KiB",
-        "--config",
-        &format!("url={}/", big.url()),
-    ]))
+    run(env
+        .probe("http-get")
+        .allow_http(&big.url())
+        .args(["--http-max-body", "16KiB"])
+        .config("url", format!("{}/", big.url())))
     .expect_code(1)
     .stderr_has("exceeds the 16.0 KiB cap");
 }
@@ -206,16 +190,11 @@ fn template_output_refuses_parent_components_and_symlink_escapes() {
     std::os::unix::fs::symlink(&outside, out_dir.join("link")).unwrap();
     let grant = out_dir.display().to_string();
     let render = |dest: String| {
-        let mut cmd = env.probe("template");
-        cmd.args([
-            "--allow-template-out",
-            &grant,
-            "--config",
-            "text=hello",
-            "--config",
-            &format!("dest={dest}"),
-        ]);
-        run(&mut cmd)
+        env.probe("template")
+            .allow_template_out(&grant)
+            .config("text", "hello")
+            .config("dest", dest)
+            .run()
     };
 
     render(format!("{grant}/../escaped.conf"))
@@ -237,12 +216,10 @@ fn template_output_refuses_parent_components_and_symlink_escapes() {
     assert_eq!(again.output("changed").as_deref(), Some("false"));
 
     // Without any output grant the call is denied, naming the flag.
-    run(env.probe("template").args([
-        "--config",
-        "text=x",
-        "--config",
-        &format!("dest={grant}/a.conf"),
-    ]))
+    run(env
+        .probe("template")
+        .config("text", "x")
+        .config("dest", format!("{grant}/a.conf")))
     .expect_code(1)
     .stderr_has("--allow-template-out");
 }
@@ -252,30 +229,26 @@ fn garbage_core_modules_and_other_worlds_are_clear_plugin_faults() {
     let env = Env::new();
     let garbage = env.path().join("garbage.wasm");
     std::fs::write(&garbage, b"this is not wasm at all").unwrap();
-    run(env.runner().arg("exec").arg("--plugin").arg(&garbage))
+    run(&mut env.exec(&garbage))
         .expect_code(3)
         .stderr_has("is not a WebAssembly file");
 
     let core = env.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
-    run(env.runner().arg("exec").arg("--plugin").arg(&core))
+    run(&mut env.exec(&core))
         .expect_code(3)
         .stderr_has("is a core WebAssembly module, not a component");
 
-    run(env
-        .runner()
-        .arg("exec")
-        .arg("--plugin")
-        .arg(plugin("not-a-stage")))
-    .expect_code(3)
-    .stderr_has("is a component but not a runner stage: it does not export `run`")
-    .stderr_has("wasi:cli/run");
+    run(&mut env.exec(plugin("not-a-stage")))
+        .expect_code(3)
+        .stderr_has("is a component but not a runner stage: it does not export `run`")
+        .stderr_has("wasi:cli/run");
 
     // A component cut short is invalid, not a crash.
     let bytes = std::fs::read(plugin("sandbox-probe")).unwrap();
     let truncated = env.path().join("truncated.wasm");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    run(env.runner().arg("exec").arg("--plugin").arg(&truncated))
+    run(&mut env.exec(&truncated))
         .expect_code(3)
         .stderr_has("is not a valid component");
 }
@@ -283,18 +256,18 @@ fn garbage_core_modules_and_other_worlds_are_clear_plugin_faults() {
 #[test]
 fn usage_and_config_errors_exit_2_naming_the_fix() {
     let env = Env::new();
-    run(env.runner().args(["exec", "--plugin", "missing.wasm"]))
+    run(&mut env.exec("missing.wasm"))
         .expect_code(2)
         .stderr_has("plugin file missing.wasm does not exist");
-    run(env.probe("noop").args(["--allow-http", "localhost"]))
+    run(env.probe("noop").allow_http("localhost"))
         .expect_code(2)
         .stderr_has("invalid --allow-http grant")
         .stderr_has("scheme://host:port");
-    run(env.probe("noop").args(["--allow-dir", "/no/such/dir"]))
+    run(env.probe("noop").allow_dir("/no/such/dir"))
         .expect_code(2)
         .stderr_has("create it first");
-    run(env.probe("noop").args(["--deadline", "soon"])).expect_code(2);
-    run(env.probe("noop").arg("--lock"))
+    run(env.probe("noop").deadline("soon")).expect_code(2);
+    run(env.probe("noop").lock())
         .expect_code(2)
         .stderr_has("--lock needs --service");
     run(env.runner().args(["exec"]))
@@ -306,15 +279,16 @@ fn usage_and_config_errors_exit_2_naming_the_fix() {
 fn grants_file_is_read_and_merged_with_flags() {
     let env = Env::new();
     let file = env.path().join("grants.toml");
-    std::fs::write(&file, "[grants]\nkv = [\"books-ms/\"]\n").unwrap();
-    run(env.probe("kv-put").arg("-f").arg(&file).args([
-        "--config",
-        "key=books-ms/color",
-        "--config",
-        "value=blue",
-    ]))
+    RunnerFile::new().grant("kv", ["books-ms/"]).write_as(&file);
+    run(env
+        .probe("kv-put")
+        .file(&file)
+        .config("key", "books-ms/color")
+        .config("value", "blue"))
     .expect_code(0);
-    std::fs::write(&file, "[grants]\nkvv = []\n").unwrap();
+    RunnerFile::new()
+        .grant("kvv", Vec::<String>::new())
+        .write_as(&file);
     run(env.probe("noop").arg("--file").arg(&file))
         .expect_code(2)
         .stderr_has("runner file")
@@ -324,13 +298,11 @@ fn grants_file_is_read_and_merged_with_flags() {
 #[test]
 fn stage_context_reaches_the_plugin() {
     let env = Env::new();
-    let out = run(env.probe("echo").args([
-        "--service",
-        "books-ms",
-        "--input",
-        "color.next=green",
-        "--json",
-    ]))
+    let out = run(env
+        .probe("echo")
+        .service("books-ms")
+        .input("color.next", "green")
+        .arg("--json"))
     .expect_code(0);
     let doc: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert_eq!(doc["message"], "service=books-ms stage=sandbox-probe");
@@ -382,14 +354,11 @@ fn slow_server(delay: std::time::Duration) -> HttpServer {
 fn a_slow_host_call_returns_timeout_to_the_plugin() {
     let env = Env::new();
     let slow = slow_server(std::time::Duration::from_secs(3));
-    run(env.probe("http-get").args([
-        "--allow-http",
-        &slow.url(),
-        "--host-call-timeout",
-        "300ms",
-        "--config",
-        &format!("url={}/", slow.url()),
-    ]))
+    run(env
+        .probe("http-get")
+        .allow_http(&slow.url())
+        .args(["--host-call-timeout", "300ms"])
+        .config("url", format!("{}/", slow.url())))
     .expect_code(1)
     .stderr_has("timeout: http:")
     .stderr_has("did not answer within 300ms");
@@ -399,14 +368,11 @@ fn a_slow_host_call_returns_timeout_to_the_plugin() {
 fn the_deadline_holds_while_the_plugin_waits_in_a_host_call() {
     let env = Env::new();
     let slow = slow_server(std::time::Duration::from_secs(4));
-    run(env.probe("http-get").args([
-        "--allow-http",
-        &slow.url(),
-        "--deadline",
-        "1s",
-        "--config",
-        &format!("url={}/", slow.url()),
-    ]))
+    run(env
+        .probe("http-get")
+        .allow_http(&slow.url())
+        .deadline("1s")
+        .config("url", format!("{}/", slow.url())))
     .expect_code(3)
     .stderr_has("plugin sandbox-probe ran past its deadline (1s)");
 }
@@ -421,7 +387,9 @@ fn stages_that_never_touch_the_registry_leave_no_state_behind() {
     );
     run(env
         .probe("kv-put")
-        .args(["--allow-kv", "a/", "-c", "key=a/b", "-c", "value=c"]))
+        .allow_kv("a/")
+        .config("key", "a/b")
+        .config("value", "c"))
     .expect_code(0);
     assert!(env.state_dir().join("registry.sqlite3").exists());
 }

@@ -1,9 +1,7 @@
 //! `runner plugin new`: the scaffolded Rust and Python plugins test, build and
 //! run as they are, alone and in their one-stage pipeline.
 
-mod common;
-
-use common::{Env, run};
+use crate::common::{Env, run, target_dir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -25,10 +23,7 @@ fn ok(cmd: &mut Command, dir: &Path) -> String {
 /// Scaffolds build in their own target dir beside the tests' (kept between
 /// runs, so wit-bindgen compiles once).
 fn scaffold_target() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir")
-        .join("scaffolds")
+    target_dir().join("scaffolds")
 }
 
 fn new_plugin(env: &Env, name: &str, lang: &str) -> PathBuf {
@@ -43,12 +38,7 @@ fn new_plugin(env: &Env, name: &str, lang: &str) -> PathBuf {
 
 /// `runner exec` the plugin with who=ci, then `runner run` its pipeline.
 fn runs_alone_and_in_its_pipeline(env: &Env, plugin: &Path, dir: &Path, plugin_path: &Path) {
-    let out = run(env
-        .runner()
-        .args(["exec", "--plugin"])
-        .arg(plugin)
-        .args(["-c", "who=ci"]))
-    .expect_code(0);
+    let out = env.exec(plugin).config("who", "ci").run().success();
     assert_eq!(out.output("greeting").as_deref(), Some("hello, ci"));
     run(env
         .runner()

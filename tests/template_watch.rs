@@ -3,10 +3,8 @@
 //! only when DEST changed, a burst of changes renders once, and on Consul the
 //! watcher survives an index reset and an outage.
 
-mod common;
-
-use common::consul::ConsulServer;
-use common::{Env, run};
+use crate::common::consul::ConsulServer;
+use crate::common::{Env, run};
 use runner::registry::{EmbeddedRegistry, KvStore};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

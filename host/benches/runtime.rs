@@ -17,18 +17,11 @@ use std::time::{Duration, Instant};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn plugin_path(name: &str) -> PathBuf {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir");
-    let path = target.join("plugins").join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} missing: run scripts/build-plugins",
-        path.display()
-    );
-    path
-}
+// The end-to-end tests' plugin lookup, shared rather than copied.
+#[allow(dead_code)]
+#[path = "../../tests/common/paths.rs"]
+mod paths;
+use paths::plugin as plugin_path;
 
 struct Stats {
     p50: Duration,

@@ -1,7 +1,7 @@
 //! One isolated blue-green deployment for the end-to-end tests: its own
 //! service name, images, nginx (or HAProxy) and state, removed on drop.
 
-use super::{Env, Output, free_port, plugin, repo, run};
+use super::{Env, Exec, Output, free_port, plugin, repo, run, unique};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -38,7 +38,7 @@ impl Deployment {
 
     /// A deployment whose traffic goes through `proxy` (`nginx` or `haproxy`).
     pub fn start_with_proxy(name: &str, consul: bool, proxy: &str) -> Self {
-        let service = format!("{name}-{}", std::process::id());
+        let service = format!("{name}-{}", unique());
         let label = format!("runner-test={service}");
         let env = Env::new();
         let work = env.path().join("deploy");
@@ -89,45 +89,47 @@ impl Deployment {
         cmd
     }
 
-    /// `runner exec` of the blue-green stage for image tag `tag`.
+    /// `runner exec` of the blue-green stage (the working copy's plugin and
+    /// runner file) for `service` behind this deployment's proxy, its
+    /// containers labelled as this deployment's: the settings every deploy
+    /// here shares. The caller adds the proxy URL, template and drain.
+    pub fn stage(&self, service: &str) -> Exec {
+        let mut exec = self.env.exec("plugins/bluegreen.wasm");
+        exec.current_dir(&self.work)
+            .file("runner.toml")
+            .service(service)
+            .config("restart", "no")
+            .config("stop_timeout", "5s")
+            .arg("-c")
+            .arg(format!("label.{}", self.label));
+        if let Some(consul) = &self.consul {
+            exec.env("CONSUL_HTTP_ADDR", consul.url());
+        }
+        if self.proxy == "haproxy" {
+            exec.allow_proxy("haproxy").config("proxy", "haproxy");
+        }
+        exec
+    }
+
+    /// `runner exec` of the blue-green stage of this deployment's service,
+    /// with `args` (`-c image=...`, `-c action=rollback`, ...).
     pub fn bluegreen(&self, args: &[&str]) -> Output {
         self.bluegreen_with(args, &[])
     }
 
     /// As `bluegreen`, with extra environment variables (crash points).
     pub fn bluegreen_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
-        let mut cmd = self.runner();
+        let mut exec = self.stage(&self.service);
+        exec.config("proxy_url", format!("http://127.0.0.1:{}", self.port))
+            .config(
+                "upstream_template",
+                "templates/nginx-upstreams-{color}.ctmpl",
+            )
+            .config("drain", "1s");
         for (k, v) in envs {
-            cmd.env(k, v);
+            exec.env(k, v);
         }
-        cmd.args([
-            "exec",
-            "-f",
-            "runner.toml",
-            "--plugin",
-            "plugins/bluegreen.wasm",
-            "--service",
-            &self.service,
-        ])
-        .args(["-c", &format!("proxy_url=http://127.0.0.1:{}", self.port)])
-        .args([
-            "-c",
-            "upstream_template=templates/nginx-upstreams-{color}.ctmpl",
-        ])
-        .args([
-            "-c",
-            "restart=no",
-            "-c",
-            "drain=1s",
-            "-c",
-            "stop_timeout=5s",
-        ])
-        .args(["-c", &format!("label.{}", self.label)]);
-        if self.proxy == "haproxy" {
-            cmd.args(["--allow-proxy", "haproxy", "-c", "proxy=haproxy"]);
-        }
-        cmd.args(args);
-        run(&mut cmd)
+        exec.args(args).run()
     }
 
     pub fn deploy(&self, tag: &str) -> Output {

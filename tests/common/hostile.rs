@@ -2,8 +2,7 @@
 //! (`call.LABEL=OP`, `arg.LABEL.NAME=VALUE`) and assertions on what the host
 //! answered each one (`LABEL=ok` or `LABEL=KIND: MESSAGE` in the outputs).
 
-use super::{Env, Output, plugin};
-use assert_cmd::Command;
+use super::{Env, Exec, Output, plugin};
 
 /// The calls one hostile run makes, in order.
 #[derive(Default, Clone)]
@@ -43,13 +42,6 @@ impl Calls {
             .collect();
         format!("{{ {} }}", pairs.join(", "))
     }
-
-    /// `--config` arguments for `runner exec`.
-    pub fn apply(&self, cmd: &mut Command) {
-        for (k, v) in self.settings() {
-            cmd.arg("--config").arg(format!("{k}={v}"));
-        }
-    }
 }
 
 /// A TOML basic string.
@@ -68,11 +60,10 @@ pub fn toml_str(s: &str) -> String {
 }
 
 /// `runner exec --plugin hostile` making `calls`; add grants to the result.
-pub fn exec(env: &Env, calls: &Calls) -> Command {
-    let mut cmd = env.runner();
-    cmd.arg("exec").arg("--plugin").arg(plugin("hostile"));
-    calls.apply(&mut cmd);
-    cmd
+pub fn exec(env: &Env, calls: &Calls) -> Exec {
+    let mut exec = env.exec(plugin("hostile"));
+    exec.configs(calls.settings());
+    exec
 }
 
 impl Output {
@@ -147,20 +138,4 @@ pub fn tail(s: &str) -> &str {
         start += 1;
     }
     &s[start..]
-}
-
-/// A name unique to this test process and call, lowercase alphanumeric.
-pub fn unique() -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{:x}{:x}{}",
-        std::process::id(),
-        nanos % 0xffff,
-        N.fetch_add(1, Ordering::SeqCst)
-    )
 }

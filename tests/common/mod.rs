@@ -1,45 +1,63 @@
 //! Shared helpers for the end-to-end tests: the built plugins, a runner
-//! command with its own state and cache, and a local HTTP server.
+//! command with its own state and cache, builders for a runner file and an
+//! `exec` call, names and ports unique in this process, the Docker gate,
+//! and a local HTTP server.
 #![allow(dead_code)]
 
 pub mod consul;
 pub mod deployment;
+pub mod docker;
+pub mod exec;
 pub mod hostile;
+mod paths;
+pub mod runner_file;
+
+pub(crate) use docker::require_docker;
+pub use exec::Exec;
+pub use paths::{plugin, repo, target_dir};
+pub use runner_file::{RunnerFile, Stage, Table};
 
 use assert_cmd::Command;
+use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// `<cargo target dir>/plugins/NAME.wasm`, built by `scripts/build-plugins`.
-pub fn plugin(name: &str) -> PathBuf {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir");
-    let path = target.join("plugins").join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: build the plugins first with scripts/build-plugins",
-        path.display()
-    );
-    path
-}
-
-/// The repository's root directory.
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
-
-/// A free TCP port on 127.0.0.1 (for a server a test starts).
+/// A free TCP port on 127.0.0.1 (for a server a test starts), never one
+/// handed out before in this process: the areas' tests run side by side in
+/// one binary, and a port freed here may be bound only later.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind 127.0.0.1")
+            .local_addr()
+            .expect("local addr")
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// A name unique to this test process and call, lowercase alphanumeric:
+/// for services, containers and images, which outlive a test's temp dir
+/// and are shared with every test running beside it.
+pub fn unique() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{:x}{:x}{}",
+        std::process::id(),
+        nanos % 0xffff,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// Remove every container matching `docker ps --filter CONTAINERS`, then
@@ -149,14 +167,16 @@ impl Env {
             .unwrap_or_default()
     }
 
+    /// `runner exec --plugin PLUGIN` with this env's state and cache.
+    pub fn exec(&self, plugin: impl AsRef<OsStr>) -> Exec {
+        Exec::new(self.path(), &self.state_dir(), &self.cache_dir(), plugin)
+    }
+
     /// `runner exec --plugin <probe> --config mode=MODE`.
-    pub fn probe(&self, mode: &str) -> Command {
-        let mut cmd = self.runner();
-        cmd.arg("exec")
-            .arg("--plugin")
-            .arg(plugin("sandbox-probe"))
-            .args(["--config", &format!("mode={mode}")]);
-        cmd
+    pub fn probe(&self, mode: &str) -> Exec {
+        let mut exec = self.exec(plugin("sandbox-probe"));
+        exec.config("mode", mode);
+        exec
     }
 }
 
@@ -168,13 +188,35 @@ pub struct Output {
     pub stderr: String,
 }
 
-pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("running runner");
-    Output {
-        code: out.status.code().unwrap_or(-1),
-        signal: std::os::unix::process::ExitStatusExt::signal(&out.status),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+/// A command that runs to the end: a `runner` command or an [`Exec`].
+pub trait Runnable {
+    fn run(&mut self) -> Output;
+}
+
+impl Runnable for Command {
+    fn run(&mut self) -> Output {
+        Output::from(self.output().expect("running runner"))
+    }
+}
+
+/// Run `cmd` to the end: its exit status and output.
+pub fn run(cmd: &mut impl Runnable) -> Output {
+    cmd.run()
+}
+
+/// Wait for a spawned runner (see [`Exec::spawn`]): its exit status and output.
+pub fn finish(child: std::process::Child) -> Output {
+    Output::from(child.wait_with_output().expect("waiting for runner"))
+}
+
+impl From<std::process::Output> for Output {
+    fn from(out: std::process::Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            signal: std::os::unix::process::ExitStatusExt::signal(&out.status),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 }
 
@@ -185,6 +227,20 @@ impl Output {
             self.code, code,
             "exit code\nstdout:\n{}\nstderr:\n{}",
             self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Assert exit code 0.
+    pub fn success(self) -> Self {
+        self.expect_code(0)
+    }
+
+    pub fn stdout_has(self, needle: &str) -> Self {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}:\n{}",
+            self.stdout
         );
         self
     }

@@ -4,7 +4,7 @@
 //! really config syntax or paths.
 
 use crate::common::hostile::{Calls, Verdict, exec};
-use crate::common::{Env, Output, run};
+use crate::common::{Env, Exec, Output, RunnerFile, Stage, Table, plugin, run};
 
 /// A runner file with two proxies (`p`: files in `conf/`, holding
 /// `keep.conf`; `h`: HAProxy at a missing socket) and the operator's
@@ -19,27 +19,31 @@ fn proxy_dir(env: &Env) -> (std::path::PathBuf, String) {
     )
     .unwrap();
     std::fs::write(dir.join("conf/keep.conf"), "keep\n").unwrap();
-    std::fs::write(
-        dir.join("runner.toml"),
-        "[proxies.p]\nconfig_dir = \"conf\"\nreload = [\"true\"]\n\n\
-         [proxies.h]\ndriver = \"haproxy\"\nadmin_socket = \"no-such.sock\"\n",
-    )
-    .unwrap();
+    RunnerFile::new()
+        .proxy(
+            "p",
+            Table::new()
+                .set("config_dir", "conf")
+                .set("reload", ["true"]),
+        )
+        .proxy(
+            "h",
+            Table::new()
+                .set("driver", "haproxy")
+                .set("admin_socket", "no-such.sock"),
+        )
+        .write(&dir);
     let template = dir.join("templates/up.ctmpl").display().to_string();
     (dir, template)
 }
 
 /// The hostile guest making `calls` in `dir`, granted proxy `p` and the templates.
-fn exec_in(env: &Env, dir: &std::path::Path, calls: &Calls) -> assert_cmd::Command {
+fn exec_in(env: &Env, dir: &std::path::Path, calls: &Calls) -> Exec {
     let mut cmd = exec(env, calls);
-    cmd.current_dir(dir).args([
-        "-f",
-        "runner.toml",
-        "--allow-proxy",
-        "p",
-        "--allow-dir",
-        "templates",
-    ]);
+    cmd.current_dir(dir)
+        .file("runner.toml")
+        .allow_proxy("p")
+        .allow_dir("templates");
     cmd
 }
 
@@ -91,7 +95,7 @@ fn journal_entries_are_bounded_and_need_the_lock() {
         &env,
         &Calls::new().call("get", "kv.get", &[("key", "_runner/victim/journal")]),
     );
-    cmd.args(["--allow-kv", "_runner/"]);
+    cmd.allow_kv("_runner/");
     let out = run(&mut cmd).expect_code(0);
     let mut v = Verdict::new(&out);
     v.refused("get", "denied", &["reserved"]);
@@ -187,7 +191,7 @@ fn proxy_switch_arguments_cannot_carry_syntax_or_paths() {
                 ("template", &template),
             ],
         );
-    let out = run(exec_in(&env, &dir, &calls).args(["--allow-proxy", "h"])).expect_code(0);
+    let out = run(exec_in(&env, &dir, &calls).allow_proxy("h")).expect_code(0);
     let mut v = Verdict::new(&out);
     v.refused("dotdot", "invalid-config", &["plain file name"]);
     v.refused("hidden", "invalid-config", &["plain file name"]);
@@ -236,18 +240,13 @@ fn only_the_deploy_stage_of_a_pipeline_has_the_journal() {
         ],
     );
     let read = Calls::new().call("read", "journal.read", &[]);
-    let file = env.path().join("runner.toml");
-    let hostile =
-        crate::common::hostile::toml_str(crate::common::plugin("hostile").to_str().unwrap());
-    std::fs::write(
-        &file,
-        format!(
-            "service = \"books-ms\"\n\n[[stages]]\nname = \"build\"\nplugin = {hostile}\nconfig = {}\n\n[[stages]]\nname = \"deploy\"\nplugin = {hostile}\nconfig = {}\n",
-            forge.toml(),
-            read.toml()
-        ),
-    )
-    .unwrap();
+    let hostile = plugin("hostile");
+    let hostile = hostile.to_str().unwrap();
+    let file = RunnerFile::new()
+        .service("books-ms")
+        .stage(Stage::new("build", hostile).configs(forge.settings()))
+        .stage(Stage::new("deploy", hostile).configs(read.settings()))
+        .write(env.path());
     let out = run(env.runner().args(["run", "--json"]).arg(&file)).expect_code(0);
     assert!(
         out.stdout.contains("denied: journal"),

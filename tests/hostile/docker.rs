@@ -5,8 +5,8 @@
 //! the plugin was never granted. A victim container and image, made by the
 //! test with the docker CLI, must come through untouched.
 
-use crate::common::hostile::{Calls, Verdict, exec, unique};
-use crate::common::{Env, docker_remove, run, sleep_context};
+use crate::common::hostile::{Calls, Verdict, exec};
+use crate::common::{Env, Exec, docker_remove, require_docker, run, sleep_context, unique};
 use std::process::Command;
 
 /// What one test made on the engine: a granted image `hx<u>-app:v1`, an
@@ -168,10 +168,10 @@ impl Fixture {
         ])
     }
 
-    fn exec(&self, env: &Env, calls: &Calls) -> assert_cmd::Command {
+    fn exec(&self, env: &Env, calls: &Calls) -> Exec {
         let mut cmd = exec(env, calls);
-        cmd.args(["--allow-container", &self.pattern()])
-            .args(["--allow-image", &self.pattern()]);
+        cmd.allow_container(&self.pattern())
+            .allow_image(&self.pattern());
         cmd
     }
 }
@@ -216,6 +216,7 @@ fn bad_names(f: &Fixture) -> Vec<(String, bool)> {
 
 #[test]
 fn container_names_outside_dockers_rule_are_invalid_config() {
+    require_docker!();
     let f = Fixture::start();
     let env = Env::new();
     let ops = [
@@ -250,6 +251,7 @@ fn container_names_outside_dockers_rule_are_invalid_config() {
 
 #[test]
 fn image_references_outside_the_grammar_are_invalid_config() {
+    require_docker!();
     let f = Fixture::start();
     let env = Env::new();
     let (app, secret, u) = (f.app(), f.secret(), f.u.clone());
@@ -308,7 +310,7 @@ fn image_references_outside_the_grammar_are_invalid_config() {
             );
     }
     let mut cmd = f.exec(&env, &calls);
-    cmd.args(["--allow-image", &local(&f.pattern())]).args([
+    cmd.allow_image(&local(&f.pattern())).args([
         "--allow-build",
         "--allow-push",
         "--allow-dir",
@@ -332,6 +334,7 @@ fn image_references_outside_the_grammar_are_invalid_config() {
 
 #[test]
 fn image_globs_do_not_cross_a_slash() {
+    require_docker!();
     let f = Fixture::start();
     let env = Env::new();
     let (app, u) = (f.app(), f.u.clone());
@@ -367,6 +370,7 @@ fn image_globs_do_not_cross_a_slash() {
 
 #[test]
 fn a_container_id_prefix_does_not_reach_the_victim() {
+    require_docker!();
     let f = Fixture::start();
     let env = Env::new();
     // Granted by a pattern that matches any hex string, the victim's ID
@@ -395,6 +399,7 @@ fn a_container_id_prefix_does_not_reach_the_victim() {
 
 #[test]
 fn reserved_labels_cannot_hijack_a_registration() {
+    require_docker!();
     let f = Fixture::start();
     let env = Env::new();
     let payments = format!("hv{}-payments", f.u);
@@ -421,7 +426,7 @@ fn reserved_labels_cannot_hijack_a_registration() {
             ],
         );
     }
-    let out = run(f.exec(&env, &calls).args(["--allow-service", &f.pattern()])).expect_code(0);
+    let out = run(f.exec(&env, &calls).allow_service(&f.pattern())).expect_code(0);
     let mut v = Verdict::new(&out);
     for i in 0..hijacks.len() {
         v.refused(&format!("run-{i}"), "invalid-config", &["reserved"]);
@@ -442,6 +447,7 @@ fn reserved_labels_cannot_hijack_a_registration() {
 /// limits by default; the operator raises them per grant.
 #[test]
 fn containers_a_plugin_runs_have_limits_the_grant_can_raise() {
+    require_docker!();
     let f = Fixture::start();
     let env = Env::new();
     let limits = |name: &str| {
@@ -490,6 +496,7 @@ fn containers_a_plugin_runs_have_limits_the_grant_can_raise() {
 /// register nothing.
 #[test]
 fn an_images_own_runner_labels_register_nothing() {
+    require_docker!();
     let f = Fixture::start();
     let env = Env::new();
     let payments = format!("hv{}-payments", f.u);
@@ -519,10 +526,7 @@ fn an_images_own_runner_labels_register_nothing() {
             ("port", "80"),
         ],
     );
-    let out = run(f
-        .exec(&env, &calls)
-        .args(["--allow-service", &format!("hv{}-*", f.u)]))
-    .expect_code(0);
+    let out = run(f.exec(&env, &calls).allow_service(&format!("hv{}-*", f.u))).expect_code(0);
     assert_eq!(out.output("run").as_deref(), Some("ok"), "{}", out.stdout);
     let catalog = run(env.runner().args(["catalog", "list", &payments])).expect_code(0);
     assert!(
@@ -544,6 +548,7 @@ fn an_images_own_runner_labels_register_nothing() {
 /// expected; `*` matches the hex, but never the image's names with a `/`.
 #[test]
 fn an_image_id_does_not_stand_in_for_an_ungranted_name() {
+    require_docker!();
     let f = Fixture::start();
     let env = Env::new();
     let hidden = format!("127.0.0.1:9/hv{}/secret:v1", f.u);
@@ -592,6 +597,7 @@ fn an_image_id_does_not_stand_in_for_an_ungranted_name() {
 /// image is refused, as running or tagging it would be.
 #[test]
 fn a_build_reads_only_granted_base_images() {
+    require_docker!();
     let f = Fixture::start();
     let env = Env::new();
     let ctx = tempfile::tempdir().unwrap();

@@ -3,8 +3,8 @@
 //! be read; one huge log message, or a flood of lines, must not flood
 //! runner's own output.
 
-use crate::common::hostile::{Calls, exec, tail, toml_str};
-use crate::common::{Env, run};
+use crate::common::hostile::{Calls, exec, tail};
+use crate::common::{Env, RunnerFile, Stage, plugin, run};
 
 /// A JUnit document whose suite name marks it as the operator's secret.
 const SECRET_XML: &str = r#"<?xml version="1.0"?><testsuite name="SECRET-SUITE" tests="1" failures="0" errors="0"><testcase name="leak"/></testsuite>"#;
@@ -18,14 +18,12 @@ fn junit_does_not_follow_a_report_symlink_out_of_the_grant() {
     // A report the stage legitimately writes, so the merge has something.
     let honest = r#"<testsuite name="honest" tests="1" failures="0" errors="0"><testcase name="ok"/></testsuite>"#;
 
+    let hostile = plugin("hostile");
     let stage = |name: &str, calls: Calls, report: &str| {
-        format!(
-            "[[stages]]\nname = \"{name}\"\nplugin = {}\nconfig = {}\ngrants = {{ dirs = [\"work/reports:/reports:rw\"] }}\n",
-            toml_str(crate::common::plugin("hostile").to_str().unwrap()),
-            calls
-                .toml()
-                .replace(" }", &format!(", report = {} }}", toml_str(report))),
-        )
+        Stage::new(name, hostile.to_str().unwrap())
+            .configs(calls.settings())
+            .config("report", report)
+            .grant("dirs", ["work/reports:/reports:rw"])
     };
     let relative = Calls::new().call(
         "link",
@@ -60,18 +58,13 @@ fn junit_does_not_follow_a_report_symlink_out_of_the_grant() {
         "fs.write",
         &[("path", "/reports/honest.xml"), ("content", honest)],
     );
-    let file = env.path().join("runner.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "service = \"books-ms\"\n\n{}\n{}\n{}\n{}",
-            stage("honest", written, "/reports/honest.xml"),
-            stage("relative", relative, "/reports/relative.xml"),
-            stage("climb", climb, "/reports/climb.xml"),
-            stage("absolute", absolute, "/reports/absolute.xml"),
-        ),
-    )
-    .unwrap();
+    let file = RunnerFile::new()
+        .service("books-ms")
+        .stage(stage("honest", written, "/reports/honest.xml"))
+        .stage(stage("relative", relative, "/reports/relative.xml"))
+        .stage(stage("climb", climb, "/reports/climb.xml"))
+        .stage(stage("absolute", absolute, "/reports/absolute.xml"))
+        .write(env.path());
     let junit = env.path().join("junit.xml");
     let out = run(env
         .runner()

@@ -9,7 +9,7 @@
 //! hostile is in what instantiating it creates, which happens inside
 //! `Runtime::run`.
 
-use crate::common::{Env, Output, plugin, run};
+use crate::common::{Env, Exec, Output, plugin, run};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -65,12 +65,9 @@ fn write_plugin(env: &Env, name: &str, bytes: &[u8]) -> PathBuf {
 
 /// `runner exec --plugin PATH` with a deadline of its own: a hang fails the
 /// test instead of stalling the suite.
-fn exec(env: &Env, plugin: &Path) -> assert_cmd::Command {
-    let mut cmd = env.runner();
-    cmd.arg("exec")
-        .arg("--plugin")
-        .arg(plugin)
-        .timeout(Duration::from_secs(60));
+fn exec(env: &Env, plugin: &Path) -> Exec {
+    let mut cmd = env.exec(plugin);
+    cmd.timeout(Duration::from_secs(60));
     cmd
 }
 
@@ -97,12 +94,12 @@ fn ten_extra_memories_count_together_against_memory() {
     // Ten memories of 16 MiB (256 pages): each under 64 MiB, 160 MiB in all.
     let many = write_plugin(&env, "memories", &stage_component(&memories(10, 256), ""));
     let out = fault(
-        run(exec(&env, &many).args(["--memory", "64MiB"])),
+        exec(&env, &many).memory("64MiB").run(),
         "plugin memories exceeded its memory limit (64 MiB)",
     );
     assert!(out.stderr.contains("--memory"), "{}", out.stderr);
     // The same component within a limit that covers them all runs.
-    run(exec(&env, &many).args(["--memory", "256MiB"])).expect_code(0);
+    exec(&env, &many).memory("256MiB").run().success();
 }
 
 #[test]
@@ -197,11 +194,8 @@ fn a_tampered_cached_artifact_is_recompiled_not_run() {
     let env = Env::new();
     let probe = plugin("sandbox-probe");
     let noop = |env: &Env| {
-        let mut cmd = env.runner();
-        cmd.arg("exec")
-            .arg("--plugin")
-            .arg(&probe)
-            .args(["--config", "mode=noop", "-v"]);
+        let mut cmd = env.exec(&probe);
+        cmd.config("mode", "noop").arg("-v");
         cmd
     };
     run(&mut noop(&env)).expect_code(0).stderr_has("Miss");
@@ -228,12 +222,10 @@ fn a_tampered_cached_artifact_is_recompiled_not_run() {
     std::fs::write(&artifact, &bad).unwrap();
     let copy = env.path().join("sandbox-probe.wasm");
     std::fs::copy(&probe, &copy).unwrap();
-    let mut cmd = env.runner();
-    cmd.arg("exec")
-        .arg("--plugin")
-        .arg(&copy)
-        .args(["--config", "mode=noop", "-v"]);
-    run(&mut cmd)
+    env.exec(&copy)
+        .config("mode", "noop")
+        .arg("-v")
+        .run()
         .expect_code(0)
         .stderr_has("is unusable (its content does not match its tag")
         .stderr_has("Recompiled");

@@ -5,8 +5,8 @@
 //! promotion gate, and a caller overriding a hook's configured settings.
 
 use crate::common::consul::ConsulServer;
-use crate::common::hostile::{Calls, Verdict, exec, toml_str, unique};
-use crate::common::{Env, Output, plugin, run};
+use crate::common::hostile::{Calls, Verdict, exec, toml_str};
+use crate::common::{Env, Exec, Output, plugin, run, unique};
 
 /// One test's registry: the embedded store of its env, or a Consul server.
 struct Registry {
@@ -22,7 +22,8 @@ impl Registry {
         }
     }
 
-    fn with_backend(&self, mut cmd: assert_cmd::Command) -> assert_cmd::Command {
+    fn runner(&self) -> assert_cmd::Command {
+        let mut cmd = self.env.runner();
         match &self.consul {
             Some(c) => cmd.env("CONSUL_HTTP_ADDR", c.url()),
             None => cmd.env_remove("CONSUL_HTTP_ADDR"),
@@ -30,11 +31,16 @@ impl Registry {
         cmd
     }
 
-    fn runner(&self) -> assert_cmd::Command {
-        self.with_backend(self.env.runner())
+    /// `cmd` against this registry.
+    fn with_backend(&self, mut cmd: Exec) -> Exec {
+        match &self.consul {
+            Some(c) => cmd.env("CONSUL_HTTP_ADDR", c.url()),
+            None => cmd.env_remove("CONSUL_HTTP_ADDR"),
+        };
+        cmd
     }
 
-    fn hostile(&self, calls: &Calls) -> assert_cmd::Command {
+    fn hostile(&self, calls: &Calls) -> Exec {
         self.with_backend(exec(&self.env, calls))
     }
 
@@ -127,7 +133,7 @@ fn kv_keys_are_checked(consul: bool) {
     for (i, prefix) in BAD_PREFIXES.iter().enumerate() {
         calls = calls.call(&format!("list-{i}"), "kv.list", &[("prefix", prefix)]);
     }
-    let out = run(r.hostile(&calls).args(["--allow-kv", "books-ms/"])).expect_code(0);
+    let out = run(r.hostile(&calls).allow_kv("books-ms/")).expect_code(0);
     let mut v = Verdict::new(&out);
 
     let listed = out.output("list-granted.keys").unwrap_or_default();
@@ -177,7 +183,7 @@ fn catalog_names_are_checked(consul: bool) {
         "catalog.register",
         &[("service", "payments"), ("id", "pay-1"), ("port", "8080")],
     );
-    let out = run(r.hostile(&seed).args(["--allow-service", "payments"])).expect_code(0);
+    let out = run(r.hostile(&seed).allow_service("payments")).expect_code(0);
     assert_eq!(out.answer("reg"), "ok");
 
     let long_id = "x".repeat(257);
@@ -247,7 +253,7 @@ fn catalog_names_are_checked(consul: bool) {
             "catalog.deregister",
             &[("service", "books-ms-x"), ("id", "pay-1")],
         );
-    let out = run(r.hostile(&calls).args(["--allow-service", "books-ms-*"])).expect_code(0);
+    let out = run(r.hostile(&calls).allow_service("books-ms-*")).expect_code(0);
     let mut v = Verdict::new(&out);
 
     for i in 0..bad_services.len() {
@@ -329,7 +335,7 @@ fn runner_records_are_reserved(consul: bool) {
     calls = calls
         .call("list-underscore", "kv.list", &[("prefix", "_")])
         .call("list-all", "kv.list", &[("prefix", "")]);
-    let out = run(r.hostile(&calls).args(["--allow-kv", "*"])).expect_code(0);
+    let out = run(r.hostile(&calls).allow_kv("*")).expect_code(0);
     let mut v = Verdict::new(&out);
     for i in 0..keys.len() {
         for op in ["get", "delete", "list", "put", "cas"] {
@@ -632,7 +638,7 @@ fn the_hosts_instance_ids_are_not_a_plugins() {
                 "catalog.deregister",
                 &[("id", "runner:payments-blue:8080"), ("service", "books-ms")],
             );
-        let out = run(r.hostile(&calls).args(["--allow-service", "books-ms"])).expect_code(0);
+        let out = run(r.hostile(&calls).allow_service("books-ms")).expect_code(0);
         let mut v = Verdict::new(&out);
         v.refused("register", "invalid-config", &["reserved"]);
         v.refused("deregister", "invalid-config", &["reserved"]);

@@ -3,7 +3,7 @@
 //! which shares the renderer with `template.render-string`); every render must
 //! end in a clear error naming the cap, with runner exiting normally.
 
-use crate::common::{Env, Output, run};
+use crate::common::{Env, Output, RunnerFile, Table, run};
 
 /// `{{define "tN"}}` calling `t(N+1)` twice, 40 levels deep: 2^40 leaves.
 fn exponential(leaf: &str) -> String {
@@ -25,14 +25,11 @@ fn render(env: &Env, text: &str) -> Output {
     let out = env.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     let grant = out.display().to_string();
-    run(env.probe("template").args([
-        "--allow-template-out",
-        &grant,
-        "--config",
-        &format!("text={text}"),
-        "--config",
-        &format!("dest={grant}/site.conf"),
-    ]))
+    env.probe("template")
+        .allow_template_out(&grant)
+        .config("text", text)
+        .config("dest", format!("{grant}/site.conf"))
+        .run()
 }
 
 /// Runner ended by itself (no signal, no panic exit) with the stage's error.
@@ -143,27 +140,26 @@ fn a_proxy_grant_renders_only_the_operators_templates() {
         "server { root /; }\n",
     )
     .unwrap();
-    std::fs::write(
-        env.path().join("runner.toml"),
-        "[proxies.edge]\nconfig_dir = \"proxy\"\ncheck = [\"true\"]\nreload = [\"true\"]\n",
-    )
-    .unwrap();
+    RunnerFile::new()
+        .proxy(
+            "edge",
+            Table::new()
+                .set("config_dir", "proxy")
+                .set("check", ["true"])
+                .set("reload", ["true"]),
+        )
+        .write(env.path());
     let dest = env.path().join("proxy/app.conf");
     let probe = |source: (&str, &str), extra: &[&str]| {
-        run(env
-            .probe("template")
-            .args([
-                "-f",
-                "runner.toml",
-                "--allow-proxy",
-                "edge",
-                "--allow-dir",
-                "tpl",
-            ])
-            .args(["--allow-dir", "scratch:/scratch:rw"])
+        env.probe("template")
+            .file("runner.toml")
+            .allow_proxy("edge")
+            .allow_dir("tpl")
+            .allow_dir("scratch:/scratch:rw")
             .args(extra)
-            .args(["--config", &format!("{}={}", source.0, source.1)])
-            .args(["--config", &format!("dest={}", dest.display())]))
+            .config(source.0, source.1)
+            .config("dest", dest.display())
+            .run()
     };
     // Inline text, and a file from the plugin's own writable directory: refused.
     for source in [
@@ -215,16 +211,12 @@ fn templates_read_no_more_than_the_plugin_could() {
     std::fs::create_dir_all(&out).unwrap();
     let grant = out.display().to_string();
     let render = |text: &str| {
-        run(env.probe("template").args([
-            "--allow-kv",
-            "*",
-            "--allow-template-out",
-            &grant,
-            "--config",
-            &format!("text={text}"),
-            "--config",
-            &format!("dest={grant}/x.conf"),
-        ]))
+        env.probe("template")
+            .allow_kv("*")
+            .allow_template_out(&grant)
+            .config("text", text)
+            .config("dest", format!("{grant}/x.conf"))
+            .run()
     };
     // The operator (not a plugin) may write there: a record of runner's.
     run(env

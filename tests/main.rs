@@ -1,0 +1,27 @@
+//! The end-to-end tests, one binary with a module per area (ripgrep's and
+//! cargo's layout): each runs the real `runner` binary on real plugins, and
+//! the areas that need a Docker engine skip with a message when none
+//! answers (see `common::docker`). Run one area with
+//! `cargo test --test e2e AREA::`, e.g. `cargo test --test e2e recovery::`.
+//!
+//! Tests of different areas run at the same time in this one process: every
+//! name a test gives something outside its temp dir (services, containers,
+//! images, ports) comes from `common::unique` or `common::free_port`.
+
+mod common;
+
+mod bluegreen;
+mod cache;
+mod consul;
+mod faults;
+mod hostile;
+mod images;
+mod locks;
+mod pipeline;
+mod plugins;
+mod reconcile;
+mod recovery;
+mod registry;
+mod sandbox;
+mod scaffold;
+mod template_watch;
