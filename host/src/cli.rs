@@ -268,14 +268,15 @@ pub struct TemplateTargets {
 }
 
 /// `SRC:DEST[:CMD]` (CMD may itself contain ':').
-fn parse_template_spec(text: &str) -> Result<(PathBuf, PathBuf, Option<String>), String> {
+fn parse_template_spec(text: &str) -> Result<(PathBuf, PathBuf, Option<String>), BadValue> {
     let mut parts = text.splitn(3, ':');
     let src = parts.next().unwrap_or_default();
     let dest = parts.next().unwrap_or_default();
     if src.is_empty() || dest.is_empty() {
         return Err(format!(
             "\"{text}\" is not SRC:DEST[:CMD]; e.g. -t 'upstreams.ctmpl:conf.d/app.conf:nginx -s reload'"
-        ));
+        )
+        .into());
     }
     let command = parts
         .next()
@@ -285,7 +286,7 @@ fn parse_template_spec(text: &str) -> Result<(PathBuf, PathBuf, Option<String>),
 }
 
 /// `MIN[:MAX]`; MAX defaults to 4×MIN, as in consul-template.
-fn parse_quiescence(text: &str) -> Result<(Duration, Duration), String> {
+fn parse_quiescence(text: &str) -> Result<(Duration, Duration), BadValue> {
     let parse = |t: &str| {
         humantime::parse_duration(t)
             .map_err(|e| format!("\"{t}\" is not a duration ({e}); use e.g. 2s:10s"))
@@ -298,7 +299,7 @@ fn parse_quiescence(text: &str) -> Result<(Duration, Duration), String> {
         }
     };
     if max < min {
-        return Err(format!("MAX must not be less than MIN in \"{text}\""));
+        return Err(format!("MAX must not be less than MIN in \"{text}\"").into());
     }
     Ok((min, max))
 }
@@ -458,17 +459,28 @@ pub enum CatalogCommand {
     },
 }
 
-fn parse_pair(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got \"{s}\"")),
+/// A flag's value that does not parse; clap prints it after the flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadValue(String);
+
+impl From<String> for BadValue {
+    fn from(message: String) -> Self {
+        Self(message)
     }
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+fn parse_pair(s: &str) -> Result<(String, String), BadValue> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got \"{s}\"").into()),
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, BadValue> {
     s.parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
-        .map_err(|e| format!("\"{s}\" is not a size like 256MiB: {e}"))
+        .map_err(|e| format!("\"{s}\" is not a size like 256MiB: {e}").into())
 }
 
 #[cfg(test)]

@@ -51,10 +51,21 @@ impl Globs {
 }
 
 /// A single glob, for filters a plugin passes (not grants).
-pub fn glob_matcher(pattern: &str) -> Result<globset::GlobMatcher, String> {
+pub fn glob_matcher(pattern: &str) -> Result<globset::GlobMatcher, BadPattern> {
     Glob::new(pattern)
         .map(|g| g.compile_matcher())
-        .map_err(|e| format!("pattern \"{pattern}\": {e}"))
+        .map_err(|source| BadPattern {
+            pattern: pattern.to_string(),
+            source,
+        })
+}
+
+/// A glob that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("pattern \"{pattern}\": {source}")]
+pub struct BadPattern {
+    pattern: String,
+    source: globset::Error,
 }
 
 #[cfg(test)]

@@ -435,34 +435,8 @@ pub(crate) async fn bounded<T>(
     }
 }
 
-/// Host services over a fresh embedded registry in `state`, for unit tests.
 #[cfg(test)]
-pub(crate) fn test_services(state: &Path) -> HostServices {
-    HostServices {
-        registry: Arc::new(
-            crate::registry::EmbeddedRegistry::open(state, Duration::from_secs(5)).unwrap(),
-        ),
-        docker: docker::DockerEngine::new(None),
-        hooks: None,
-        journal_service: None,
-    }
-}
-
-/// One capability's run state under `grants`, default limits, for unit tests.
-#[cfg(test)]
-pub(crate) fn test_prepare<C: Capability>(grants: &Grants, host: &HostServices) -> C {
-    let limits = Limits {
-        host_call_timeout: Duration::from_secs(10),
-        http_max_body: 1 << 20,
-        ..Limits::default()
-    };
-    C::prepare(&RunContext {
-        plugin: "test",
-        grants,
-        host,
-        limits: &limits,
-    })
-}
+pub(crate) mod testing;
 
 #[cfg(test)]
 mod tests {

@@ -4,34 +4,23 @@
 use super::fake::FakeEngine;
 use super::*;
 use crate::bindings::runner::plugin::docker::{self as wit, Host as _};
+use crate::caps::Grants;
 use crate::caps::catalog::ServiceGrant;
-use crate::caps::{Grants, HostServices};
-use crate::registry::EmbeddedRegistry;
+use crate::caps::testing::TestHost;
 use std::collections::HashMap;
 
 struct Setup {
     cap: DockerCap,
     engine: Arc<FakeEngine>,
     registry: Arc<dyn Registry>,
-    _state: tempfile::TempDir,
 }
 
 fn setup(grants: Grants, engine: FakeEngine) -> Setup {
-    let state = tempfile::tempdir().unwrap();
-    let registry: Arc<dyn Registry> =
-        Arc::new(EmbeddedRegistry::open(state.path(), Duration::from_secs(5)).unwrap());
-    let engine = Arc::new(engine);
-    let services = HostServices {
-        registry: registry.clone(),
-        docker: DockerEngine::from_engine(engine.clone()),
-        hooks: None,
-        journal_service: None,
-    };
+    let host = TestHost::with_engine(engine);
     Setup {
-        cap: crate::caps::test_prepare(&grants, &services),
-        engine,
-        registry,
-        _state: state,
+        cap: host.prepare(&grants),
+        engine: host.engine.clone(),
+        registry: host.registry.clone(),
     }
 }
 

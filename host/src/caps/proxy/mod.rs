@@ -535,10 +535,7 @@ mod tests {
         let mut cap = ProxyCap {
             proxies: vec![config],
             docker: DockerEngine::new(None),
-            templates: crate::caps::test_prepare(
-                &Grants::default(),
-                &crate::caps::test_services(dir.path()),
-            ),
+            templates: crate::caps::testing::TestHost::new().prepare(&Grants::default()),
         };
         let err = proxy::Host::reload(&mut cap, "p".into()).await.unwrap_err();
         let PluginError::Failed(msg) = err else {
