@@ -6,9 +6,7 @@
 
 use crate::common::consul::ConsulServer;
 use crate::common::{Env, plugin, run};
-use runner::registry::{
-    Catalog, Dependency, DeployLocks, Instance, KvStore, LockAttempt, LockHolder, Watch,
-};
+use runner::registry::{Catalog, Dependency, DeployLocks, Instance, KvStore, LockAttempt, Watch};
 use std::time::Duration;
 
 /// A scratch env, and a function pointing a runner command at `url`.
@@ -57,14 +55,7 @@ async fn health_follows_the_service_check() {
 async fn force_unlock_breaks_a_held_lock() {
     let server = ConsulServer::start(None);
     let consul = server.registry();
-    let holder = LockHolder {
-        host: "build-1".into(),
-        pid: 4242,
-        user: "deployer".into(),
-        version: "0.1.0".into(),
-        stage: "bluegreen".into(),
-        started_at: "2024-01-01T00:00:00Z".into(),
-    };
+    let holder = crate::registry::contract::holder();
     let LockAttempt::Acquired(_held) = consul.try_lock("books-ms", &holder).await.unwrap() else {
         panic!("a free lock is taken")
     };

@@ -672,3 +672,40 @@ fn a_terminal_gets_live_stage_lines_and_a_summary() {
         "the terminal display, not CI lines:\n{text}"
     );
 }
+
+/// A stage's `limits` bound the host calls its capabilities make, for that
+/// stage alone: the stage limited to 1 KiB of HTTP body fails on the 4 KiB
+/// answer the stage before it (the default, 10 MiB) read fine.
+#[test]
+fn a_stages_limits_bound_its_own_host_calls() {
+    let env = Env::new();
+    let server = common::HttpServer::start(|_, _| (200, vec![], "x".repeat(4096)));
+    let url = server.url();
+    let stage = |name: &str, limits: &str| {
+        format!(
+            "[[stages]]\nname = \"{name}\"\nplugin = \"integration-test\"\n\
+             config = {{ base_url = \"{url}\", \"check.big\" = \"GET /big 200\", retry_for = \"0s\" }}\n\
+             grants = {{ http = [\"{url}\"] }}\n{limits}\n"
+        )
+    };
+    let text = format!(
+        "service = \"limits-{}\"\n\n{}\n{}",
+        unique(),
+        stage("roomy", ""),
+        stage("tight", "limits = { http_max_body = \"1KiB\" }"),
+    );
+    let file = pipeline_file(&env, &text);
+    let out = run(env.runner().arg("run").arg(&file)).expect_code(1);
+    let out = out.stderr_has("stage tight failed");
+    assert!(
+        out.stderr.contains("exceeds the 1.0 KiB cap")
+            && out.stderr.contains("the stage's limits.http_max_body"),
+        "the failure names the stage's own cap and how to raise it: {}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("stage roomy failed"),
+        "the default limit holds for the other stage: {}",
+        out.stderr
+    );
+}

@@ -5,7 +5,7 @@
 use crate::common;
 
 #[path = "registry/contract.rs"]
-mod contract;
+pub(crate) mod contract;
 
 use crate::common::{Env, run};
 use runner::registry::{Catalog, DeployLocks, EmbeddedRegistry, Instance, LockAttempt, LockHolder};
@@ -182,14 +182,7 @@ async fn seed_template_renders_from_the_catalog_through_a_plugin() {
 async fn embedded_locks_are_files_that_cannot_be_broken() {
     let env = Env::new();
     let registry = EmbeddedRegistry::open(&env.state_dir(), Duration::from_secs(5)).unwrap();
-    let holder = LockHolder {
-        host: "build-1".into(),
-        pid: 4242,
-        user: "deployer".into(),
-        version: "0.1.0".into(),
-        stage: "bluegreen".into(),
-        started_at: "2024-01-01T00:00:00Z".into(),
-    };
+    let holder = contract::holder();
     let LockAttempt::Acquired(guard) = registry.try_lock("books-ms", &holder).await.unwrap() else {
         panic!("a free lock is taken")
     };

@@ -339,14 +339,7 @@ async fn a_write_wakes_a_watch_early(registry: &dyn Registry) {
 }
 
 async fn a_deploy_lock_is_exclusive_until_released(registry: &dyn Registry) {
-    let holder = LockHolder {
-        host: "build-1".into(),
-        pid: 4242,
-        user: "deployer".into(),
-        version: "0.1.0".into(),
-        stage: "bluegreen".into(),
-        started_at: "2024-01-01T00:00:00Z".into(),
-    };
+    let holder = holder();
     assert_eq!(registry.lock_holder("books-ms").await.unwrap(), None);
     assert!(
         !registry.force_unlock("books-ms").await.unwrap(),
@@ -378,4 +371,16 @@ async fn a_deploy_lock_is_exclusive_until_released(registry: &dyn Registry) {
     };
     again.release().await.unwrap();
     payments.release().await.unwrap();
+}
+
+/// The holder every lock test takes the lock as.
+pub(crate) fn holder() -> LockHolder {
+    LockHolder {
+        host: "build-1".into(),
+        pid: 4242,
+        user: "deployer".into(),
+        version: "0.1.0".into(),
+        stage: "bluegreen".into(),
+        started_at: "2024-01-01T00:00:00Z".into(),
+    }
 }

@@ -325,7 +325,7 @@ impl http::Host for HttpCap {
         {
             if body.len() as u64 + chunk.len() as u64 > self.max_body {
                 return Err(PluginError::Failed(format!(
-                    "http: response body from {url} exceeds the {} cap; raise it with --http-max-body",
+                    "http: response body from {url} exceeds the {} cap; raise it with --http-max-body (in a pipeline, the stage's limits.http_max_body)",
                     bytesize::ByteSize(self.max_body)
                 )));
             }

@@ -429,7 +429,7 @@ pub(crate) async fn bounded<T>(
     match tokio::time::timeout(limit, call).await {
         Ok(result) => result,
         Err(_) => Err(PluginError::Timeout(format!(
-            "{what} did not finish within the host-call timeout ({}); raise it with --host-call-timeout",
+            "{what} did not finish within the host-call timeout ({}); raise it with --host-call-timeout (in a pipeline, the stage's limits.host_call_timeout)",
             humantime::format_duration(limit)
         ))),
     }

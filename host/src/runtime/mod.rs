@@ -5,6 +5,7 @@
 
 mod cache;
 mod limits;
+mod load;
 mod stdio;
 
 pub use cache::{ArtifactCache, CacheOutcome, CacheRefused};
@@ -12,68 +13,22 @@ pub use limits::{
     DEFAULT_HTTP_MAX_BODY, Limits, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, MemoryLimitExceeded,
     TABLE_ELEMENT_BYTES,
 };
+pub use load::LoadError;
 
 use crate::bindings::{Context as StageContext, Outcome, PluginError, Stage, StagePre};
 use crate::caps::{self, Capabilities, CapabilitiesView};
-use crate::plugin_ref::PluginSource;
 use futures_util::FutureExt;
 use limits::MemoryLimiter;
-use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// How often the deadline clock ticks; deadlines are accurate to one tick.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
-
-/// A plugin that could not be loaded. All are "plugin faults" (exit 3),
-/// except a missing file, which is a usage error.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(
-        "plugin file {0} does not exist; pass the path of a .wasm component built for wasm32-wasip2"
-    )]
-    NotFound(PathBuf),
-    #[error("cannot read plugin {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("plugin {path} is {kind}, not a regular file; pass the path of a .wasm component")]
-    NotAFile { path: PathBuf, kind: &'static str },
-    #[error(
-        "plugin {path} is {}, over runner's limit of {} for a plugin file; \
-         a stage component is far smaller (a Python one with CPython inside is about 18 MB)",
-        format_size(*size), format_bytes(*cap)
-    )]
-    TooLarge { path: PathBuf, size: u64, cap: u64 },
-    #[error(
-        "compiling plugin {path} took longer than {} (runner's limit for compiling a plugin); \
-         a stage component compiles in seconds, so this one is broken or hostile",
-        humantime::format_duration(*timeout)
-    )]
-    CompileTimeout { path: PathBuf, timeout: Duration },
-    #[error("{0} is not a WebAssembly file (no \\0asm header); pass a .wasm component")]
-    NotWasm(PathBuf),
-    #[error(
-        "{0} is a core WebAssembly module, not a component; build it with `--target wasm32-wasip2` \
-         or wrap it with `wasm-tools component new`"
-    )]
-    CoreModule(PathBuf),
-    #[error("{path} is not a valid component: {reason}")]
-    Invalid { path: PathBuf, reason: String },
-    #[error(
-        "{path} is a component but not a runner stage: {reason}. Build it against the `stage` world \
-         in wit/ (package runner:plugin@0.1.0); `runner plugin inspect {path}` shows what it has"
-    )]
-    WrongWorld { path: PathBuf, reason: String },
-}
 
 /// A run that ended without an outcome from the plugin.
 #[derive(Debug, thiserror::Error)]
@@ -269,211 +224,6 @@ impl Runtime {
         &self.cache
     }
 
-    /// Load a resolved plugin reference (see [`crate::plugin_ref`]).
-    pub fn load_source(&self, source: &PluginSource) -> Result<Plugin, LoadError> {
-        match source {
-            PluginSource::File(path) => self.load(path),
-        }
-    }
-
-    /// Read, compile (or load precompiled) and type-check a plugin file.
-    pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "plugin".into());
-        let (file, meta) = self.open_plugin(path)?;
-        let mut rejected = false;
-        match self.cache.load_by_identity(&self.engine, &meta) {
-            cache::IdentityLookup::Hit(component) => {
-                return Ok(Plugin {
-                    name: Arc::from(name),
-                    pre: self.link(path, &component)?,
-                    cache: CacheOutcome::Hit,
-                });
-            }
-            cache::IdentityLookup::Rejected => rejected = true,
-            cache::IdentityLookup::Absent => {}
-        }
-        let bytes = self.read_capped(path, file)?;
-        let mut plugin = self.load_bytes(&name, path, &bytes)?;
-        if rejected && plugin.cache == CacheOutcome::Miss {
-            plugin.cache = CacheOutcome::Recompiled;
-        }
-        self.cache.remember_identity(&self.engine, &meta, &bytes);
-        Ok(plugin)
-    }
-
-    /// Read a plugin file as [`Runtime::load`] does: a regular file of at
-    /// most the configured size, never blocking on a FIFO or a device.
-    pub fn read_plugin(&self, path: &Path) -> Result<Vec<u8>, LoadError> {
-        let (file, _) = self.open_plugin(path)?;
-        self.read_capped(path, file)
-    }
-
-    /// Open without blocking (a FIFO with no writer would hang a plain open)
-    /// and check the opened handle, not the path, so what is read is what
-    /// was checked. The metadata is what the identity index keys on.
-    fn open_plugin(&self, path: &Path) -> Result<(std::fs::File, std::fs::Metadata), LoadError> {
-        let read_error = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::NotFound => LoadError::NotFound(path.into()),
-            _ => LoadError::Read {
-                path: path.into(),
-                source: e,
-            },
-        };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(read_error)?;
-        let meta = file.metadata().map_err(read_error)?;
-        let kind = meta.file_type();
-        if !kind.is_file() {
-            let kind = if kind.is_dir() {
-                "a directory"
-            } else if kind.is_fifo() {
-                "a FIFO (named pipe)"
-            } else if kind.is_char_device() {
-                "a character device"
-            } else if kind.is_block_device() {
-                "a block device"
-            } else if kind.is_socket() {
-                "a socket"
-            } else {
-                "not a regular file"
-            };
-            return Err(LoadError::NotAFile {
-                path: path.into(),
-                kind,
-            });
-        }
-        if meta.len() > self.max_plugin_bytes {
-            return Err(self.too_large(path, meta.len()));
-        }
-        Ok((file, meta))
-    }
-
-    /// Read at most the cap plus one byte: a file that grew past the cap
-    /// since it was checked is refused, not read to its end.
-    fn read_capped(&self, path: &Path, file: std::fs::File) -> Result<Vec<u8>, LoadError> {
-        let mut bytes = Vec::new();
-        file.take(self.max_plugin_bytes.saturating_add(1))
-            .read_to_end(&mut bytes)
-            .map_err(|e| LoadError::Read {
-                path: path.into(),
-                source: e,
-            })?;
-        if bytes.len() as u64 > self.max_plugin_bytes {
-            return Err(self.too_large(path, bytes.len() as u64));
-        }
-        Ok(bytes)
-    }
-
-    fn too_large(&self, path: &Path, size: u64) -> LoadError {
-        LoadError::TooLarge {
-            path: path.into(),
-            size,
-            cap: self.max_plugin_bytes,
-        }
-    }
-
-    /// As [`Runtime::load`], from bytes already in memory.
-    pub fn load_bytes(&self, name: &str, path: &Path, bytes: &[u8]) -> Result<Plugin, LoadError> {
-        let (component, cache) = self.compile(path, bytes)?;
-        let pre = self.link(path, &component)?;
-        Ok(Plugin {
-            name: Arc::from(name),
-            pre,
-            cache,
-        })
-    }
-
-    /// Check the header, then compile or load the precompiled artifact.
-    pub fn compile(
-        &self,
-        path: &Path,
-        bytes: &[u8],
-    ) -> Result<(Component, CacheOutcome), LoadError> {
-        check_header(path, bytes)?;
-        if bytes.len() as u64 > self.max_plugin_bytes {
-            return Err(self.too_large(path, bytes.len() as u64));
-        }
-        self.cache
-            .load(&self.engine, bytes, || self.compile_bounded(bytes))
-            .map_err(|e| match e.downcast_ref::<CompileTimedOut>() {
-                Some(_) => LoadError::CompileTimeout {
-                    path: path.into(),
-                    timeout: self.compile_timeout,
-                },
-                None => LoadError::Invalid {
-                    path: path.into(),
-                    reason: root_cause(&e),
-                },
-            })
-    }
-
-    /// Compile on a thread of its own and wait at most the compile timeout.
-    /// Cranelift cannot be interrupted: past the limit the thread is left to
-    /// finish on its own and its result dropped; the process exits on the
-    /// load error soon after, which ends it. Its memory is bounded by the
-    /// plugin size cap (compiling is roughly linear in the code's size).
-    fn compile_bounded(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
-        let (send, receive) = std::sync::mpsc::sync_channel(1);
-        let engine = self.engine.clone();
-        // The thread may outlive this call, so it owns its copy of the bytes.
-        let owned = bytes.to_vec();
-        std::thread::Builder::new()
-            .name("runner-compile".into())
-            .spawn(move || {
-                let _ = send.send(Component::new(&engine, &owned));
-            })
-            .map_err(wasmtime::Error::from)?;
-        match receive.recv_timeout(self.compile_timeout) {
-            Ok(result) => result,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(CompileTimedOut.into()),
-            // The thread died without sending: Cranelift panicked.
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(wasmtime::Error::msg(
-                "the compiler failed (panicked) on this component",
-            )),
-        }
-    }
-
-    fn link(&self, path: &Path, component: &Component) -> Result<StagePre<RunState>, LoadError> {
-        let wrong_world = |reason: String| LoadError::WrongWorld {
-            path: path.into(),
-            reason,
-        };
-        let ty = component.component_type();
-        let has_run = ty.exports(&self.engine).any(|(name, _)| name == "run");
-        if !has_run {
-            let exports: Vec<String> = ty
-                .exports(&self.engine)
-                .map(|(n, _)| n.to_string())
-                .collect();
-            return Err(wrong_world(format!(
-                "it does not export `run` (it exports: {})",
-                if exports.is_empty() {
-                    "nothing".into()
-                } else {
-                    exports.join(", ")
-                }
-            )));
-        }
-        let instance_pre = self.linker.instantiate_pre(component).map_err(|e| {
-            wrong_world(format!(
-                "it imports something runner does not provide: {}",
-                root_cause(&e)
-            ))
-        })?;
-        StagePre::new(instance_pre).map_err(|e| {
-            wrong_world(format!(
-                "its `run` export has the wrong type: {}",
-                root_cause(&e)
-            ))
-        })
-    }
-
     /// Run a loaded plugin once, in a fresh store. `Ok` carries the plugin's
     /// own answer (its outcome, or the error it returned); `Err` is a fault:
     /// a trap, a limit, or a failure to instantiate.
@@ -548,11 +298,6 @@ impl Runtime {
     }
 }
 
-/// The compile time limit ran out (see [`Runtime::compile_bounded`]).
-#[derive(Debug, thiserror::Error)]
-#[error("compiling took too long")]
-struct CompileTimedOut;
-
 /// Run `future`, turning a panic inside it into [`Fault::HostPanic`].
 async fn catch_host_panic<T>(
     plugin: &str,
@@ -581,16 +326,6 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".into())
-}
-
-/// A file's size, exact in bytes too when it is not a whole unit.
-fn format_size(bytes: u64) -> String {
-    let short = format_bytes(bytes);
-    if short.ends_with(" B") || bytes.is_multiple_of(1024) {
-        short
-    } else {
-        format!("{short} ({bytes} bytes)")
-    }
 }
 
 /// `256 MiB`, not `256.0 MiB`: limits are usually whole units.
@@ -658,32 +393,17 @@ fn trap_reason(trap: &Trap) -> String {
     }
 }
 
-fn root_cause(e: &wasmtime::Error) -> String {
+pub(super) fn root_cause(e: &wasmtime::Error) -> String {
     e.chain()
         .last()
         .map(|c| c.to_string())
         .unwrap_or_else(|| e.to_string())
 }
 
-/// Tell garbage and core modules apart from components before compiling.
-fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
-    if bytes.len() < 8 || &bytes[0..4] != b"\0asm" {
-        return Err(LoadError::NotWasm(path.into()));
-    }
-    // Bytes 4..8: version (u16) and layer (u16); layer 0 is a core module, 1 a component.
-    match &bytes[6..8] {
-        [0, 0] => Err(LoadError::CoreModule(path.into())),
-        [1, 0] => Ok(()),
-        _ => Err(LoadError::Invalid {
-            path: path.into(),
-            reason: "unknown WebAssembly layer in the header".into(),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn runtime(config: RuntimeConfig) -> Runtime {
         Runtime::new(config).expect("runtime")
