@@ -1,9 +1,7 @@
 //! `catalog`: instances of services, limited to granted service names.
 
 use super::globs::Globs;
-use super::{
-    Capability, GrantSpec, Grants, RunContext, ValidateContext, bounded, denied, registry_error,
-};
+use super::{Capability, Grants, RunContext, ValidateContext, bounded, denied, registry_error};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::catalog;
 use crate::grants::{GrantError, InvalidGrant};
@@ -11,7 +9,6 @@ use crate::names;
 use crate::registry::{Instance, Registry};
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::component::{HasSelf, Linker};
 
 /// Service names a plugin may read and register (`--allow-service`, globs).
 #[derive(Debug, Clone, Default)]
@@ -155,19 +152,9 @@ impl catalog::Host for CatalogCap {
     }
 }
 
-/// `--allow-service` as written.
-#[derive(clap::Args, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-pub struct CatalogSpec {
+list_grant_spec! {
     /// Allow catalog access to services matching PATTERN (`books-ms-*`).
-    #[arg(long = "allow-service", value_name = "PATTERN")]
-    #[serde(default)]
-    pub services: Vec<String>,
-}
-
-impl GrantSpec for CatalogSpec {
-    fn merge(&mut self, other: Self) {
-        self.services.extend(other.services);
-    }
+    CatalogSpec { services: "allow-service", "PATTERN" }
 }
 
 impl Capability for CatalogCap {
@@ -199,12 +186,7 @@ impl Capability for CatalogCap {
         }
     }
 
-    fn add_to_linker<T: Send + 'static>(
-        linker: &mut Linker<T>,
-        get: fn(&mut T) -> &mut Self,
-    ) -> wasmtime::Result<()> {
-        catalog::add_to_linker::<T, HasSelf<Self>>(linker, get)
-    }
+    link_interfaces!(catalog);
 }
 
 #[cfg(test)]

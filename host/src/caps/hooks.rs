@@ -2,13 +2,12 @@
 //! sandbox, and hand its outcome back to the caller (e.g. the blue-green
 //! stage's pre- and post-integration tests).
 
-use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, denied};
+use super::{Capability, Grants, RunContext, ValidateContext, denied};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::hooks;
 use crate::grants::GrantError;
 use async_trait::async_trait;
 use std::sync::Arc;
-use wasmtime::component::{HasSelf, Linker};
 
 /// Who asks for a hook: the settings a plugin may pass are limited to what
 /// the operator declared `overridable`; the pipeline (host code) passes its
@@ -35,19 +34,9 @@ pub struct HooksCap {
     runner: Option<Arc<dyn HookRunner>>,
 }
 
-/// `--allow-hook` as written.
-#[derive(clap::Args, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-pub struct HooksSpec {
+list_grant_spec! {
     /// Allow running hook NAME, defined as [hooks.NAME] in the runner file.
-    #[arg(long = "allow-hook", value_name = "NAME")]
-    #[serde(default)]
-    pub hooks: Vec<String>,
-}
-
-impl GrantSpec for HooksSpec {
-    fn merge(&mut self, other: Self) {
-        self.hooks.extend(other.hooks);
-    }
+    HooksSpec { hooks: "allow-hook", "NAME" }
 }
 
 impl Capability for HooksCap {
@@ -82,12 +71,7 @@ impl Capability for HooksCap {
         }
     }
 
-    fn add_to_linker<T: Send + 'static>(
-        linker: &mut Linker<T>,
-        get: fn(&mut T) -> &mut Self,
-    ) -> wasmtime::Result<()> {
-        hooks::add_to_linker::<T, HasSelf<Self>>(linker, get)
-    }
+    link_interfaces!(hooks);
 }
 
 impl hooks::Host for HooksCap {

@@ -1,13 +1,12 @@
 //! `http`: outbound requests through reqwest, limited to granted origins.
 
-use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, denied};
+use super::{Capability, Grants, RunContext, ValidateContext, denied};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::http;
 use crate::grants::GrantError;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use url::Url;
-use wasmtime::component::{HasSelf, Linker};
 
 /// What an origin pattern looks like, as every error about one says.
 const ORIGIN_EXAMPLE: &str =
@@ -339,19 +338,9 @@ impl http::Host for HttpCap {
     }
 }
 
-/// `--allow-http` as written.
-#[derive(clap::Args, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-pub struct HttpSpec {
+list_grant_spec! {
     /// Allow HTTP to ORIGIN, `scheme://host:port`; host and port may be `*`.
-    #[arg(long = "allow-http", value_name = "ORIGIN")]
-    #[serde(default)]
-    pub http: Vec<String>,
-}
-
-impl GrantSpec for HttpSpec {
-    fn merge(&mut self, other: Self) {
-        self.http.extend(other.http);
-    }
+    HttpSpec { http: "allow-http", "ORIGIN" }
 }
 
 impl Capability for HttpCap {
@@ -385,12 +374,7 @@ impl Capability for HttpCap {
         }
     }
 
-    fn add_to_linker<T: Send + 'static>(
-        linker: &mut Linker<T>,
-        get: fn(&mut T) -> &mut Self,
-    ) -> wasmtime::Result<()> {
-        http::add_to_linker::<T, HasSelf<Self>>(linker, get)
-    }
+    link_interfaces!(http);
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use crate::registry::{Registry, RegistryError, runner_key};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use wasmtime::component::{HasSelf, Linker};
 
 /// Most details one entry holds, and bytes per key or value.
 pub const MAX_DETAILS: usize = 32;
@@ -294,12 +293,7 @@ impl Capability for JournalCap {
         }
     }
 
-    fn add_to_linker<T: Send + 'static>(
-        linker: &mut Linker<T>,
-        get: fn(&mut T) -> &mut Self,
-    ) -> wasmtime::Result<()> {
-        journal::add_to_linker::<T, HasSelf<Self>>(linker, get)
-    }
+    link_interfaces!(journal);
 }
 
 #[cfg(test)]

@@ -1,8 +1,6 @@
 //! `kv`: the registry's key/value store, limited to granted key prefixes.
 
-use super::{
-    Capability, GrantSpec, Grants, RunContext, ValidateContext, bounded, denied, registry_error,
-};
+use super::{Capability, Grants, RunContext, ValidateContext, bounded, denied, registry_error};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::kv;
 use crate::grants::{GrantError, InvalidGrant};
@@ -10,7 +8,6 @@ use crate::names;
 use crate::registry::{self, KvEntry, Registry};
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::component::{HasSelf, Linker};
 
 /// Key prefixes a plugin may read and write (`--allow-kv`). `*` grants every key.
 ///
@@ -243,19 +240,9 @@ impl kv::Host for KvCap {
     }
 }
 
-/// `--allow-kv` as written.
-#[derive(clap::Args, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-pub struct KvSpec {
+list_grant_spec! {
     /// Allow KV keys under PREFIX (`books-ms/`), or `*` for all.
-    #[arg(long = "allow-kv", value_name = "PREFIX")]
-    #[serde(default)]
-    pub kv: Vec<String>,
-}
-
-impl GrantSpec for KvSpec {
-    fn merge(&mut self, other: Self) {
-        self.kv.extend(other.kv);
-    }
+    KvSpec { kv: "allow-kv", "PREFIX" }
 }
 
 impl Capability for KvCap {
@@ -284,12 +271,7 @@ impl Capability for KvCap {
         }
     }
 
-    fn add_to_linker<T: Send + 'static>(
-        linker: &mut Linker<T>,
-        get: fn(&mut T) -> &mut Self,
-    ) -> wasmtime::Result<()> {
-        kv::add_to_linker::<T, HasSelf<Self>>(linker, get)
-    }
+    link_interfaces!(kv);
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@ use super::{Capability, Grants, NoGrant, RunContext, ValidateContext};
 use crate::bindings::runner::plugin::{log, types};
 use crate::grants::GrantError;
 use std::sync::Arc;
-use wasmtime::component::{HasSelf, Linker};
 
 /// The tracing target of what plugins log (here and on stdout/stderr), as
 /// `[plugin] text`. The binary shows these lines, and inside a pipeline's
@@ -155,13 +154,7 @@ impl Capability for LogCap {
         Self::new(Arc::from(cx.plugin))
     }
 
-    fn add_to_linker<T: Send + 'static>(
-        linker: &mut Linker<T>,
-        get: fn(&mut T) -> &mut Self,
-    ) -> wasmtime::Result<()> {
-        types::add_to_linker::<T, HasSelf<Self>>(linker, get)?;
-        log::add_to_linker::<T, HasSelf<Self>>(linker, get)
-    }
+    link_interfaces!(types, log);
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@ use super::{ContainerLimits, DockerCap, DockerGrant};
 use crate::bindings::runner::plugin::docker;
 use crate::caps::{Capability, GrantSpec, Grants, RunContext, ValidateContext};
 use crate::grants::GrantError;
-use wasmtime::component::{HasSelf, Linker};
 
 /// The Docker grants as written.
 #[derive(clap::Args, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
@@ -96,10 +95,5 @@ impl Capability for DockerCap {
         }
     }
 
-    fn add_to_linker<T: Send + 'static>(
-        linker: &mut Linker<T>,
-        get: fn(&mut T) -> &mut Self,
-    ) -> wasmtime::Result<()> {
-        docker::add_to_linker::<T, HasSelf<Self>>(linker, get)
-    }
+    link_interfaces!(docker);
 }

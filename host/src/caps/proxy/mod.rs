@@ -19,14 +19,13 @@ mod haproxy;
 
 use super::docker::DockerEngine;
 use super::template::{GrantedDir, TemplateCap};
-use super::{Capability, GrantSpec, Grants, RunContext, ValidateContext, denied};
+use super::{Capability, Grants, RunContext, ValidateContext, denied};
 use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::proxy;
 use crate::grants::GrantError;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use wasmtime::component::{HasSelf, Linker};
 
 pub use haproxy::servers_state as haproxy_servers;
 
@@ -218,19 +217,9 @@ pub struct ProxyCap {
     templates: TemplateCap,
 }
 
-/// `--allow-proxy` as written.
-#[derive(clap::Args, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProxyGrantSpec {
+list_grant_spec! {
     /// Allow reloading proxy NAME, defined as [proxies.NAME] in the runner file.
-    #[arg(long = "allow-proxy", value_name = "NAME")]
-    #[serde(default)]
-    pub proxies: Vec<String>,
-}
-
-impl GrantSpec for ProxyGrantSpec {
-    fn merge(&mut self, other: Self) {
-        self.proxies.extend(other.proxies);
-    }
+    ProxyGrantSpec { proxies: "allow-proxy", "NAME" }
 }
 
 impl Capability for ProxyCap {
@@ -275,12 +264,7 @@ impl Capability for ProxyCap {
         }
     }
 
-    fn add_to_linker<T: Send + 'static>(
-        linker: &mut Linker<T>,
-        get: fn(&mut T) -> &mut Self,
-    ) -> wasmtime::Result<()> {
-        proxy::add_to_linker::<T, HasSelf<Self>>(linker, get)
-    }
+    link_interfaces!(proxy);
 }
 
 impl ProxyCap {

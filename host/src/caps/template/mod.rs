@@ -24,7 +24,6 @@ use crate::registry::Registry;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::component::{HasSelf, Linker};
 
 pub struct TemplateCap {
     kv: KvGrant,
@@ -391,10 +390,5 @@ impl Capability for TemplateCap {
         }
     }
 
-    fn add_to_linker<T: Send + 'static>(
-        linker: &mut Linker<T>,
-        get: fn(&mut T) -> &mut Self,
-    ) -> wasmtime::Result<()> {
-        template::add_to_linker::<T, HasSelf<Self>>(linker, get)
-    }
+    link_interfaces!(template);
 }
