@@ -368,3 +368,26 @@ fn python_color_stage_errors_are_typed() {
         "purple"
     );
 }
+
+/// `runner exec --plugin NAME` finds NAME.wasm (or Cargo's NAME_WITH_UNDERSCORES.wasm)
+/// on the plugin path, as a pipeline stage's `plugin` does; a name found
+/// nowhere is a usage error naming where it looked and how to add a directory.
+#[test]
+fn exec_finds_a_plugin_by_name_on_the_plugin_path() {
+    let env = Env::new();
+    let dir = plugin("sandbox-probe").parent().unwrap().to_path_buf();
+    run(env
+        .runner()
+        .args(["exec", "--plugin", "sandbox-probe", "--plugin-path"])
+        .arg(&dir)
+        .args(["--config", "mode=echo", "--config", "who=named"]))
+    .expect_code(0)
+    .stdout_has("who=named");
+    run(env
+        .runner()
+        .env_remove("RUNNER_PLUGIN_PATH")
+        .args(["exec", "--plugin", "no-such-stage"]))
+    .expect_code(2)
+    .stderr_has("plugin \"no-such-stage\" not found as no-such-stage.wasm in")
+    .stderr_has("--plugin-path DIR");
+}

@@ -328,6 +328,11 @@ pub struct ExecArgs {
     #[arg(long, default_value = "", value_name = "NAME")]
     pub service: String,
 
+    /// A directory to find a plugin named without a path in (before
+    /// RUNNER_PLUGIN_PATH and ./plugins), repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub plugin_path: Vec<PathBuf>,
+
     /// The stage's name [default: the plugin's file name].
     #[arg(long, value_name = "NAME")]
     pub stage: Option<String>,

@@ -34,11 +34,12 @@ impl PluginRef {
 
 impl std::str::FromStr for PluginRef {
     type Err = std::convert::Infallible;
-    /// On the command line an existing file is a file whatever its name
-    /// (`runner exec --plugin my-stage`, a file in the current directory).
+    /// On the command line anything that exists at `text` is that path,
+    /// whatever its name (`runner exec --plugin my-stage`, a file in the
+    /// current directory; a FIFO or directory is refused as such on loading).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         Ok(match Self::parse(text) {
-            Self::Named(name) if Path::new(&name).is_file() => Self::File(name.into()),
+            Self::Named(name) if Path::new(&name).exists() => Self::File(name.into()),
             parsed => parsed,
         })
     }

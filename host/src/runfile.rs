@@ -123,6 +123,25 @@ pub struct HookDef {
     pub overridable: Vec<String>,
     pub grants: Grants,
     pub limits: Limits,
+    /// The limits as written, to tell what the hook set from what it inherits.
+    pub limits_spec: LimitsSpec,
+}
+
+impl HookDef {
+    /// The hook's limits when run by a caller with `caller`'s: what its
+    /// `limits` table sets, else runner's defaults, except the bounds on host
+    /// calls (`host_call_timeout`, `http_max_body`), which it inherits from
+    /// the caller (`runner exec --http-max-body 1MiB` holds its hooks to it).
+    pub fn limits_under(&self, caller: &Limits) -> Limits {
+        let mut limits = self.limits;
+        if self.limits_spec.host_call_timeout.is_none() {
+            limits.host_call_timeout = caller.host_call_timeout;
+        }
+        if self.limits_spec.http_max_body.is_none() {
+            limits.http_max_body = caller.http_max_body;
+        }
+        limits
+    }
 }
 
 /// The validated runner file.
@@ -325,17 +344,18 @@ impl RunnerFile {
                     source,
                 }
             })?;
-            let limits = hook
+            let limits_spec = hook
                 .limits
                 .as_ref()
                 .map(|l| l.get_ref().clone())
-                .unwrap_or_default()
-                .resolve(Limits::default())
-                .map_err(|source| RunfileError::HookLimits {
+                .unwrap_or_default();
+            let limits = limits_spec.resolve(Limits::default()).map_err(|source| {
+                RunfileError::HookLimits {
                     name: name.clone(),
                     span: limits_span,
                     source,
-                })?;
+                }
+            })?;
             hooks.push(HookDef {
                 name: name.clone(),
                 plugin,
@@ -343,6 +363,7 @@ impl RunnerFile {
                 overridable: hook.overridable.clone(),
                 grants,
                 limits,
+                limits_spec,
             });
         }
         let mut grants = spec.grants;
@@ -363,6 +384,44 @@ impl RunnerFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hook's host-call bounds are its caller's unless its `limits` set
+    /// them: `runner exec --http-max-body 1KiB` holds its hooks to 1 KiB.
+    #[test]
+    fn hooks_inherit_the_callers_host_call_bounds_unless_they_set_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hook.wasm"), b"").unwrap();
+        let file = dir.path().join("runner.toml");
+        std::fs::write(
+            &file,
+            r#"
+            [hooks.plain]
+            plugin = "hook.wasm"
+            [hooks.own]
+            plugin = "hook.wasm"
+            limits = { http_max_body = "2MiB", deadline = "1m" }
+            "#,
+        )
+        .unwrap();
+        let rf = RunnerFile::load(&file).unwrap();
+        let caller = Limits {
+            host_call_timeout: Duration::from_secs(5),
+            http_max_body: 1024,
+            memory_bytes: 1 << 30,
+            ..Limits::default()
+        };
+        let hook = |name: &str| rf.hooks.iter().find(|h| h.name == name).unwrap();
+        let plain = hook("plain").limits_under(&caller);
+        assert_eq!(
+            (plain.host_call_timeout, plain.http_max_body),
+            (Duration::from_secs(5), 1024)
+        );
+        assert_eq!(plain.memory_bytes, Limits::default().memory_bytes);
+        let own = hook("own").limits_under(&caller);
+        assert_eq!(own.http_max_body, 2 * 1024 * 1024);
+        assert_eq!(own.host_call_timeout, Duration::from_secs(5));
+        assert_eq!(own.deadline, Duration::from_secs(60));
+    }
 
     #[test]
     fn paths_are_relative_to_the_file_and_grants_resolve_definitions() {

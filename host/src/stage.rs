@@ -28,6 +28,8 @@ pub struct Hooks {
     reports: Arc<Mutex<Vec<Report>>>,
     /// Outputs of earlier stages, given to hooks as inputs.
     inputs: Mutex<Vec<(String, String)>>,
+    /// The limits of whoever runs the hooks: hooks inherit their host-call bounds.
+    caller_limits: Limits,
 }
 
 impl Hooks {
@@ -37,6 +39,7 @@ impl Hooks {
         service: &str,
         defs: Vec<HookDef>,
         reports: Arc<Mutex<Vec<Report>>>,
+        caller_limits: Limits,
     ) -> Self {
         // Hooks do not nest, and only the stage holding the lock journals.
         let services = HostServices {
@@ -52,6 +55,7 @@ impl Hooks {
             loaded: tokio::sync::Mutex::new(HashMap::new()),
             reports,
             inputs: Mutex::new(Vec::new()),
+            caller_limits,
         }
     }
 
@@ -118,7 +122,7 @@ impl HookRunner for Hooks {
                 inputs,
             },
             &def.grants,
-            def.limits,
+            def.limits_under(&self.caller_limits),
             &self.services,
             &self.reports,
         )

@@ -42,7 +42,7 @@ pub(super) async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError>
     };
 
     let runtime = runtime(cli)?;
-    let source = PluginPath::new(&[], Path::new("."))
+    let source = PluginPath::new(&args.plugin_path, Path::new("."))
         .resolve(&args.plugin, Path::new(""))
         .or_else(|e| match &args.plugin {
             // A missing file is the runtime's to report (with its exit code).
@@ -83,6 +83,7 @@ pub(super) async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError>
             &args.service,
             runfile.hooks.clone(),
             Arc::default(),
+            limits,
         )));
     }
     let request = crate::runtime::RunRequest {

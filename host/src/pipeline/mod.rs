@@ -96,6 +96,7 @@ pub async fn execute(pipeline: &Pipeline, x: Execution) -> Finished {
         &pipeline.service,
         pipeline.runfile.hooks.clone(),
         reports.clone(),
+        crate::runtime::Limits::default(),
     ));
     let mut services = x.services.clone();
     services.hooks = Some(hooks.clone());

@@ -165,7 +165,10 @@ pub trait ContainerEngine: Send + Sync {
     fn host(&self) -> &str;
 
     /// The address the instances of this engine's containers are
-    /// registered at (an engine on several hosts answers its host's).
+    /// registered at (an engine on several hosts answers its host's). The
+    /// capability publishes ports on 127.0.0.1 today: an engine that
+    /// registers another address must also publish where it registers
+    /// (and only there), or the catalog names an address nothing serves.
     fn address_policy(&self) -> AddressPolicy {
         AddressPolicy::Loopback
     }
@@ -179,7 +182,7 @@ pub trait ContainerEngine: Send + Sync {
 
     /// Build and tag an image from a tar `context`. A failed step is
     /// [`EngineError::Failed`] with the engine's message and the tail of the
-    /// build output.
+    /// build output, bounded while it is read (the Dockerfile is the plugin's).
     async fn build(&self, spec: BuildSpec, context: Vec<u8>) -> Result<(), EngineError>;
 
     /// Give the image `source` (an ID) the name `repo:tag`.
@@ -215,7 +218,9 @@ pub trait ContainerEngine: Send + Sync {
     async fn wait(&self, id: &str) -> Result<Option<i64>, EngineError>;
 
     /// The last `tail` lines of the container's stdout and stderr, at most
-    /// `max_bytes` of them (the newest part is kept).
+    /// `max_bytes` of them (the newest part is kept). An engine must hold
+    /// to `max_bytes` while reading, not after: a container's output is
+    /// plugin-controlled, and this bound is what keeps host memory bounded.
     async fn logs(&self, id: &str, tail: u32, max_bytes: usize) -> Result<String, EngineError>;
 }
 

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use backon::{BlockingRetryable, ExponentialBuilder};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 const SCHEMA: &str = "
@@ -58,7 +58,10 @@ pub struct EmbeddedRegistry {
 struct Store {
     /// The database file (`:memory:` for an in-memory store), for messages.
     path: PathBuf,
-    conn: Mutex<Connection>,
+    /// A fair (first come, first served) async lock, taken before a call is
+    /// handed to a blocking thread: calls run in the order they were made, and
+    /// one whose caller gave up while waiting (a host-call timeout) never runs.
+    conn: Arc<tokio::sync::Mutex<Connection>>,
 }
 
 impl std::fmt::Debug for EmbeddedRegistry {
@@ -139,7 +142,7 @@ impl EmbeddedRegistry {
         Ok(Self {
             store: Arc::new(Store {
                 path,
-                conn: Mutex::new(conn),
+                conn: Arc::new(tokio::sync::Mutex::new(conn)),
             }),
             identity: identity(state_dir),
             locks: FileLocks::new(state_dir.to_path_buf()),
@@ -156,8 +159,9 @@ impl EmbeddedRegistry {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, RegistryError> {
-        let store = Arc::clone(&self.store);
-        off_thread(&self.store.path, move || store.run(f)).await
+        let mut conn = Arc::clone(&self.store.conn).lock_owned().await;
+        let path = self.store.path.clone();
+        off_thread(&self.store.path, move || run(&path, &mut conn, f)).await
     }
 
     /// The write counter: every KV or catalog write bumps it.
@@ -195,24 +199,19 @@ impl EmbeddedRegistry {
     }
 }
 
-impl Store {
-    /// `f` on the connection, its errors typed: busy past the timeout is
-    /// `Unavailable`, anything else `Backend`.
-    fn run<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, RegistryError> {
-        let mut conn = self
-            .conn
-            .lock()
-            .map_err(|_| RegistryError::Backend("registry connection poisoned".into()))?;
-        f(&mut conn).map_err(|e| match e {
-            ref busy if is_busy(busy) => {
-                unavailable(&self.path, format!("{e} (another runner holds the lock)"))
-            }
-            other => RegistryError::Backend(format!("{}: {other}", self.path.display())),
-        })
-    }
+/// `f` on the connection, its errors typed: busy past the timeout is
+/// `Unavailable`, anything else `Backend`.
+fn run<T>(
+    path: &Path,
+    conn: &mut Connection,
+    f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+) -> Result<T, RegistryError> {
+    f(conn).map_err(|e| match e {
+        ref busy if is_busy(busy) => {
+            unavailable(path, format!("{e} (another runner holds the lock)"))
+        }
+        other => RegistryError::Backend(format!("{}: {other}", path.display())),
+    })
 }
 
 /// WAL (readers never block writers), FULL sync (a committed write survives
@@ -501,6 +500,26 @@ mod tests {
                 h.join().unwrap().unwrap();
             }
         }
+    }
+
+    /// A call whose caller gave up (a host-call timeout) while an earlier
+    /// call held the connection never runs: no write lands after its caller
+    /// was told it timed out, and calls run in the order they were made.
+    #[tokio::test]
+    async fn a_call_abandoned_while_waiting_never_runs() {
+        let reg = EmbeddedRegistry::in_memory(Duration::from_secs(5)).unwrap();
+        let held = Arc::clone(&reg.store.conn).lock_owned().await;
+        let put = tokio::time::timeout(
+            Duration::from_millis(50),
+            reg.kv_put("svc/journal", b"stale"),
+        )
+        .await;
+        assert!(put.is_err(), "the put waits for the connection");
+        drop(held);
+        assert_eq!(reg.kv_get("svc/journal").await.unwrap(), None);
+        reg.kv_put("svc/journal", b"fresh").await.unwrap();
+        let entry = reg.kv_get("svc/journal").await.unwrap().unwrap();
+        assert_eq!(entry.value, b"fresh");
     }
 
     #[tokio::test]
