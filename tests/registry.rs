@@ -203,3 +203,68 @@ async fn embedded_locks_are_files_that_cannot_be_broken() {
     );
     assert!(!registry.force_unlock("books-ms").await.unwrap());
 }
+
+/// `runner catalog register|deregister` put instances into the catalog
+/// without a plugin, as `consul services register` does; templates render
+/// from them (a critical instance is left out, as Consul's health filter does).
+#[test]
+fn the_catalog_is_written_from_the_command_line() {
+    let env = Env::new();
+    let catalog = |args: &[&str]| {
+        let mut cmd = env.runner();
+        cmd.arg("catalog").args(args);
+        run(&mut cmd)
+    };
+    catalog(&[
+        "register",
+        "books-ms",
+        "127.0.0.1:8081",
+        "--id",
+        "b1",
+        "--tag",
+        "blue",
+    ])
+    .expect_code(0);
+    catalog(&[
+        "register",
+        "books-ms",
+        "[::1]:8082",
+        "--id",
+        "b2",
+        "--critical",
+    ])
+    .expect_code(0);
+    catalog(&["list", "books-ms"])
+        .expect_code(0)
+        .stdout_has("books-ms\tb1\t127.0.0.1:8081\tpassing\tblue")
+        .stdout_has("books-ms\tb2\t::1:8082\tcritical\t");
+
+    let tmpl = env.path().join("up.ctmpl");
+    std::fs::write(
+        &tmpl,
+        "{{range service \"books-ms\"}}server {{.Address}}:{{.Port}};\n{{end}}",
+    )
+    .unwrap();
+    let out = env.path().join("up.conf");
+    let mut render = env.runner();
+    render.args(["template", "render"]).arg(&tmpl).arg(&out);
+    run(&mut render).expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "server 127.0.0.1:8081;\n"
+    );
+
+    catalog(&["deregister", "books-ms", "b1"]).expect_code(0);
+    catalog(&["deregister", "books-ms", "b1"])
+        .expect_code(1)
+        .stderr_has("service books-ms has no instance \"b1\"");
+    catalog(&["register", "books-ms", "127.0.0.1"])
+        .expect_code(2)
+        .stderr_has("is not HOST:PORT");
+    catalog(&["register", "books-ms", "127.0.0.1:80", "--id", "runner:x"])
+        .expect_code(2)
+        .stderr_has("which runner keeps for the containers it runs");
+    catalog(&["register", "books/ms", "127.0.0.1:80"])
+        .expect_code(2)
+        .stderr_has("books/ms");
+}

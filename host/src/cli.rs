@@ -462,6 +462,45 @@ pub enum CatalogCommand {
         /// Only this service.
         service: Option<String>,
     },
+    /// Put an instance of SERVICE at ADDRESS:PORT into the catalog, as
+    /// `consul services register` does (re-registering an ID replaces it).
+    #[command(after_help = "Examples:\n  \
+        runner catalog register books-ms 127.0.0.1:8081 --id books-ms-1 --tag blue\n  \
+        runner catalog register books-ms 127.0.0.1:8082 --id books-ms-2 --tag green --critical\n  \
+        runner catalog deregister books-ms books-ms-2")]
+    Register {
+        /// The service name (`[a-zA-Z0-9][a-zA-Z0-9._-]*`).
+        service: String,
+        /// Where the instance answers: HOST:PORT (`[::1]:8080` for IPv6).
+        #[arg(value_name = "ADDRESS:PORT", value_parser = parse_address)]
+        address: (String, u16),
+        /// The instance ID [default: the service name, as Consul's].
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        /// A tag, repeatable.
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Register it as failing its health check (templates' `service` skips it).
+        #[arg(long)]
+        critical: bool,
+    },
+    /// Remove instance ID of SERVICE from the catalog (exit 1 if it is not there).
+    Deregister { service: String, id: String },
+}
+
+/// `HOST:PORT`, `[V6]:PORT`.
+fn parse_address(text: &str) -> Result<(String, u16), BadValue> {
+    let bad = || BadValue(format!("\"{text}\" is not HOST:PORT, e.g. 127.0.0.1:8080"));
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || host.contains(char::is_whitespace) || port == 0 {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
 }
 
 /// A flag's value that does not parse; clap prints it after the flag.

@@ -3,6 +3,7 @@
 use super::CommandError;
 use super::host::{Host, Open};
 use crate::cli::{CatalogCommand, Cli, KvCommand};
+use crate::registry::{Instance, Registry};
 use std::io::Write;
 
 pub(super) async fn kv(cli: &Cli, cmd: &KvCommand) -> Result<(), CommandError> {
@@ -63,9 +64,54 @@ pub(super) async fn kv(cli: &Cli, cmd: &KvCommand) -> Result<(), CommandError> {
 
 pub(super) async fn catalog(cli: &Cli, cmd: &CatalogCommand) -> Result<(), CommandError> {
     let registry = Host::registry(cli, Open::Now)?;
-    let CatalogCommand::List { service } = cmd;
+    match cmd {
+        CatalogCommand::List { service } => list(&*registry, service.as_deref()).await,
+        CatalogCommand::Register {
+            service,
+            address: (address, port),
+            id,
+            tags,
+            critical,
+        } => {
+            let id = id.as_deref().unwrap_or(service);
+            let usage = |e: crate::names::InvalidName| CommandError::Usage(e.to_string());
+            crate::names::service_name(service).map_err(usage)?;
+            crate::names::instance_id(id).map_err(usage)?;
+            // `runner:` IDs are the Docker capability's registrations, which
+            // reconcile keeps true to the engine: not the operator's to write.
+            if id.starts_with(crate::caps::docker::REGISTRATION_PREFIX) {
+                return Err(CommandError::Usage(format!(
+                    "instance ID \"{id}\" starts with \"{}\", which runner keeps for the containers it runs; pick another --id",
+                    crate::caps::docker::REGISTRATION_PREFIX
+                )));
+            }
+            registry
+                .register(&Instance {
+                    id: id.to_string(),
+                    name: service.clone(),
+                    address: address.clone(),
+                    port: *port,
+                    tags: tags.clone(),
+                    healthy: !critical,
+                })
+                .await?;
+            tracing::info!("registered {service} instance {id} at {address}:{port}");
+            Ok(())
+        }
+        CatalogCommand::Deregister { service, id } => {
+            if !registry.deregister(service, id).await? {
+                return Err(CommandError::NotFound(format!(
+                    "service {service} has no instance \"{id}\" (see `runner catalog list {service}`)"
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn list(registry: &dyn Registry, service: Option<&str>) -> Result<(), CommandError> {
     let names = match service {
-        Some(s) => vec![s.clone()],
+        Some(s) => vec![s.to_string()],
         None => registry.services().await?,
     };
     let mut out = std::io::stdout().lock();
