@@ -245,7 +245,9 @@ fn the_catalog_is_written_from_the_command_line() {
         "{{range service \"books-ms\"}}server {{.Address}}:{{.Port}};\n{{end}}",
     )
     .unwrap();
-    let out = env.path().join("up.conf");
+    // A destination whose directories do not exist yet: created, as
+    // consul-template creates them.
+    let out = env.path().join("conf.d/upstreams/up.conf");
     let mut render = env.runner();
     render.args(["template", "render"]).arg(&tmpl).arg(&out);
     run(&mut render).expect_code(0);

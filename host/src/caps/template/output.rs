@@ -217,6 +217,17 @@ pub fn write_if_changed(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_error(path, e)),
     }
+    // A re-render keeps the file's permission bits, as consul-template does
+    // (a 0640 secret stays 0640); never setuid, setgid or sticky, which on a
+    // file with rendered content would be an escalation.
+    let kept_mode = dir
+        .symlink_metadata(&rel)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| {
+            use cap_std::fs::PermissionsExt;
+            m.permissions().mode() & 0o777
+        });
     let file_name = rel
         .file_name()
         .ok_or_else(|| FileError::ParentComponent(path.into()))?
@@ -226,6 +237,10 @@ pub fn write_if_changed(
     let tmp = parent.join(format!(".{file_name}.runner-{}.tmp", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut file = dir.create(&tmp)?;
+        if let Some(mode) = kept_mode {
+            use cap_std::fs::PermissionsExt;
+            file.set_permissions(cap_std::fs::Permissions::from_mode(mode))?;
+        }
         file.write_all(content)?;
         file.sync_all()?;
         // rename replaces a symlink at `rel` itself, never writes through it.
@@ -251,6 +266,22 @@ mod tests {
 
     fn granted(d: &Path) -> Vec<GrantedDir> {
         vec![GrantedDir::new(d).unwrap()]
+    }
+
+    #[test]
+    fn a_rerender_keeps_the_files_mode_but_never_setuid() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let dirs = granted(d.path());
+        let target = d.path().join("secret.env");
+        assert!(write_if_changed(&dirs, &target, b"a").unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(write_if_changed(&dirs, &target, b"b").unwrap());
+        assert_eq!(mode(&target), 0o640);
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        assert!(write_if_changed(&dirs, &target, b"c").unwrap());
+        assert_eq!(mode(&target), 0o755, "the setuid bit is not carried over");
     }
 
     #[test]

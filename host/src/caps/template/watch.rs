@@ -118,6 +118,11 @@ impl TemplateJob {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
+        // The operator's destination: its directory is created if missing,
+        // as consul-template does.
+        std::fs::create_dir_all(dir).map_err(|e| {
+            TemplateJobError::Output(format!("output directory {}: {e}", dir.display()))
+        })?;
         let granted = GrantedDir::new(dir).map_err(|e| {
             TemplateJobError::Output(format!("output directory {}: {e}", dir.display()))
         })?;

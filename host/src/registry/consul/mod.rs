@@ -100,6 +100,16 @@ impl ConsulRegistry {
         token: Option<String>,
         timeout: Duration,
     ) -> Result<Self, RegistryError> {
+        // As Consul's own clients read CONSUL_HTTP_ADDR: without a scheme it
+        // is http (https with CONSUL_HTTP_SSL=true), as Consul's docs write it.
+        let address = if address.contains("://") {
+            address.to_string()
+        } else {
+            let ssl = std::env::var("CONSUL_HTTP_SSL")
+                .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true"));
+            format!("{}://{address}", if ssl { "https" } else { "http" })
+        };
+        let address = address.as_str();
         let base = Url::parse(address)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
@@ -485,5 +495,9 @@ mod tests {
             "consul:https://consul.example"
         );
         assert_ne!(id("http://127.0.0.1:8500"), id("http://127.0.0.1:8501"));
+        // CONSUL_HTTP_ADDR as Consul's docs write it: no scheme is http.
+        assert_eq!(id("127.0.0.1:8500"), "consul:http://127.0.0.1:8500");
+        assert_eq!(id("localhost:8500"), "consul:http://localhost:8500");
+        assert!(ConsulRegistry::new("ftp://x:1", None, Duration::from_secs(1)).is_err());
     }
 }
