@@ -243,6 +243,37 @@ async fn template_render_command_renders_seed_files_and_runs_the_command_on_chan
         .stderr_has("`exit 3` exited with exit status: 3");
 }
 
+/// The command line a consul-template user types: single-dash long flags,
+/// `-consul-addr` without a scheme (as Consul's docs write addresses), and
+/// `-dry`, which prints what would be written and writes nothing.
+#[tokio::test]
+async fn template_render_takes_consul_template_flags() {
+    let server = ConsulServer::start(None);
+    register_seed_blue(&server).await;
+    let env = Env::new();
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/bluegreen/templates/nginx-upstreams-blue.ctmpl");
+    let dest = env.path().join("books-ms.conf");
+    let address = server.url().trim_start_matches("http://").to_string();
+    let mut cmd = env.runner();
+    cmd.env_remove("CONSUL_HTTP_ADDR")
+        .args([
+            "template",
+            "render",
+            "-consul-addr",
+            &address,
+            "-dry",
+            "-once",
+        ])
+        .arg("-template")
+        .arg(format!("{}:{}:exit 7", seed.display(), dest.display()));
+    run(&mut cmd).expect_code(0).stdout_has(&format!(
+        "> {}\nupstream books-ms {{\n \n server 10.100.198.201:32769;\n \n}}\n",
+        dest.display()
+    ));
+    assert!(!dest.exists(), "-dry writes nothing and runs no command");
+}
+
 /// Blocking queries beyond the contract (`registry/contract.rs`): a health
 /// change wakes a service's query, and after a restore the index comes back
 /// lower, which tells the caller to reset.

@@ -210,6 +210,18 @@ async fn embedded_locks_are_files_that_cannot_be_broken() {
 #[test]
 fn the_catalog_is_written_from_the_command_line() {
     let env = Env::new();
+    // Before anything is registered there is no registry: a render says so.
+    let tmpl0 = env.path().join("empty.ctmpl");
+    std::fs::write(&tmpl0, "{{range service \"x\"}}{{.Address}}{{end}}").unwrap();
+    let mut first = env.runner();
+    first
+        .env_remove("CONSUL_HTTP_ADDR")
+        .args(["template", "render"])
+        .arg(&tmpl0)
+        .arg("-");
+    run(&mut first)
+        .expect_code(0)
+        .stderr_has("no registry configured: rendering from a new, empty embedded registry");
     let catalog = |args: &[&str]| {
         let mut cmd = env.runner();
         cmd.arg("catalog").args(args);

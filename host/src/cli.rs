@@ -248,6 +248,11 @@ pub enum TemplateCommand {
 /// What to render: SRC DEST [--exec CMD], or consul-template's `-t SRC:DEST[:CMD]`, repeatable.
 #[derive(Debug, Args)]
 pub struct TemplateTargets {
+    /// Print what would be written to stdout instead of writing DEST (and
+    /// run no command), as consul-template's -dry. A DEST of `-` means the same.
+    #[arg(long)]
+    pub dry: bool,
+
     /// The template file (consul-template syntax).
     #[arg(required_unless_present = "templates")]
     pub src: Option<PathBuf>,
@@ -514,6 +519,48 @@ impl From<String> for BadValue {
     }
 }
 
+/// consul-template's single-dash long flags, as its users type them after
+/// `runner template`: `-template`, `-once`, `-dry`, `-wait`, `-consul-addr`
+/// (with a value after `=` or as the next argument). Anywhere else, and for
+/// anything else, the arguments are left as they are: `-t` stays clap's.
+pub fn consul_template_habits(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    const LONG: &[(&str, &str)] = &[
+        ("-template", "--template"),
+        ("-once", "--once"),
+        ("-dry", "--dry"),
+        ("-wait", "--wait"),
+        ("-consul-addr", "--consul"),
+        ("-exec-timeout", "--exec-timeout"),
+    ];
+    let mut in_template = false;
+    args.into_iter()
+        .map(|arg| {
+            let Some(text) = arg.to_str() else {
+                return arg;
+            };
+            if text == "template" {
+                in_template = true;
+            }
+            if !in_template {
+                return arg;
+            }
+            let (flag, value) = match text.split_once('=') {
+                Some((flag, value)) => (flag, Some(value)),
+                None => (text, None),
+            };
+            match LONG.iter().find(|(single, _)| *single == flag) {
+                Some((_, long)) => match value {
+                    Some(value) => format!("{long}={value}").into(),
+                    None => (*long).into(),
+                },
+                None => arg,
+            }
+        })
+        .collect()
+}
+
 fn parse_pair(s: &str) -> Result<(String, String), BadValue> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -531,6 +578,49 @@ fn parse_size(s: &str) -> Result<u64, BadValue> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn consul_template_flags_are_read_as_its_users_type_them() {
+        let args = |line: &str| -> Vec<String> {
+            consul_template_habits(line.split(' ').map(std::ffi::OsString::from))
+                .into_iter()
+                .map(|a| a.into_string().unwrap())
+                .collect()
+        };
+        assert_eq!(
+            args(
+                "runner template render -template in:out:cmd -once -dry -consul-addr=127.0.0.1:8500"
+            ),
+            [
+                "runner",
+                "template",
+                "render",
+                "--template",
+                "in:out:cmd",
+                "--once",
+                "--dry",
+                "--consul=127.0.0.1:8500"
+            ]
+        );
+        // Before `template`, and clap's own short flags, are left alone.
+        assert_eq!(
+            args("runner -v template watch -t a:b"),
+            ["runner", "-v", "template", "watch", "-t", "a:b"]
+        );
+        assert_eq!(
+            args("runner exec -template"),
+            ["runner", "exec", "-template"]
+        );
+        let cli = Cli::parse_from(consul_template_habits(
+            "runner template render -template in.ctmpl:out.conf:true -dry"
+                .split(' ')
+                .map(std::ffi::OsString::from),
+        ));
+        assert!(matches!(
+            cli.command,
+            Command::Template(TemplateCommand::Render { .. })
+        ));
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

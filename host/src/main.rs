@@ -16,7 +16,8 @@ mod term;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = runner::cli::Cli::parse();
+    let cli =
+        runner::cli::Cli::parse_from(runner::cli::consul_template_habits(std::env::args_os()));
     let verbose = cli.verbose;
     let default_filter = match verbose {
         0 => "info",

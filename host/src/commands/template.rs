@@ -17,6 +17,8 @@ pub(super) async fn template(
                 dest: dest.clone(),
                 exec: exec.clone(),
                 exec_timeout: t.exec_timeout,
+                // `-` is stdout, as -dry: never a file named `-`.
+                dry: t.dry || dest.as_os_str() == "-",
             }
         };
         let positional = match (&t.src, &t.dest) {
@@ -28,6 +30,15 @@ pub(super) async fn template(
             .chain(t.templates.iter().map(|(s, d, c)| job(s, d, c)))
             .collect()
     };
+    // A template rendered from a registry nobody has written renders an
+    // upstream with no servers: say which registry it is, and how to pick Consul.
+    if cli.consul.is_none() && !cli.state_dir.exists() {
+        tracing::warn!(
+            "no registry configured: rendering from a new, empty embedded registry in {}; \
+             for Consul's data pass --consul URL (or -consul-addr, CONSUL_HTTP_ADDR)",
+            cli.state_dir.display()
+        );
+    }
     let registry = Host::registry(cli, Open::Now)?;
     match cmd {
         TemplateCommand::Render { targets, once: _ } => {

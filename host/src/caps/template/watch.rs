@@ -24,6 +24,8 @@ pub struct TemplateJob {
     /// Shell command run after DEST changed (a proxy reload).
     pub exec: Option<String>,
     pub exec_timeout: Duration,
+    /// Print to stdout instead of writing DEST, run no command (`-dry`).
+    pub dry: bool,
 }
 
 /// How `watch` paces itself.
@@ -113,6 +115,18 @@ impl TemplateJob {
                 message: describe(&e),
             },
         })?;
+        if self.dry {
+            // As consul-template's -dry prints it.
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            write!(out, "> {}\n{content}", self.dest.display())
+                .and_then(|()| out.flush())
+                .map_err(|e| TemplateJobError::Output(format!("stdout: {e}")))?;
+            return Ok(Rendered {
+                changed: false,
+                dependencies: recording.seen.into_inner().unwrap_or_default(),
+            });
+        }
         let dir = self
             .dest
             .parent()
