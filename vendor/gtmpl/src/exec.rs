@@ -542,7 +542,8 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
 
     fn print_value(&mut self, val: &Value) -> Result<(), ExecError> {
         self.charge_value(val)?;
-        write!(self.writer, "{}", val).map_err(ExecError::IOError)?;
+        // runner patch: as Go prints it (`[a b]`, not `[String("a")]`).
+        write!(self.writer, "{}", crate::print_verb::go_value(val)).map_err(ExecError::IOError)?;
         Ok(())
     }
 }

@@ -424,8 +424,9 @@ pub fn eq(args: &[Value]) -> Result<Value, FuncError> {
     if args.len() < 2 {
         return Err(FuncError::AtLeastXArgs("eq".into(), 2));
     }
+    // runner patch: Go's `eq a b c` is a == b || a == c (gtmpl had "all").
     let first = &args[0];
-    Ok(Value::from(args.iter().skip(1).all(|x| *x == *first)))
+    Ok(Value::from(args.iter().skip(1).any(|x| *x == *first)))
 }
 
 gn!(

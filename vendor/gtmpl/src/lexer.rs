@@ -557,20 +557,25 @@ impl LexerStateMachine {
     }
 
     fn scan_number(&mut self) -> bool {
+        // runner patch: Go 1.13+'s number syntax (0x, 0o, 0b prefixes, `_`).
         self.accept("+-");
-        if self.accept("0") && self.accept("xX") {
-            let digits = "0123456789abcdefABCDEF";
-            self.accept_run(digits);
-        } else {
-            let digits = "0123456789";
-            self.accept_run(digits);
-            if self.accept(".") {
-                self.accept_run(digits);
+        let mut digits = "0123456789_";
+        if self.accept("0") {
+            if self.accept("xX") {
+                digits = "0123456789abcdefABCDEF_";
+            } else if self.accept("oO") {
+                digits = "01234567_";
+            } else if self.accept("bB") {
+                digits = "01_";
             }
-            if self.accept("eE") {
-                self.accept("+-");
-                self.accept_run(digits);
-            }
+        }
+        self.accept_run(digits);
+        if self.accept(".") {
+            self.accept_run(digits);
+        }
+        if digits.len() == 11 && self.accept("eE") {
+            self.accept("+-");
+            self.accept_run("0123456789_");
         }
         // Let's ignore imaginary numbers for now.
         if self.peek().map(|c| c.is_alphanumeric()).unwrap_or(true) {

@@ -1,3 +1,4 @@
+use std::convert::TryFrom;
 use std::fmt::{Display, Formatter};
 
 use crate::error::NodeError;
@@ -528,10 +529,31 @@ impl NumberNode {
                     value: Value::from(c as u64),
                 })
                 .ok_or(NodeError::UnquoteError),
+            _ if go_integer(&text).is_some() => {
+                // runner patch: Go's integer literals (strconv.ParseInt(s, 0, 64)):
+                // 0x hex, 0o and leading-0 octal, 0b binary, `_` separators.
+                let v = go_integer(&text).unwrap_or_default();
+                let (is_i64, is_u64) = (i64::try_from(v).is_ok(), u64::try_from(v).is_ok());
+                let value = match (u64::try_from(v), i64::try_from(v)) {
+                    (Ok(u), _) => Value::from(u),
+                    (_, Ok(i)) => Value::from(i),
+                    _ => return Err(NodeError::NaN),
+                };
+                Ok(NumberNode {
+                    typ: NodeType::Number,
+                    tr,
+                    pos,
+                    is_i64,
+                    is_u64,
+                    is_f64: false,
+                    text,
+                    number_typ: if is_u64 { NumberType::U64 } else { NumberType::I64 },
+                    value,
+                })
+            }
             _ => {
                 let mut number_typ = NumberType::Float;
 
-                // TODO: Deal with hex.
                 let (mut as_i64, mut is_i64) = text
                     .parse::<i64>()
                     .map(|i| (i, true))
@@ -819,3 +841,34 @@ mod tests {
         assert_eq!(t1.to_string(), "{{end}}");
     }
 }
+
+/// A Go integer literal with a base prefix or `_` separators (runner patch):
+/// `0x1F`, `0o17`, `017`, `0b101`, `1_000`, with an optional sign. Plain
+/// decimal digits are left to the parser's own path (`None`).
+fn go_integer(text: &str) -> Option<i128> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let lower = digits.to_ascii_lowercase();
+    let (radix, body) = if let Some(b) = lower.strip_prefix("0x") {
+        (16, b)
+    } else if let Some(b) = lower.strip_prefix("0o") {
+        (8, b)
+    } else if let Some(b) = lower.strip_prefix("0b") {
+        (2, b)
+    } else if lower.len() > 1 && lower.starts_with('0') && lower.bytes().all(|c| c.is_ascii_digit() || c == b'_') {
+        (8, &lower[1..])
+    } else if lower.contains('_') && lower.bytes().all(|c| c.is_ascii_digit() || c == b'_') {
+        (10, lower.as_str())
+    } else {
+        return None;
+    };
+    let body = body.trim_start_matches('_');
+    if body.is_empty() || body.starts_with('_') || body.ends_with('_') || body.contains("__") {
+        return None;
+    }
+    let v = i128::from_str_radix(&body.replace('_', ""), radix).ok()?;
+    Some(if negative { -v } else { v })
+}
+

@@ -66,21 +66,12 @@ pub fn print(p: &FormatParams, typ: char, val: &Value) -> Result<String, PrintEr
             's' | 'v' => printf_generic(p, s),
             'x' => printf_x(p, Hexer::from(s.as_str())),
             'X' => printf_xx(p, Hexer::from(s.as_str())),
-            'q' => {
-                let s = s
-                    .chars()
-                    .map(|c| c.escape_default().to_string())
-                    .collect::<String>();
-                printf_generic(p, s)
-            }
+            // runner patch: quoted and escaped as Go's strconv.Quote.
+            'q' => printf_generic(p, go_quote(s)),
             _ => return Err(PrintError::UnableToFormat(val.clone(), typ)),
         }),
-        Value::Array(ref a) => Ok(match typ {
-            'v' => {
-                let values: Vec<String> = a.iter().map(|v| printf_generic(p, v)).collect();
-                let res = format!("[{}]", values.join(" "));
-                printf_generic(p, res)
-            }
+        Value::Array(_) => Ok(match typ {
+            'v' => printf_generic(p, go_value(val)),
             _ => return Err(PrintError::UnableToFormat(val.clone(), typ)),
         }),
         Value::Map(ref m) => Ok(match typ {
@@ -279,6 +270,57 @@ fn printf_ee<E: fmt::UpperExp>(p: &FormatParams, f: E) -> String {
             (_, _, _, _, _) => format!("{:width$E}", f, width = p.width),
         }
     }
+}
+
+/// A value as Go's `fmt` prints it with `%v` (runner patch): lists as
+/// `[a b]`, maps as `map[k:v]` with sorted keys, strings bare, absent values
+/// as `<no value>`; gtmpl's own `Display` prints `[String("a")]`.
+pub fn go_value(val: &Value) -> String {
+    match val {
+        Value::NoValue => "<no value>".to_string(),
+        Value::Nil => "<nil>".to_string(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => {
+            let items: Vec<String> = a.iter().map(go_value).collect();
+            format!("[{}]", items.join(" "))
+        }
+        Value::Map(m) | Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let items: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{k}:{}", go_value(&m[k])))
+                .collect();
+            format!("map[{}]", items.join(" "))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// `s` as Go's `strconv.Quote` writes it (runner patch).
+pub fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{07}' => out.push_str("\\a"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{0b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn escape_char(c: char) -> String {

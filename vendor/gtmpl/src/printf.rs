@@ -21,14 +21,15 @@ pub fn sprintf_bounded(s: &str, args: &[Value], max_width: usize) -> Result<Stri
     let mut fmt = String::new();
     let mut i = 0;
     let mut index = 0;
+    // runner patch: `%%` in the text between verbs is a literal `%`, as in Go.
     for t in tokens {
-        fmt.push_str(&s[i..t.start]);
+        fmt.push_str(&s[i..t.start].replace("%%", "%"));
         let (s, idx) = process_verb(&s[t.start + 1..t.end], t.typ, args, index, max_width)?;
         fmt.push_str(&s);
         index = idx;
         i = t.end + 1;
     }
-    fmt.push_str(&s[i..]);
+    fmt.push_str(&s[i..].replace("%%", "%"));
     Ok(fmt)
 }
 

@@ -707,6 +707,40 @@ mod tests {
         );
     }
 
+    /// Go's text/template where gtmpl differed (vendor/gtmpl/PATCHES.md):
+    /// each expected output is what Go 1.19 prints for the same template.
+    #[test]
+    fn go_template_semantics_gtmpl_got_wrong() {
+        let src = MapSource::default();
+        let cases = [
+            // `eq` with more than two arguments is "equal to any".
+            (r#"{{eq "b" "a" "b"}} {{eq "c" "a" "b"}}"#, "true false"),
+            // `%q` quotes as strconv.Quote; `%%` is a literal percent.
+            (r#"{{printf "%q" "a\"b\n"}}"#, r#""a\"b\n""#),
+            (r#"{{printf "100%% %d%%" 5}}"#, "100% 5%"),
+            // Integer literals with a base prefix or separators.
+            (
+                "{{0x10}} {{0o17}} {{017}} {{0b101}} {{1_000}} {{-0x10}}",
+                "16 15 15 5 1000 -16",
+            ),
+        ];
+        for (template, want) in cases {
+            assert_eq!(
+                block_on(render(template, &src)).unwrap(),
+                want,
+                "{template}"
+            );
+        }
+        // Lists print as Go prints a slice, not gtmpl's debug form.
+        let mut src = MapSource::default();
+        src.instances
+            .insert("web".into(), vec![inst("web", "a", 1, true, &["x", "y"])]);
+        assert_eq!(
+            block_on(render("{{range service \"web\"}}{{.Tags}}{{end}}", &src)).unwrap(),
+            "[x y]"
+        );
+    }
+
     #[test]
     fn inline_any_filter_form() {
         let mut src = MapSource::default();
