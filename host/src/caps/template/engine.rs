@@ -453,6 +453,11 @@ fn instance_value(i: &Instance) -> Value {
 /// instances by default, every instance with "any" (consul-template's filter).
 fn service(args: &[Value]) -> Result<Value, FuncError> {
     let query = string_arg("service", args, 0)?;
+    // No name yet (`service (key "app/svc")` before the key is fetched):
+    // nothing, as consul-template renders it, not a query for "".
+    if query.is_empty() {
+        return Ok(Value::Array(vec![]));
+    }
     // `service "name|any"` is consul-template's inline form of the filter.
     let (query, inline_filter) = match query.split_once('|') {
         Some((q, f)) => (q.to_string(), Some(f.to_string())),
@@ -481,7 +486,11 @@ fn service(args: &[Value]) -> Result<Value, FuncError> {
             instances
                 .iter()
                 .filter(|i| any || i.healthy)
-                .filter(|i| tag.as_ref().is_none_or(|t| i.tags.contains(t)))
+                // Consul matches tags case-insensitively.
+                .filter(|i| {
+                    tag.as_ref()
+                        .is_none_or(|t| i.tags.iter().any(|it| it.eq_ignore_ascii_case(t)))
+                })
                 .map(instance_value)
                 .collect(),
         ),
@@ -515,6 +524,10 @@ fn services(_args: &[Value]) -> Result<Value, FuncError> {
 /// Looks a key up; `None` means "not fetched yet" (and records the dependency).
 fn lookup_key(name: &str, args: &[Value]) -> Result<(String, Option<Option<String>>), FuncError> {
     let path = string_arg(name, args, 0)?;
+    // As consul-template reads a key: a leading `/` and a `@datacenter`
+    // suffix are not part of it (one datacenter here).
+    let path = path.strip_prefix('/').unwrap_or(&path);
+    let path = path.split('@').next().unwrap_or_default().to_string();
     let found = with_scope(|scope| match scope.snapshot.keys.get(&path) {
         Some(v) => Some(v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())),
         None => {
@@ -540,7 +553,8 @@ fn key(args: &[Value]) -> Result<Value, FuncError> {
 fn key_or_default(args: &[Value]) -> Result<Value, FuncError> {
     let default = string_arg("keyOrDefault", args, 1)?;
     match lookup_key("keyOrDefault", args)? {
-        (_, Some(Some(v))) => Ok(Value::from(v)),
+        // An empty value is the default too, as consul-template has it.
+        (_, Some(Some(v))) if !v.is_empty() => Ok(Value::from(v)),
         _ => Ok(Value::from(default)),
     }
 }
@@ -739,6 +753,30 @@ mod tests {
             block_on(render("{{range service \"web\"}}{{.Tags}}{{end}}", &src)).unwrap(),
             "[x y]"
         );
+    }
+
+    /// consul-template's readings: an empty service name renders nothing;
+    /// a key's leading `/` and `@dc` are not part of it; `keyOrDefault` of an
+    /// empty value is the default; tags match case-insensitively (Consul's).
+    #[test]
+    fn consul_template_readings_of_names_keys_and_tags() {
+        let mut src = MapSource {
+            kv: vec![
+                ("app/svc".into(), "web".into()),
+                ("app/empty".into(), String::new()),
+            ],
+            ..Default::default()
+        };
+        src.instances
+            .insert("web".into(), vec![inst("web", "a", 1, true, &["Blue"])]);
+        let t = concat!(
+            r#"[{{range service (key "app/none-yet" | printf "%.0s")}}x{{end}}]"#,
+            r#"{{key "/app/svc"}} {{key "app/svc@dc1"}} "#,
+            r#"{{keyOrDefault "app/empty" "dflt"}} "#,
+            r#"{{range service "blue.web"}}{{.ID}}{{end}}"#,
+        );
+        src.kv.push(("app/none-yet".into(), "ignored".into()));
+        assert_eq!(block_on(render(t, &src)).unwrap(), "[]web web dflt a");
     }
 
     #[test]
