@@ -400,6 +400,7 @@ fn parse(text: &str) -> Result<Template, RenderError> {
         ("ls", ls as gtmpl::Func),
         ("tree", tree as gtmpl::Func),
     ]);
+    template.add_funcs(super::funcs::LIBRARY);
     template.parse(text).map_err(|e| match e {
         ParseError::TooDeep(n) => RenderError::SyntaxTooDeep(n),
         e => RenderError::Parse(truncate(e.to_string())),

@@ -2,6 +2,7 @@
 //! into granted directories.
 
 mod engine;
+mod funcs;
 mod output;
 mod watch;
 

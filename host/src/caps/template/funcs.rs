@@ -1,0 +1,451 @@
+//! consul-template's helper functions (its `template/funcs.go`), over gtmpl
+//! values: strings, lists, parsing, encoding, JSON, loops and arithmetic.
+//!
+//! Template text may be a plugin's: every function is bounded by what it is
+//! given (gtmpl charges the step budget and refuses a returned value over
+//! the engine's value limit), `loop` is bounded by the range budget, and
+//! `plugin` (which runs a command in consul-template) is refused.
+
+use base64::Engine as _;
+use gtmpl::{Func, FuncError, Value};
+
+/// Every function of this module, by its consul-template name.
+pub(super) const LIBRARY: &[(&str, Func)] = &[
+    ("toLower", to_lower),
+    ("toUpper", to_upper),
+    ("toTitle", to_title),
+    ("trimSpace", trim_space),
+    ("split", split),
+    ("join", join),
+    ("replaceAll", replace_all),
+    ("contains", contains),
+    ("in", in_list),
+    ("containsAny", contains_any),
+    ("containsAll", contains_all),
+    ("parseBool", parse_bool),
+    ("parseInt", parse_int),
+    ("parseFloat", parse_float),
+    ("base64Encode", base64_encode),
+    ("base64Decode", base64_decode),
+    ("toJSON", to_json),
+    ("toJSONPretty", to_json_pretty),
+    ("loop", loop_range),
+    ("add", add),
+    ("subtract", subtract),
+    ("multiply", multiply),
+    ("divide", divide),
+    ("modulo", modulo),
+    ("plugin", plugin),
+];
+
+fn err(name: &str, message: impl std::fmt::Display) -> FuncError {
+    FuncError::Generic(format!("{name}: {message}"))
+}
+
+fn arity(name: &str, args: &[Value], n: usize) -> Result<(), FuncError> {
+    if args.len() == n {
+        Ok(())
+    } else {
+        Err(FuncError::ExactlyXArgs(name.into(), n))
+    }
+}
+
+fn string(name: &str, v: &Value) -> Result<String, FuncError> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        other => Err(err(name, format_args!("expected a string, got {other}"))),
+    }
+}
+
+fn list<'a>(name: &str, v: &'a Value) -> Result<&'a [Value], FuncError> {
+    match v {
+        Value::Array(a) => Ok(a),
+        other => Err(err(name, format_args!("expected a list, got {other}"))),
+    }
+}
+
+fn one_string(name: &str, args: &[Value]) -> Result<String, FuncError> {
+    arity(name, args, 1)?;
+    string(name, &args[0])
+}
+
+fn to_lower(args: &[Value]) -> Result<Value, FuncError> {
+    Ok(one_string("toLower", args)?.to_lowercase().into())
+}
+
+fn to_upper(args: &[Value]) -> Result<Value, FuncError> {
+    Ok(one_string("toUpper", args)?.to_uppercase().into())
+}
+
+/// Go's `strings.Title`: the first letter of each word upper-cased; a word
+/// starts after any ASCII character but a letter, digit or `_`, or after
+/// non-ASCII white space.
+fn to_title(args: &[Value]) -> Result<Value, FuncError> {
+    let s = one_string("toTitle", args)?;
+    let mut previous_separates = true;
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if previous_separates {
+            out.extend(c.to_uppercase());
+        } else {
+            out.push(c);
+        }
+        previous_separates = if c.is_ascii() {
+            !(c.is_ascii_alphanumeric() || c == '_')
+        } else {
+            !c.is_alphanumeric() && c.is_whitespace()
+        };
+    }
+    Ok(out.into())
+}
+
+fn trim_space(args: &[Value]) -> Result<Value, FuncError> {
+    Ok(one_string("trimSpace", args)?.trim().to_string().into())
+}
+
+/// `split SEP S`: S split at SEP; an empty (or blank) S is an empty list.
+fn split(args: &[Value]) -> Result<Value, FuncError> {
+    arity("split", args, 2)?;
+    let (sep, s) = (string("split", &args[0])?, string("split", &args[1])?);
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(Value::Array(vec![]));
+    }
+    let parts: Vec<Value> = if sep.is_empty() {
+        s.chars().map(|c| Value::from(c.to_string())).collect()
+    } else {
+        s.split(sep.as_str()).map(Value::from).collect()
+    };
+    Ok(Value::Array(parts))
+}
+
+/// `join SEP LIST`.
+fn join(args: &[Value]) -> Result<Value, FuncError> {
+    arity("join", args, 2)?;
+    let sep = string("join", &args[0])?;
+    let items = list("join", &args[1])?
+        .iter()
+        .map(|v| string("join", v))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(items.join(&sep).into())
+}
+
+/// `replaceAll OLD NEW S`.
+fn replace_all(args: &[Value]) -> Result<Value, FuncError> {
+    arity("replaceAll", args, 3)?;
+    let (old, new, s) = (
+        string("replaceAll", &args[0])?,
+        string("replaceAll", &args[1])?,
+        string("replaceAll", &args[2])?,
+    );
+    if old.is_empty() {
+        // Go inserts NEW between every rune (and at both ends).
+        let mut out = new.clone();
+        for c in s.chars() {
+            out.push(c);
+            out.push_str(&new);
+        }
+        return Ok(out.into());
+    }
+    Ok(s.replace(&old, &new).into())
+}
+
+/// `contains V LIST`: whether LIST holds V.
+fn contains(args: &[Value]) -> Result<Value, FuncError> {
+    arity("contains", args, 2)?;
+    Ok(list("contains", &args[1])?.contains(&args[0]).into())
+}
+
+/// `in LIST V`: whether LIST holds V.
+fn in_list(args: &[Value]) -> Result<Value, FuncError> {
+    arity("in", args, 2)?;
+    Ok(list("in", &args[0])?.contains(&args[1]).into())
+}
+
+/// `containsAny VALUES LIST`.
+fn contains_any(args: &[Value]) -> Result<Value, FuncError> {
+    arity("containsAny", args, 2)?;
+    let (wanted, have) = (
+        list("containsAny", &args[0])?,
+        list("containsAny", &args[1])?,
+    );
+    Ok(wanted.iter().any(|v| have.contains(v)).into())
+}
+
+/// `containsAll VALUES LIST`.
+fn contains_all(args: &[Value]) -> Result<Value, FuncError> {
+    arity("containsAll", args, 2)?;
+    let (wanted, have) = (
+        list("containsAll", &args[0])?,
+        list("containsAll", &args[1])?,
+    );
+    Ok(wanted.iter().all(|v| have.contains(v)).into())
+}
+
+/// Go's `strconv.ParseBool`; an empty string is false.
+fn parse_bool(args: &[Value]) -> Result<Value, FuncError> {
+    let s = one_string("parseBool", args)?;
+    Ok(match s.as_str() {
+        "" | "0" | "f" | "F" | "false" | "FALSE" | "False" => false,
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => true,
+        other => return Err(err("parseBool", format_args!("invalid syntax \"{other}\""))),
+    }
+    .into())
+}
+
+/// A base-10 integer; an empty string is 0.
+fn parse_int(args: &[Value]) -> Result<Value, FuncError> {
+    let s = one_string("parseInt", args)?;
+    if s.is_empty() {
+        return Ok(Value::from(0i64));
+    }
+    s.parse::<i64>()
+        .map(Value::from)
+        .map_err(|e| err("parseInt", format_args!("\"{s}\": {e}")))
+}
+
+/// A float; an empty string is 0.
+fn parse_float(args: &[Value]) -> Result<Value, FuncError> {
+    let s = one_string("parseFloat", args)?;
+    if s.is_empty() {
+        return Ok(Value::from(0f64));
+    }
+    s.parse::<f64>()
+        .map(Value::from)
+        .map_err(|e| err("parseFloat", format_args!("\"{s}\": {e}")))
+}
+
+fn base64_encode(args: &[Value]) -> Result<Value, FuncError> {
+    let s = one_string("base64Encode", args)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(s).into())
+}
+
+fn base64_decode(args: &[Value]) -> Result<Value, FuncError> {
+    let s = one_string("base64Decode", args)?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s.as_bytes())
+        .map_err(|e| err("base64Decode", e))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned().into())
+}
+
+/// A gtmpl value as JSON: maps with sorted keys, as Go's encoder writes them.
+fn json_value(name: &str, v: &Value) -> Result<serde_json::Value, FuncError> {
+    Ok(match v {
+        Value::NoValue | Value::Nil => serde_json::Value::Null,
+        Value::Bool(b) => serde_json::Value::Bool(*b),
+        Value::String(s) => serde_json::Value::String(s.clone()),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                u.into()
+            } else if let Some(i) = n.as_i64() {
+                i.into()
+            } else {
+                n.as_f64()
+                    .and_then(serde_json::Number::from_f64)
+                    .map(serde_json::Value::Number)
+                    .unwrap_or(serde_json::Value::Null)
+            }
+        }
+        Value::Array(a) => serde_json::Value::Array(
+            a.iter()
+                .map(|v| json_value(name, v))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Map(m) | Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let mut map = serde_json::Map::new();
+            for k in keys {
+                map.insert(k.clone(), json_value(name, &m[k])?);
+            }
+            serde_json::Value::Object(map)
+        }
+        Value::Function(_) => return Err(err(name, "a function has no JSON form")),
+    })
+}
+
+/// Go's `json.Marshal` escapes `<`, `>`, `&`, U+2028 and U+2029 in strings.
+fn go_json_escapes(text: String) -> String {
+    if !text.contains(['<', '>', '&', '\u{2028}', '\u{2029}']) {
+        return text;
+    }
+    text.replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
+}
+
+fn to_json(args: &[Value]) -> Result<Value, FuncError> {
+    arity("toJSON", args, 1)?;
+    let json =
+        serde_json::to_string(&json_value("toJSON", &args[0])?).map_err(|e| err("toJSON", e))?;
+    Ok(go_json_escapes(json).into())
+}
+
+fn to_json_pretty(args: &[Value]) -> Result<Value, FuncError> {
+    arity("toJSONPretty", args, 1)?;
+    let json = serde_json::to_string_pretty(&json_value("toJSONPretty", &args[0])?)
+        .map_err(|e| err("toJSONPretty", e))?;
+    Ok(go_json_escapes(json).into())
+}
+
+fn int(name: &str, v: &Value) -> Result<i64, FuncError> {
+    match v {
+        Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| err(name, format_args!("{n} is not an integer"))),
+        Value::String(s) => s
+            .parse()
+            .map_err(|_| err(name, format_args!("\"{s}\" is not an integer"))),
+        other => Err(err(name, format_args!("expected an integer, got {other}"))),
+    }
+}
+
+/// Most iterations one `loop` yields: its list is built before the range
+/// walks it, so it is bounded here (the range's steps are charged too).
+const MAX_LOOP: i64 = 100_000;
+
+/// `loop N` is 0..N; `loop START STOP` is START..STOP.
+fn loop_range(args: &[Value]) -> Result<Value, FuncError> {
+    let (start, stop) = match args {
+        [n] => (0, int("loop", n)?),
+        [a, b] => (int("loop", a)?, int("loop", b)?),
+        _ => return Err(FuncError::AtLeastXArgs("loop".into(), 1)),
+    };
+    if stop.saturating_sub(start) > MAX_LOOP {
+        return Err(err(
+            "loop",
+            format_args!("{start}..{stop} is more than {MAX_LOOP} iterations"),
+        ));
+    }
+    Ok(Value::Array((start..stop).map(Value::from).collect()))
+}
+
+/// consul-template's arithmetic takes the piped value last: `{{ 5 | subtract 2 }}` is 3.
+fn arithmetic(
+    name: &str,
+    args: &[Value],
+    op: fn(i64, i64) -> Option<i64>,
+) -> Result<Value, FuncError> {
+    arity(name, args, 2)?;
+    let (b, a) = (int(name, &args[0])?, int(name, &args[1])?);
+    op(a, b).map(Value::from).ok_or_else(|| {
+        err(
+            name,
+            format_args!("{a} and {b}: overflow or division by zero"),
+        )
+    })
+}
+
+fn add(args: &[Value]) -> Result<Value, FuncError> {
+    arithmetic("add", args, i64::checked_add)
+}
+
+fn subtract(args: &[Value]) -> Result<Value, FuncError> {
+    arithmetic("subtract", args, i64::checked_sub)
+}
+
+fn multiply(args: &[Value]) -> Result<Value, FuncError> {
+    arithmetic("multiply", args, i64::checked_mul)
+}
+
+fn divide(args: &[Value]) -> Result<Value, FuncError> {
+    arithmetic("divide", args, i64::checked_div)
+}
+
+fn modulo(args: &[Value]) -> Result<Value, FuncError> {
+    arithmetic("modulo", args, i64::checked_rem)
+}
+
+/// consul-template's `plugin` runs a command: never from a template here.
+fn plugin(_args: &[Value]) -> Result<Value, FuncError> {
+    Err(err(
+        "plugin",
+        "runner does not run commands from templates; render the data the command needs \
+         (key, service) and transform it with the template's functions, or run the command \
+         in a stage plugin",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::engine::{DataSource, Dependency, Snapshot, render};
+    use crate::bindings::PluginError;
+
+    /// No registry data: these templates use none.
+    struct NoData;
+
+    impl DataSource for NoData {
+        async fn fetch(&self, _: &Dependency, _: &mut Snapshot) -> Result<(), PluginError> {
+            Ok(())
+        }
+    }
+
+    fn render_text(template: &str) -> Result<String, String> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(render(template, &NoData))
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    /// Each expected output is what consul-template (Go) prints.
+    #[test]
+    fn functions_render_as_consul_template_renders_them() {
+        let cases = [
+            (r#"{{"Hello World" | toLower}}"#, "hello world"),
+            (r#"{{"hello" | toUpper}}"#, "HELLO"),
+            (
+                r#"{{"hello wide-world o'neil" | toTitle}}"#,
+                "Hello Wide-World O'Neil",
+            ),
+            (r#"[{{"  x y  " | trimSpace}}]"#, "[x y]"),
+            (r#"{{range split "," "a,b,c"}}<{{.}}>{{end}}"#, "<a><b><c>"),
+            (r#"{{split "," "" | len}}"#, "0"),
+            (r#"{{"a,b" | split "," | join ";"}}"#, "a;b"),
+            (r#"{{"a.b.c" | replaceAll "." "-"}}"#, "a-b-c"),
+            (
+                r#"{{$l := split "," "x,y"}}{{contains "y" $l}} {{in $l "z"}}"#,
+                "true false",
+            ),
+            (
+                r#"{{$l := split "," "x,y"}}{{containsAny (split "," "z,y") $l}} {{containsAll (split "," "z,y") $l}}"#,
+                "true false",
+            ),
+            (
+                r#"{{parseBool "true"}} {{parseInt "42"}} {{parseInt ""}} {{parseFloat "1.5"}}"#,
+                "true 42 0 1.5",
+            ),
+            (
+                r#"{{"hi" | base64Encode}} {{"aGk=" | base64Decode}}"#,
+                "aGk= hi",
+            ),
+            (
+                r#"{{split "," "a,<b>" | toJSON}}"#,
+                r#"["a","\u003cb\u003e"]"#,
+            ),
+            (
+                r#"{{range loop 3}}{{.}}{{end}} {{range loop 2 4}}{{.}}{{end}}"#,
+                "012 23",
+            ),
+            (
+                r#"{{5 | add 2}} {{5 | subtract 2}} {{5 | multiply 2}} {{5 | divide 2}} {{5 | modulo 2}}"#,
+                "7 3 10 2 1",
+            ),
+        ];
+        for (template, want) in cases {
+            assert_eq!(render_text(template).as_deref(), Ok(want), "{template}");
+        }
+    }
+
+    #[test]
+    fn plugin_is_refused_and_unbounded_loops_and_division_fail_cleanly() {
+        let refused = render_text(r#"{{plugin "/bin/sh" "-c" "id"}}"#).unwrap_err();
+        assert!(refused.contains("does not run commands"), "{refused}");
+        let big = render_text("{{range loop 100000000}}x{{end}}").unwrap_err();
+        assert!(big.contains("iterations"), "{big}");
+        let zero = render_text("{{5 | divide 0}}").unwrap_err();
+        assert!(zero.contains("division by zero"), "{zero}");
+    }
+}
