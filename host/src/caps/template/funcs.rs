@@ -35,6 +35,10 @@ pub(super) const LIBRARY: &[(&str, Func)] = &[
     ("multiply", multiply),
     ("divide", divide),
     ("modulo", modulo),
+    ("regexMatch", regex_match),
+    ("regexReplaceAll", regex_replace_all),
+    ("sha256Hex", sha256_hex),
+    ("parseJSON", parse_json),
     ("plugin", plugin),
 ];
 
@@ -358,6 +362,74 @@ fn modulo(args: &[Value]) -> Result<Value, FuncError> {
     arithmetic("modulo", args, i64::checked_rem)
 }
 
+/// Largest compiled regex a template may ask for (the pattern may be a
+/// plugin's; Rust's regex runs in linear time, this bounds its memory).
+const MAX_REGEX_BYTES: usize = 1 << 20;
+
+fn regex(name: &str, pattern: &str) -> Result<regex::Regex, FuncError> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(MAX_REGEX_BYTES)
+        .dfa_size_limit(MAX_REGEX_BYTES)
+        .build()
+        .map_err(|e| err(name, format_args!("pattern \"{pattern}\": {e}")))
+}
+
+/// `regexMatch RE S`.
+fn regex_match(args: &[Value]) -> Result<Value, FuncError> {
+    arity("regexMatch", args, 2)?;
+    let re = regex("regexMatch", &string("regexMatch", &args[0])?)?;
+    Ok(re.is_match(&string("regexMatch", &args[1])?).into())
+}
+
+/// `regexReplaceAll RE REPLACEMENT S`, `$1` for groups as in Go.
+fn regex_replace_all(args: &[Value]) -> Result<Value, FuncError> {
+    arity("regexReplaceAll", args, 3)?;
+    let re = regex("regexReplaceAll", &string("regexReplaceAll", &args[0])?)?;
+    let replacement = string("regexReplaceAll", &args[1])?;
+    let s = string("regexReplaceAll", &args[2])?;
+    Ok(re.replace_all(&s, replacement.as_str()).into_owned().into())
+}
+
+fn sha256_hex(args: &[Value]) -> Result<Value, FuncError> {
+    use sha2::Digest;
+    let s = one_string("sha256Hex", args)?;
+    let digest = sha2::Sha256::digest(s.as_bytes());
+    Ok(digest
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into())
+}
+
+/// JSON text as template data (objects are maps, numbers numbers).
+fn parse_json(args: &[Value]) -> Result<Value, FuncError> {
+    let s = one_string("parseJSON", args)?;
+    if s.trim().is_empty() {
+        return Ok(Value::Map(Default::default()));
+    }
+    // serde_json refuses nesting past 128 levels: no stack overflow here.
+    let json: serde_json::Value = serde_json::from_str(&s).map_err(|e| err("parseJSON", e))?;
+    Ok(from_json(json))
+}
+
+fn from_json(json: serde_json::Value) -> Value {
+    match json {
+        serde_json::Value::Null => Value::Nil,
+        serde_json::Value::Bool(b) => Value::Bool(b),
+        serde_json::Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => Value::from(u),
+            (_, Some(i), _) => Value::from(i),
+            (_, _, Some(f)) => Value::from(f),
+            _ => Value::Nil,
+        },
+        serde_json::Value::String(s) => Value::String(s),
+        serde_json::Value::Array(a) => Value::Array(a.into_iter().map(from_json).collect()),
+        serde_json::Value::Object(o) => {
+            Value::Map(o.into_iter().map(|(k, v)| (k, from_json(v))).collect())
+        }
+    }
+}
+
 /// consul-template's `plugin` runs a command: never from a template here.
 fn plugin(_args: &[Value]) -> Result<Value, FuncError> {
     Err(err(
@@ -445,6 +517,10 @@ mod tests {
         assert!(refused.contains("does not run commands"), "{refused}");
         let big = render_text("{{range loop 100000000}}x{{end}}").unwrap_err();
         assert!(big.contains("iterations"), "{big}");
+        let huge = render_text(r#"{{regexMatch "((a{1000}){1000}){1000}" "a"}}"#).unwrap_err();
+        assert!(huge.contains("regexMatch: pattern"), "{huge}");
+        let deep = render_text(&format!("{{{{parseJSON `{}`}}}}", "[".repeat(10_000))).unwrap_err();
+        assert!(deep.contains("parseJSON"), "{deep}");
         let zero = render_text("{{5 | divide 0}}").unwrap_err();
         assert!(zero.contains("division by zero"), "{zero}");
     }
