@@ -198,16 +198,22 @@ fn acl_denial_and_outages_reach_the_plugin_as_typed_errors() {
     run(&mut cmd).expect_code(1).stderr_has("unavailable: kv:");
 }
 
+/// A Consul server with the seed's blue instance, an env, and the seed's
+/// upstream template.
+async fn seed_blue_setup() -> (ConsulServer, Env, std::path::PathBuf) {
+    let server = ConsulServer::start(None);
+    register_seed_blue(&server).await;
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/bluegreen/templates/nginx-upstreams-blue.ctmpl");
+    (server, Env::new(), seed)
+}
+
 /// `runner template render` as `consul-template -template "in:out:cmd" -once`:
 /// the seed's own .ctmpl file renders from Consul data byte for byte, and the
 /// command runs only when the output changed.
 #[tokio::test]
 async fn template_render_command_renders_seed_files_and_runs_the_command_on_change() {
-    let server = ConsulServer::start(None);
-    register_seed_blue(&server).await;
-    let env = Env::new();
-    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/bluegreen/templates/nginx-upstreams-blue.ctmpl");
+    let (server, env, seed) = seed_blue_setup().await;
     let dest = env.path().join("books-ms.conf");
     let marker = env.path().join("reloads");
     let render = || {
@@ -248,11 +254,7 @@ async fn template_render_command_renders_seed_files_and_runs_the_command_on_chan
 /// `-dry`, which prints what would be written and writes nothing.
 #[tokio::test]
 async fn template_render_takes_consul_template_flags() {
-    let server = ConsulServer::start(None);
-    register_seed_blue(&server).await;
-    let env = Env::new();
-    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/bluegreen/templates/nginx-upstreams-blue.ctmpl");
+    let (server, env, seed) = seed_blue_setup().await;
     let dest = env.path().join("books-ms.conf");
     let address = server.url().trim_start_matches("http://").to_string();
     let mut cmd = env.runner();
