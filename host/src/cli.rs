@@ -534,31 +534,42 @@ pub fn consul_template_habits(
         ("-consul-addr", "--consul"),
         ("-exec-timeout", "--exec-timeout"),
     ];
-    let mut in_template = false;
-    args.into_iter()
-        .map(|arg| {
-            let Some(text) = arg.to_str() else {
-                return arg;
+    // Only `runner [GLOBAL FLAGS] template …`, and never after `--`: a
+    // value like `runner kv put k -- -dry` stays as typed.
+    const GLOBAL_WITH_VALUE: &[&str] =
+        &["--state-dir", "--consul", "--consul-token", "--cache-dir"];
+    let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let mut position = 1;
+    while let Some(arg) = args.get(position).and_then(|a| a.to_str()) {
+        if !arg.starts_with('-') {
+            break;
+        }
+        position += if GLOBAL_WITH_VALUE.contains(&arg) {
+            2
+        } else {
+            1
+        };
+    }
+    if args.get(position).and_then(|a| a.to_str()) != Some("template") {
+        return args;
+    }
+    for arg in args.iter_mut().skip(position + 1) {
+        let Some(text) = arg.to_str() else { continue };
+        if text == "--" {
+            break;
+        }
+        let (flag, value) = match text.split_once('=') {
+            Some((flag, value)) => (flag, Some(value)),
+            None => (text, None),
+        };
+        if let Some((_, long)) = LONG.iter().find(|(single, _)| *single == flag) {
+            *arg = match value {
+                Some(value) => format!("{long}={value}").into(),
+                None => (*long).into(),
             };
-            if text == "template" {
-                in_template = true;
-            }
-            if !in_template {
-                return arg;
-            }
-            let (flag, value) = match text.split_once('=') {
-                Some((flag, value)) => (flag, Some(value)),
-                None => (text, None),
-            };
-            match LONG.iter().find(|(single, _)| *single == flag) {
-                Some((_, long)) => match value {
-                    Some(value) => format!("{long}={value}").into(),
-                    None => (*long).into(),
-                },
-                None => arg,
-            }
-        })
-        .collect()
+        }
+    }
+    args
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), BadValue> {
@@ -610,6 +621,27 @@ mod tests {
         assert_eq!(
             args("runner exec -template"),
             ["runner", "exec", "-template"]
+        );
+        // Only the `template` subcommand, and nothing after `--`.
+        assert_eq!(
+            args("runner kv put template -- -dry"),
+            ["runner", "kv", "put", "template", "--", "-dry"]
+        );
+        assert_eq!(
+            args("runner --state-dir template template render -- -dry"),
+            [
+                "runner",
+                "--state-dir",
+                "template",
+                "template",
+                "render",
+                "--",
+                "-dry"
+            ]
+        );
+        assert_eq!(
+            args("runner --state-dir s template render -once"),
+            ["runner", "--state-dir", "s", "template", "render", "--once"]
         );
         let cli = Cli::parse_from(consul_template_habits(
             "runner template render -template in.ctmpl:out.conf:true -dry"

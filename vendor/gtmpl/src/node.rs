@@ -515,6 +515,11 @@ impl NumberNode {
         text: String,
         item_typ: &ItemType,
     ) -> Result<NumberNode, NodeError> {
+        // runner patch: Go's integer literals, parsed once.
+        let go_int = match *item_typ {
+            ItemType::ItemCharConstant => None,
+            _ => go_integer(&text),
+        };
         match *item_typ {
             ItemType::ItemCharConstant => unquote_char(&text, '\'')
                 .map(|c| NumberNode {
@@ -529,10 +534,10 @@ impl NumberNode {
                     value: Value::from(c as u64),
                 })
                 .ok_or(NodeError::UnquoteError),
-            _ if go_integer(&text).is_some() => {
-                // runner patch: Go's integer literals (strconv.ParseInt(s, 0, 64)):
-                // 0x hex, 0o and leading-0 octal, 0b binary, `_` separators.
-                let v = go_integer(&text).unwrap_or_default();
+            // strconv.ParseInt(s, 0, 64): 0x hex, 0o and leading-0 octal,
+            // 0b binary, `_` separators.
+            _ if go_int.is_some() => {
+                let v = go_int.unwrap_or_default();
                 let (is_i64, is_u64) = (i64::try_from(v).is_ok(), u64::try_from(v).is_ok());
                 let value = match (u64::try_from(v), i64::try_from(v)) {
                     (Ok(u), _) => Value::from(u),

@@ -74,18 +74,9 @@ pub fn print(p: &FormatParams, typ: char, val: &Value) -> Result<String, PrintEr
             'v' => printf_generic(p, go_value(val)),
             _ => return Err(PrintError::UnableToFormat(val.clone(), typ)),
         }),
-        Value::Map(ref m) => Ok(match typ {
-            'v' => {
-                let values: Vec<String> = m
-                    .iter()
-                    .map(|(k, v)| {
-                        let v_str = printf_generic(p, v);
-                        format!("{}:{}", k, v_str)
-                    })
-                    .collect();
-                let res = format!("map[{}]", values.join(" "));
-                printf_generic(p, res)
-            }
+        // runner patch: as `{{.}}` prints it (sorted keys, Go's forms).
+        Value::Map(_) => Ok(match typ {
+            'v' => printf_generic(p, go_value(val)),
             _ => return Err(PrintError::UnableToFormat(val.clone(), typ)),
         }),
         _ => Err(PrintError::UnableToFormat(val.clone(), typ)),

@@ -42,6 +42,28 @@ pub(super) const LIBRARY: &[(&str, Func)] = &[
     ("plugin", plugin),
 ];
 
+/// Largest string a function builds: the engine's value limit, checked
+/// before allocating (gtmpl checks a returned value only after it exists,
+/// and `replaceAll "" (a 1 MiB string)` would multiply one).
+const MAX_RESULT_BYTES: usize = super::engine::MAX_OUTPUT_BYTES;
+
+/// Most items a function makes a list of (`split`, `loop`): each item costs
+/// the host far more than its bytes.
+const MAX_ITEMS: usize = 100_000;
+
+/// Refuse a result of `len` bytes over [`MAX_RESULT_BYTES`].
+fn bounded(name: &str, len: usize) -> Result<(), FuncError> {
+    if len > MAX_RESULT_BYTES {
+        return Err(err(
+            name,
+            format_args!(
+                "the result would be {len} bytes, over the {MAX_RESULT_BYTES}-byte limit of a template value"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn err(name: &str, message: impl std::fmt::Display) -> FuncError {
     FuncError::Generic(format!("{name}: {message}"))
 }
@@ -115,6 +137,17 @@ fn split(args: &[Value]) -> Result<Value, FuncError> {
     if s.is_empty() {
         return Ok(Value::Array(vec![]));
     }
+    let count = if sep.is_empty() {
+        s.chars().count()
+    } else {
+        s.matches(sep.as_str()).count() + 1
+    };
+    if count > MAX_ITEMS {
+        return Err(err(
+            "split",
+            format_args!("{count} parts, more than {MAX_ITEMS}"),
+        ));
+    }
     let parts: Vec<Value> = if sep.is_empty() {
         s.chars().map(|c| Value::from(c.to_string())).collect()
     } else {
@@ -131,6 +164,9 @@ fn join(args: &[Value]) -> Result<Value, FuncError> {
         .iter()
         .map(|v| string("join", v))
         .collect::<Result<Vec<_>, _>>()?;
+    let len = items.iter().map(String::len).sum::<usize>()
+        + sep.len().saturating_mul(items.len().saturating_sub(1));
+    bounded("join", len)?;
     Ok(items.join(&sep).into())
 }
 
@@ -142,6 +178,14 @@ fn replace_all(args: &[Value]) -> Result<Value, FuncError> {
         string("replaceAll", &args[1])?,
         string("replaceAll", &args[2])?,
     );
+    let matches = if old.is_empty() {
+        s.chars().count() + 1
+    } else {
+        s.matches(old.as_str()).count()
+    };
+    let len = (s.len() - matches.saturating_mul(old.len()).min(s.len()))
+        .saturating_add(matches.saturating_mul(new.len()));
+    bounded("replaceAll", len)?;
     if old.is_empty() {
         // Go inserts NEW between every rune (and at both ends).
         let mut out = new.clone();
@@ -306,10 +350,6 @@ fn int(name: &str, v: &Value) -> Result<i64, FuncError> {
     }
 }
 
-/// Most iterations one `loop` yields: its list is built before the range
-/// walks it, so it is bounded here (the range's steps are charged too).
-const MAX_LOOP: i64 = 100_000;
-
 /// `loop N` is 0..N; `loop START STOP` is START..STOP.
 fn loop_range(args: &[Value]) -> Result<Value, FuncError> {
     let (start, stop) = match args {
@@ -317,10 +357,11 @@ fn loop_range(args: &[Value]) -> Result<Value, FuncError> {
         [a, b] => (int("loop", a)?, int("loop", b)?),
         _ => return Err(FuncError::AtLeastXArgs("loop".into(), 1)),
     };
-    if stop.saturating_sub(start) > MAX_LOOP {
+    // Its list is built before the range walks it: bounded here.
+    if stop.saturating_sub(start) > MAX_ITEMS as i64 {
         return Err(err(
             "loop",
-            format_args!("{start}..{stop} is more than {MAX_LOOP} iterations"),
+            format_args!("{start}..{stop} is more than {MAX_ITEMS} iterations"),
         ));
     }
     Ok(Value::Array((start..stop).map(Value::from).collect()))
@@ -387,7 +428,25 @@ fn regex_replace_all(args: &[Value]) -> Result<Value, FuncError> {
     let re = regex("regexReplaceAll", &string("regexReplaceAll", &args[0])?)?;
     let replacement = string("regexReplaceAll", &args[1])?;
     let s = string("regexReplaceAll", &args[2])?;
-    Ok(re.replace_all(&s, replacement.as_str()).into_owned().into())
+    // `Regex::replace_all`, bounded before each expansion: `$0$0…` can make
+    // one expansion far larger than the replacement text.
+    let dollars = replacement.matches('$').count();
+    let mut out = String::new();
+    let mut last = 0;
+    for caps in re.captures_iter(&s) {
+        let Some(whole) = caps.get(0) else { continue };
+        let at_most = out.len()
+            + (whole.start() - last)
+            + replacement.len()
+            + dollars.saturating_mul(whole.len());
+        bounded("regexReplaceAll", at_most)?;
+        out.push_str(&s[last..whole.start()]);
+        caps.expand(&replacement, &mut out);
+        last = whole.end();
+    }
+    bounded("regexReplaceAll", out.len() + (s.len() - last))?;
+    out.push_str(&s[last..]);
+    Ok(out.into())
 }
 
 fn sha256_hex(args: &[Value]) -> Result<Value, FuncError> {
@@ -502,6 +561,23 @@ mod tests {
                 "012 23",
             ),
             (
+                r#"{{regexMatch "^v[0-9]+$" "v12"}} {{"a1b22" | regexReplaceAll "([0-9]+)" "<$1>"}}"#,
+                "true a<1>b<22>",
+            ),
+            (
+                r#"{{"abc" | sha256Hex}}"#,
+                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            ),
+            (
+                r#"{{with parseJSON `{"b":[1,2],"a":"x"}`}}{{.a}} {{index .b 1}}{{end}}"#,
+                "x 2",
+            ),
+            // Maps print as Go prints them, with sorted keys, in both forms.
+            (
+                r#"{{$m := parseJSON `{"b":[1,"x"],"a":2}`}}{{$m}} {{printf "%v" $m}}"#,
+                "map[a:2 b:[1 x]] map[a:2 b:[1 x]]",
+            ),
+            (
                 r#"{{5 | add 2}} {{5 | subtract 2}} {{5 | multiply 2}} {{5 | divide 2}} {{5 | modulo 2}}"#,
                 "7 3 10 2 1",
             ),
@@ -521,6 +597,39 @@ mod tests {
         assert!(huge.contains("regexMatch: pattern"), "{huge}");
         let deep = render_text(&format!("{{{{parseJSON `{}`}}}}", "[".repeat(10_000))).unwrap_err();
         assert!(deep.contains("parseJSON"), "{deep}");
+        // Results multiplied from bounded inputs are refused before they
+        // are built, not after (the host would allocate them first).
+        let mib = r#"{{$m := printf "%1024s" "" | replaceAll " " (printf "%1024s" "")}}"#;
+        for (template, name) in [
+            (
+                format!(r#"{mib}{{{{$m | replaceAll "" $m}}}}"#),
+                "replaceAll",
+            ),
+            (
+                format!(r#"{mib}{{{{$m | replaceAll " " $m}}}}"#),
+                "replaceAll",
+            ),
+            (
+                format!(
+                    r#"{mib}{{{{join $m (split "," (printf "%99s" "" | replaceAll " " ","))}}}}"#
+                ),
+                "join",
+            ),
+            (
+                format!(
+                    r#"{mib}{{{{regexReplaceAll " " "$0$0$0$0$0$0$0$0$0$0$0$0$0$0$0$0$0$0$0$0" $m}}}}"#
+                ),
+                "regexReplaceAll",
+            ),
+            (
+                r#"{{split "," (printf "%1000s" "" | replaceAll " " (printf "%200s" "") | replaceAll " " ",")}}"#.to_string(),
+                "split",
+            ),
+        ] {
+            let refused = render_text(&template).unwrap_err();
+            let bounded = refused.contains("more than") || refused.contains("limit of a template value");
+            assert!(refused.contains(name) && bounded, "{template}: {refused}");
+        }
         let zero = render_text("{{5 | divide 0}}").unwrap_err();
         assert!(zero.contains("division by zero"), "{zero}");
     }
