@@ -64,7 +64,7 @@ impl CatalogCap {
 /// otherwise take first and so block or shadow another service's container.
 fn plugin_instance_id(id: &str) -> Result<(), PluginError> {
     names::instance_id(id).map_err(|e| e.to_plugin_error("catalog"))?;
-    if id.starts_with(crate::caps::docker::REGISTRATION_PREFIX) {
+    if crate::caps::docker::is_host_instance_id(id) {
         return Err(PluginError::InvalidConfig(format!(
             "catalog: instance ID \"{id}\" is reserved: IDs starting with \"{}\" are the host's, \
              for the containers it registers",

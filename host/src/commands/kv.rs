@@ -77,9 +77,7 @@ pub(super) async fn catalog(cli: &Cli, cmd: &CatalogCommand) -> Result<(), Comma
             let usage = |e: crate::names::InvalidName| CommandError::Usage(e.to_string());
             crate::names::service_name(service).map_err(usage)?;
             crate::names::instance_id(id).map_err(usage)?;
-            // `runner:` IDs are the Docker capability's registrations, which
-            // reconcile keeps true to the engine: not the operator's to write.
-            if id.starts_with(crate::caps::docker::REGISTRATION_PREFIX) {
+            if crate::caps::docker::is_host_instance_id(id) {
                 return Err(CommandError::Usage(format!(
                     "instance ID \"{id}\" starts with \"{}\", which runner keeps for the containers it runs; pick another --id",
                     crate::caps::docker::REGISTRATION_PREFIX

@@ -40,8 +40,8 @@ pub use engine::{
     EngineError, ImageInfo, ListFilter, PublishedPort, Restart,
 };
 pub use grant::{ContainerLimits, DockerGrant};
-pub(crate) use registration::REGISTRATION_PREFIX;
 pub use registration::{AddressPolicy, LABEL_MANAGED, LABEL_REGISTRY};
+pub(crate) use registration::{REGISTRATION_PREFIX, is_host_instance_id};
 pub use spec::DockerSpec;
 pub use status::{ContainerStatus, Reconciled, containers_named, reconcile};
 

@@ -24,6 +24,13 @@ pub const LABEL_REGISTRY: &str = "runner.registry";
 /// Catalog ids of instances runner registered: `runner:<container>:<port>`.
 pub(crate) const REGISTRATION_PREFIX: &str = "runner:";
 
+/// Whether `id` is one the host gives the containers it registers: neither
+/// a plugin nor the operator may write one (reconcile keeps them true to
+/// the engine, and another writer could block or shadow a container).
+pub(crate) fn is_host_instance_id(id: &str) -> bool {
+    id.starts_with(REGISTRATION_PREFIX)
+}
+
 /// The address a container's instance is registered at, with its
 /// published host port.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

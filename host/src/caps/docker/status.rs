@@ -3,7 +3,7 @@
 
 use super::engine::{ContainerEngine, ListFilter};
 use super::registration::{
-    LABEL_REGISTRY, LABEL_SERVICE, Owner, REGISTRATION_PREFIX, owner, registration,
+    LABEL_REGISTRY, LABEL_SERVICE, Owner, is_host_instance_id, owner, registration,
     same_registration,
 };
 use crate::bindings::PluginError;
@@ -102,7 +102,7 @@ pub async fn reconcile(
     let mut moved: HashSet<String> = HashSet::new();
     for service in registry.services().await.map_err(reg)? {
         for instance in registry.instances(&service).await.map_err(reg)? {
-            if !instance.id.starts_with(REGISTRATION_PREFIX) || moved.contains(&instance.id) {
+            if !is_host_instance_id(&instance.id) || moved.contains(&instance.id) {
                 continue;
             }
             match running.remove(&instance.id) {
