@@ -31,7 +31,7 @@ async fn register_seed_blue(server: &ConsulServer) {
             address: "10.100.198.201".into(),
             port: 32769,
             tags: vec![],
-            healthy: true,
+            ..Instance::default()
         })
         .await
         .unwrap();
@@ -44,9 +44,9 @@ async fn health_follows_the_service_check() {
     let server = ConsulServer::start(None);
     register_seed_blue(&server).await;
     let consul = server.registry();
-    assert!(consul.instances("books-ms-blue").await.unwrap()[0].healthy);
+    assert!(consul.instances("books-ms-blue").await.unwrap()[0].healthy());
     server.set_check("prod:books-ms-blue:8080", "critical");
-    assert!(!consul.instances("books-ms-blue").await.unwrap()[0].healthy);
+    assert!(!consul.instances("books-ms-blue").await.unwrap()[0].healthy());
 }
 
 /// A Consul lock is a session: an operator can break a held one (its

@@ -24,4 +24,5 @@ mod recovery;
 mod registry;
 mod sandbox;
 mod scaffold;
+mod template_oracle;
 mod template_watch;

@@ -225,7 +225,7 @@ async fn registries_sharing_an_engine_reconcile_only_their_own_containers() {
             address: "127.0.0.1".into(),
             port: f.host_port("old"),
             tags: vec![],
-            healthy: true,
+            ..Instance::default()
         })
         .await
         .unwrap();
@@ -274,7 +274,7 @@ async fn reconcile_makes_the_catalog_true_after_failed_registration_writes() {
             address: "127.0.0.1".into(),
             port: 1,
             tags: vec![],
-            healthy: true,
+            ..Instance::default()
         })
         .await
         .unwrap();
@@ -290,7 +290,7 @@ async fn reconcile_makes_the_catalog_true_after_failed_registration_writes() {
             address: "127.0.0.1".into(),
             port: f.host_port("renamed"),
             tags: vec![],
-            healthy: true,
+            ..Instance::default()
         })
         .await
         .unwrap();

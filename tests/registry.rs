@@ -125,7 +125,12 @@ async fn register_blue(env: &Env, address: &str, tags: &[&str], healthy: bool) {
             address: address.into(),
             port: 32769,
             tags: tags.iter().map(|t| t.to_string()).collect(),
-            healthy,
+            status: if healthy {
+                runner::registry::Health::Passing
+            } else {
+                runner::registry::Health::Critical
+            },
+            ..Instance::default()
         })
         .await
         .unwrap();
@@ -281,4 +286,53 @@ fn the_catalog_is_written_from_the_command_line() {
     catalog(&["register", "books/ms", "127.0.0.1:80"])
         .expect_code(2)
         .stderr_has("books/ms");
+    catalog(&["register", "db", "127.0.0.1:5432", "--status", "healthy"])
+        .expect_code(2)
+        .stderr_has("use passing, warning, critical or maintenance");
+    catalog(&["register", "db", "127.0.0.1:5432", "--meta", "=x"])
+        .expect_code(2)
+        .stderr_has("is not KEY=VALUE");
+    catalog(&["register", "db", "127.0.0.1:5432", "--node", "a/b"])
+        .expect_code(2)
+        .stderr_has("--node \"a/b\" is not a node name");
+    // Consul's agent decides the node and the status: refused, not dropped.
+    let mut consul = env.runner();
+    consul.args([
+        "--consul",
+        "http://127.0.0.1:9",
+        "catalog",
+        "register",
+        "db",
+    ]);
+    consul.args(["127.0.0.1:5432", "--status", "warning"]);
+    run(&mut consul)
+        .expect_code(2)
+        .stderr_has("are the embedded registry's");
+    // What templates read of an instance: its node, metadata and status.
+    catalog(&[
+        "register",
+        "db",
+        "127.0.0.1:5432",
+        "--node",
+        "db-host",
+        "--node-address",
+        "127.0.0.9",
+        "--meta",
+        "role=primary",
+        "--status",
+        "warning",
+    ])
+    .expect_code(0);
+    std::fs::write(
+        &tmpl,
+        "{{range service \"db|warning\"}}{{.Node}} {{.NodeAddress}} {{.ServiceMeta.role}} {{.Status}} {{range .Checks}}{{.CheckID}}={{.Status}}{{end}}{{end}}",
+    )
+    .unwrap();
+    let mut render = env.runner();
+    render.args(["template", "render"]).arg(&tmpl).arg(&out);
+    run(&mut render).expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "db-host 127.0.0.9 primary warning service:db=warning"
+    );
 }

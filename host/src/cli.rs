@@ -270,6 +270,10 @@ pub struct TemplateTargets {
     /// Time limit for each command.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub exec_timeout: Duration,
+    /// An environment variable templates may read with `env "NAME"`,
+    /// repeatable; templates read no other (consul-template reads them all).
+    #[arg(long = "env", value_name = "NAME")]
+    pub env: Vec<String>,
 }
 
 /// `SRC:DEST[:CMD]` (CMD may itself contain ':').
@@ -472,6 +476,7 @@ pub enum CatalogCommand {
     #[command(after_help = "Examples:\n  \
         runner catalog register books-ms 127.0.0.1:8081 --id books-ms-1 --tag blue\n  \
         runner catalog register books-ms 127.0.0.1:8082 --id books-ms-2 --tag green --critical\n  \
+        runner catalog register db 127.0.0.1:5432 --node db-host --meta role=primary --status warning\n  \
         runner catalog deregister books-ms books-ms-2")]
     Register {
         /// The service name (`[a-zA-Z0-9][a-zA-Z0-9._-]*`).
@@ -485,12 +490,43 @@ pub enum CatalogCommand {
         /// A tag, repeatable.
         #[arg(long = "tag", value_name = "TAG")]
         tags: Vec<String>,
-        /// Register it as failing its health check (templates' `service` skips it).
-        #[arg(long)]
+        /// Its health: passing, warning, critical or maintenance (templates'
+        /// plain `service "name"` lists only passing instances).
+        #[arg(long, value_name = "STATUS", value_parser = parse_health, default_value = "passing")]
+        status: crate::registry::Health,
+        /// Shorthand for `--status critical`.
+        #[arg(long, conflicts_with = "status")]
         critical: bool,
+        /// The node it runs on (templates' `.Node`) [default: this machine's host name].
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        /// The node's address (templates' `.NodeAddress`) [default: 127.0.0.1].
+        #[arg(long, value_name = "ADDRESS")]
+        node_address: Option<String>,
+        /// Service metadata KEY=VALUE (templates' `.ServiceMeta`), repeatable.
+        #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+        meta: Vec<(String, String)>,
     },
     /// Remove instance ID of SERVICE from the catalog (exit 1 if it is not there).
     Deregister { service: String, id: String },
+}
+
+fn parse_health(text: &str) -> Result<crate::registry::Health, BadValue> {
+    crate::registry::Health::parse(text).ok_or_else(|| {
+        BadValue(format!(
+            "\"{text}\" is not a status; use passing, warning, critical or maintenance"
+        ))
+    })
+}
+
+/// `KEY=VALUE` (the value may be empty or hold `=`).
+fn parse_meta(text: &str) -> Result<(String, String), BadValue> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(BadValue(format!(
+            "\"{text}\" is not KEY=VALUE, e.g. version=2.1"
+        ))),
+    }
 }
 
 /// `HOST:PORT`, `[V6]:PORT`.

@@ -55,8 +55,20 @@ struct Service {
     address: String,
     port: u16,
     tags: Vec<String>,
+    meta: serde_json::Value,
+    /// The agent's node (agent registrations), or the one
+    /// `/v1/catalog/register` named.
+    node: String,
+    node_address: String,
+    /// The agent registration's check (flipped by `set_check`).
     status: String,
+    /// Checks given to `/v1/catalog/register`, as Consul stores them; agent
+    /// registrations have the agent's `serfHealth` and a service check.
+    catalog_checks: Option<Vec<serde_json::Value>>,
 }
+
+/// The node agent registrations land on, as a one-agent Consul's.
+const AGENT_NODE: &str = "runner-test";
 
 #[derive(Default)]
 struct State {
@@ -106,9 +118,23 @@ impl ConsulServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let port = listener.local_addr().expect("front addr").port();
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Consul registers itself, on its own node, as every agent does.
+        let consul = Service {
+            id: "consul".into(),
+            name: "consul".into(),
+            address: String::new(),
+            port: 8300,
+            tags: vec![],
+            meta: serde_json::json!({}),
+            node: AGENT_NODE.into(),
+            node_address: "127.0.0.1".into(),
+            status: "passing".into(),
+            catalog_checks: Some(vec![]),
+        };
         let shared: Shared = Arc::new((
             Mutex::new(State {
                 token: token.map(str::to_string),
+                services: BTreeMap::from([("consul".to_string(), consul)]),
                 ..Default::default()
             }),
             std::sync::Condvar::new(),
@@ -211,6 +237,21 @@ impl ConsulServer {
     pub fn put(&self, key: &str, value: &str) {
         self.state()
             .kv("PUT", key, &BTreeMap::new(), value.as_bytes().to_vec());
+        self.shared.1.notify_all();
+    }
+
+    /// Register a service instance on a node through Consul's catalog API
+    /// (`PUT /v1/catalog/register`, as another Consul client would).
+    pub fn catalog_register(&self, body: &serde_json::Value) {
+        let token = self.state().token.clone();
+        let (status, text, _) = self.state().handle(
+            "PUT",
+            "/v1/catalog/register",
+            &BTreeMap::new(),
+            token,
+            body.to_string().into_bytes(),
+        );
+        assert_eq!(status, 200, "catalog register: {text}");
         self.shared.1.notify_all();
     }
 

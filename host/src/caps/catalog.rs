@@ -6,7 +6,7 @@ use crate::bindings::PluginError;
 use crate::bindings::runner::plugin::catalog;
 use crate::grants::{GrantError, InvalidGrant};
 use crate::names;
-use crate::registry::{Instance, Registry};
+use crate::registry::{Health, Instance, Registry};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,13 +75,14 @@ fn plugin_instance_id(id: &str) -> Result<(), PluginError> {
 }
 
 pub(crate) fn to_wit(i: Instance) -> catalog::Instance {
+    let healthy = i.healthy();
     catalog::Instance {
         id: i.id,
         name: i.name,
         address: i.address,
         port: i.port,
+        healthy,
         tags: i.tags,
-        healthy: i.healthy,
     }
 }
 
@@ -100,7 +101,7 @@ impl catalog::Host for CatalogCap {
                 .map_err(|e| registry_error("catalog", e))?;
             Ok(all
                 .into_iter()
-                .filter(|i| i.healthy || !healthy_only)
+                .filter(|i| i.healthy() || !healthy_only)
                 .map(to_wit)
                 .collect())
         })
@@ -128,7 +129,12 @@ impl catalog::Host for CatalogCap {
             address: instance.address,
             port: instance.port,
             tags: instance.tags,
-            healthy: instance.healthy,
+            status: if instance.healthy {
+                Health::Passing
+            } else {
+                Health::Critical
+            },
+            ..Instance::default()
         };
         bounded("catalog.register", self.timeout, async {
             self.registry

@@ -582,4 +582,23 @@ mod tests {
             "{err}"
         );
     }
+
+    /// Templates read only the environment variables granted by name.
+    #[test]
+    fn template_env_grants_are_names() {
+        let spec: GrantsSpec = toml::from_str("template_env = [\"REGION\", \"_X1\"]").unwrap();
+        let grants = spec.validate_with(&[], &[]).unwrap();
+        assert_eq!(grants.template.env, ["REGION", "_X1"]);
+        for bad in ["1X", "A-B", "", "A B", "PATH=/x"] {
+            let spec = GrantsSpec {
+                template: template::TemplateSpec {
+                    template_env: vec![bad.into()],
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let err = spec.validate_with(&[], &[]).unwrap_err().to_string();
+            assert!(err.contains("--allow-template-env"), "{bad}: {err}");
+        }
+    }
 }

@@ -3,7 +3,7 @@
 use super::CommandError;
 use super::host::{Host, Open};
 use crate::cli::{CatalogCommand, Cli, KvCommand};
-use crate::registry::{Instance, Registry};
+use crate::registry::{Health, Instance, Registry};
 use std::io::Write;
 
 pub(super) async fn kv(cli: &Cli, cmd: &KvCommand) -> Result<(), CommandError> {
@@ -71,12 +71,36 @@ pub(super) async fn catalog(cli: &Cli, cmd: &CatalogCommand) -> Result<(), Comma
             address: (address, port),
             id,
             tags,
+            status,
             critical,
+            node,
+            node_address,
+            meta,
         } => {
             let id = id.as_deref().unwrap_or(service);
             let usage = |e: crate::names::InvalidName| CommandError::Usage(e.to_string());
             crate::names::service_name(service).map_err(usage)?;
             crate::names::instance_id(id).map_err(usage)?;
+            // A Consul agent registers on its own node, and its checks decide
+            // the status: say so rather than drop what was asked.
+            let status = if *critical { Health::Critical } else { *status };
+            if cli.consul.is_some()
+                && (node.is_some() || node_address.is_some() || status != Health::Passing)
+            {
+                return Err(CommandError::Usage(
+                    "--node, --node-address and --status are the embedded registry's: a Consul \
+                     agent registers instances on its own node, with a TCP check deciding their status"
+                        .to_string(),
+                ));
+            }
+            if let Some(node) = node {
+                // Consul's node names are DNS-safe, as service names are.
+                crate::names::service_name(node).map_err(|_| {
+                    CommandError::Usage(format!(
+                        "--node \"{node}\" is not a node name: use letters, digits, '.', '_' and '-'"
+                    ))
+                })?;
+            }
             if crate::caps::docker::is_host_instance_id(id) {
                 return Err(CommandError::Usage(format!(
                     "instance ID \"{id}\" starts with \"{}\", which runner keeps for the containers it runs; pick another --id",
@@ -90,7 +114,11 @@ pub(super) async fn catalog(cli: &Cli, cmd: &CatalogCommand) -> Result<(), Comma
                     address: address.clone(),
                     port: *port,
                     tags: tags.clone(),
-                    healthy: !critical,
+                    status,
+                    node: node.clone().unwrap_or_default(),
+                    node_address: node_address.clone().unwrap_or_default(),
+                    meta: meta.iter().cloned().collect(),
+                    checks: Vec::new(),
                 })
                 .await?;
             tracing::info!("registered {service} instance {id} at {address}:{port}");
@@ -116,7 +144,7 @@ async fn list(registry: &dyn Registry, service: Option<&str>) -> Result<(), Comm
     writeln!(out, "SERVICE\tID\tADDRESS\tHEALTH\tTAGS")?;
     for name in names {
         for i in registry.instances(&name).await? {
-            let health = if i.healthy { "passing" } else { "critical" };
+            let health = i.status;
             writeln!(
                 out,
                 "{}\t{}\t{}:{}\t{}\t{}",

@@ -19,6 +19,12 @@ pub(super) async fn template(
                 exec_timeout: t.exec_timeout,
                 // `-` is stdout, as -dry: never a file named `-`.
                 dry: t.dry || dest.as_os_str() == "-",
+                // Granted but unset reads as empty, as consul-template's env.
+                env: t
+                    .env
+                    .iter()
+                    .map(|name| (name.clone(), std::env::var(name).unwrap_or_default()))
+                    .collect(),
             }
         };
         let positional = match (&t.src, &t.dest) {

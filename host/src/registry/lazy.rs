@@ -77,6 +77,9 @@ impl Catalog for LazyRegistry {
     async fn services(&self) -> Result<Vec<String>, RegistryError> {
         self.get().await?.services().await
     }
+    async fn service_summaries(&self) -> Result<Vec<super::ServiceSummary>, RegistryError> {
+        self.get().await?.service_summaries().await
+    }
     async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
         self.get().await?.register(instance).await
     }

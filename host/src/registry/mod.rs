@@ -48,15 +48,167 @@ pub struct KvEntry {
     pub modify_index: u64,
 }
 
-/// One instance of a service in the catalog.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// One instance of a service in the catalog, with what Consul's health
+/// endpoint says of it (consul-template's `service` fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Instance {
     pub id: String,
     pub name: String,
     pub address: String,
     pub port: u16,
     pub tags: Vec<String>,
-    pub healthy: bool,
+    /// The instance's status, aggregated from its checks as Consul does.
+    pub status: Health,
+    /// The node (Consul agent, or Docker host) the instance runs on; empty
+    /// when registering means the local node.
+    #[serde(default)]
+    pub node: String,
+    /// The node's address.
+    #[serde(default)]
+    pub node_address: String,
+    /// Service metadata (Consul's `ServiceMeta`).
+    #[serde(default)]
+    pub meta: std::collections::BTreeMap<String, String>,
+    /// The instance's health checks; empty when registering means one check
+    /// that has [`Instance::status`]. Backends fill them in when reading.
+    #[serde(default)]
+    pub checks: Vec<Check>,
+}
+
+impl Instance {
+    /// Passing: what a plain `service "name"` lists and what plugins call healthy.
+    pub fn healthy(&self) -> bool {
+        self.status == Health::Passing
+    }
+
+    /// The checks a registry without its own reports for an instance: one
+    /// service check with the instance's status, or Consul's maintenance-mode
+    /// check (critical, with the ID that marks maintenance).
+    pub fn synthesized_checks(&self) -> Vec<Check> {
+        let (check_id, name, status) = match self.status {
+            Health::Maintenance => (
+                format!("{SERVICE_MAINTENANCE_PREFIX}{}", self.id),
+                "Service Maintenance Mode".to_string(),
+                Health::Critical,
+            ),
+            status => (
+                format!("service:{}", self.id),
+                format!("Service '{}' check", self.name),
+                status,
+            ),
+        };
+        vec![Check {
+            node: self.node.clone(),
+            check_id,
+            name,
+            status: status.as_str().to_string(),
+            notes: String::new(),
+            output: String::new(),
+            service_id: self.id.clone(),
+            service_name: self.name.clone(),
+        }]
+    }
+}
+
+/// The check ID prefix Consul gives a service's maintenance-mode check.
+pub const SERVICE_MAINTENANCE_PREFIX: &str = "_service_maintenance:";
+/// The check ID Consul gives a node's maintenance-mode check.
+pub const NODE_MAINTENANCE: &str = "_node_maintenance";
+
+/// An instance's health, as Consul aggregates it from the checks.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    #[default]
+    Passing,
+    Warning,
+    Critical,
+    Maintenance,
+}
+
+impl Health {
+    pub const ALL: [Health; 4] = [
+        Health::Passing,
+        Health::Warning,
+        Health::Critical,
+        Health::Maintenance,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Passing => "passing",
+            Health::Warning => "warning",
+            Health::Critical => "critical",
+            Health::Maintenance => "maintenance",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Health> {
+        Health::ALL.into_iter().find(|h| h.as_str() == s)
+    }
+
+    /// Consul's `HealthChecks.AggregatedStatus`: maintenance wins, then
+    /// critical, warning, passing; no checks is passing. A status Consul does
+    /// not know counts as critical (Consul renders it as "").
+    pub fn aggregate<'a>(checks: impl IntoIterator<Item = (&'a str, &'a str)>) -> Health {
+        let mut worst = Health::Passing;
+        for (check_id, status) in checks {
+            let health = if check_id == NODE_MAINTENANCE
+                || check_id.starts_with(SERVICE_MAINTENANCE_PREFIX)
+            {
+                Health::Maintenance
+            } else {
+                match status {
+                    "passing" => Health::Passing,
+                    "warning" => Health::Warning,
+                    _ => Health::Critical,
+                }
+            };
+            worst = worst.max(health);
+        }
+        worst
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One health check of an instance (the fields of Consul's `HealthCheck`
+/// that templates read).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Check {
+    pub node: String,
+    pub check_id: String,
+    pub name: String,
+    /// passing, warning or critical (Consul's words, kept as given).
+    pub status: String,
+    pub notes: String,
+    pub output: String,
+    pub service_id: String,
+    pub service_name: String,
+}
+
+/// A service in the catalog: its name and its instances' tags, deduplicated
+/// and sorted (consul-template's `services`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -190,6 +342,24 @@ pub trait Catalog: Send + Sync {
     async fn instances(&self, service: &str) -> Result<Vec<Instance>, RegistryError>;
     /// The names of all registered services, sorted.
     async fn services(&self) -> Result<Vec<String>, RegistryError>;
+    /// Every service with its tags, sorted by name, as the catalog lists them
+    /// (Consul's own `consul` service included, which [`Catalog::services`]
+    /// leaves out).
+    async fn service_summaries(&self) -> Result<Vec<ServiceSummary>, RegistryError> {
+        let mut summaries = Vec::new();
+        for name in self.services().await? {
+            let mut tags: Vec<String> = self
+                .instances(&name)
+                .await?
+                .into_iter()
+                .flat_map(|i| i.tags)
+                .collect();
+            tags.sort();
+            tags.dedup();
+            summaries.push(ServiceSummary { name, tags });
+        }
+        Ok(summaries)
+    }
     /// Register (or replace) an instance; an ID another service owns is a
     /// [`RegistryError::Conflict`].
     async fn register(&self, instance: &Instance) -> Result<(), RegistryError>;

@@ -15,6 +15,26 @@ fn json(status: u16, body: serde_json::Value, index: u64) -> Reply {
     )
 }
 
+/// Tags as Consul takes them: a list of strings (null is none).
+fn string_list(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|t| {
+            t.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Service metadata as Consul answers it: an object, `{}` when none was given.
+fn meta(v: &serde_json::Value) -> serde_json::Value {
+    if v.is_object() {
+        v.clone()
+    } else {
+        serde_json::json!({})
+    }
+}
+
 fn text(status: u16, body: &str) -> Reply {
     (status, body.to_string(), vec![])
 }
@@ -98,8 +118,9 @@ impl State {
         }
         match (method, path) {
             ("GET", "/v1/catalog/services") => {
-                let mut all: BTreeMap<String, Vec<String>> =
-                    BTreeMap::from([("consul".to_string(), vec![])]);
+                // Each service's tags, once each, as Consul's state store
+                // collects them (its order is a map's: unspecified).
+                let mut all: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
                 for s in self.services.values() {
                     all.entry(s.name.clone())
                         .or_default()
@@ -135,19 +156,65 @@ impl State {
                     name,
                     address: v["Address"].as_str().unwrap_or_default().to_string(),
                     port: v["Port"].as_u64().unwrap_or(0) as u16,
-                    tags: v["Tags"]
-                        .as_array()
-                        .map(|t| {
-                            t.iter()
-                                .filter_map(|x| x.as_str().map(str::to_string))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    tags: string_list(&v["Tags"]),
+                    meta: v["Meta"].clone(),
+                    node: super::AGENT_NODE.into(),
+                    node_address: "127.0.0.1".into(),
                     status: "passing".into(),
+                    catalog_checks: None,
                 };
                 self.bump();
                 self.services.insert(service.id.clone(), service);
                 text(200, "")
+            }
+            // Consul's catalog registration of a service on any node: Node,
+            // Address, Service {ID, Service, Tags, Address, Port, Meta} and
+            // Check or Checks (each {CheckID, Name, Status, Notes, Output,
+            // ServiceID}).
+            ("PUT", "/v1/catalog/register") => {
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                    return text(400, "Request decode failed");
+                };
+                let node = v["Node"].as_str().unwrap_or_default().to_string();
+                let s = &v["Service"];
+                let name = s["Service"].as_str().unwrap_or_default().to_string();
+                if node.is_empty() || name.is_empty() {
+                    return text(400, "Must provide node and service");
+                }
+                let mut checks: Vec<serde_json::Value> = match &v["Checks"] {
+                    serde_json::Value::Array(list) => list.clone(),
+                    _ if v["Check"].is_object() => vec![v["Check"].clone()],
+                    _ => vec![],
+                };
+                for check in &mut checks {
+                    check["Node"] = serde_json::json!(node);
+                    for field in ["Notes", "Output", "ServiceID", "ServiceName"] {
+                        if check[field].is_null() {
+                            check[field] = serde_json::json!("");
+                        }
+                    }
+                    if check["ServiceID"] != "" {
+                        check["ServiceName"] = serde_json::json!(name);
+                    }
+                }
+                let service = Service {
+                    id: s["ID"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| name.clone()),
+                    name,
+                    address: s["Address"].as_str().unwrap_or_default().to_string(),
+                    port: s["Port"].as_u64().unwrap_or(0) as u16,
+                    tags: string_list(&s["Tags"]),
+                    meta: s["Meta"].clone(),
+                    node,
+                    node_address: v["Address"].as_str().unwrap_or_default().to_string(),
+                    status: String::new(),
+                    catalog_checks: Some(checks),
+                };
+                self.bump();
+                self.services.insert(service.id.clone(), service);
+                text(200, "true")
             }
             _ => {
                 if let Some(id) = path
@@ -195,7 +262,7 @@ impl State {
                         200,
                         serde_json::json!({
                             "Kind": "", "ID": s.id, "Service": s.name, "Tags": s.tags,
-                            "Meta": {}, "Port": s.port, "Address": s.address,
+                            "Meta": meta(&s.meta), "Port": s.port, "Address": s.address,
                             "Weights": {"Passing": 1, "Warning": 1}, "EnableTagOverride": false,
                             "ContentHash": "0", "Datacenter": "dc1",
                         }),
@@ -212,9 +279,9 @@ impl State {
                         .filter(|s| s.name == name)
                         .map(|s| {
                             serde_json::json!({
-                                "ID": "node-id", "Node": "runner-test", "Address": "127.0.0.1", "Datacenter": "dc1",
+                                "ID": "node-id", "Node": s.node, "Address": s.node_address, "Datacenter": "dc1",
                                 "TaggedAddresses": {}, "NodeMeta": {}, "ServiceID": s.id, "ServiceName": s.name,
-                                "ServiceAddress": s.address, "ServiceTags": s.tags, "ServiceMeta": {},
+                                "ServiceAddress": s.address, "ServiceTags": s.tags, "ServiceMeta": meta(&s.meta),
                                 "ServicePort": s.port, "ServiceEnableTagOverride": false,
                                 "CreateIndex": index, "ModifyIndex": index,
                             })
@@ -226,20 +293,28 @@ impl State {
                     .strip_prefix("/v1/health/service/")
                     .filter(|_| method == "GET")
                 {
+                    // `?passing`: only instances all of whose checks pass.
                     let passing_only = query.contains_key("passing");
                     let list: Vec<serde_json::Value> = self
                         .services
                         .values()
-                        .filter(|s| s.name == name && (!passing_only || s.status == "passing"))
+                        .filter(|s| s.name == name)
                         .map(|s| {
+                            let checks = s.catalog_checks.clone().unwrap_or_else(|| vec![
+                                serde_json::json!({"Node": s.node, "CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing", "Notes": "", "Output": "", "ServiceID": "", "ServiceName": ""}),
+                                serde_json::json!({"Node": s.node, "CheckID": format!("service:{}", s.id), "Name": format!("Service '{}' check", s.name), "Status": s.status, "Notes": "", "Output": "", "ServiceID": s.id, "ServiceName": s.name}),
+                            ]);
                             serde_json::json!({
-                                "Node": {"ID": "node-id", "Node": "runner-test", "Address": "127.0.0.1"},
-                                "Service": {"ID": s.id, "Service": s.name, "Tags": s.tags, "Address": s.address, "Port": s.port, "Meta": {}},
-                                "Checks": [
-                                    {"CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing", "Output": "", "ServiceID": "", "ServiceName": ""},
-                                    {"CheckID": format!("service:{}", s.id), "Name": format!("Service '{}' check", s.name), "Status": s.status, "Output": "", "ServiceID": s.id, "ServiceName": s.name},
-                                ],
+                                "Node": {"ID": "node-id", "Node": s.node, "Address": s.node_address, "Datacenter": "dc1"},
+                                "Service": {"ID": s.id, "Service": s.name, "Tags": s.tags, "Address": s.address, "Port": s.port, "Meta": meta(&s.meta)},
+                                "Checks": checks,
                             })
+                        })
+                        .filter(|entry| {
+                            !passing_only
+                                || entry["Checks"]
+                                    .as_array()
+                                    .is_some_and(|c| c.iter().all(|c| c["Status"] == "passing"))
                         })
                         .collect();
                     return json(200, list.into(), index);

@@ -147,6 +147,9 @@ pub enum ExecError {
     NoFiledFor(String, Value),
     #[error("variable {0} not found")]
     VariableNotFound(String),
+    /// `$x = …` with no `$x` declared (runner patch; Go's message).
+    #[error("undefined variable: {0}")]
+    UndefinedVariable(String),
 }
 
 #[derive(Error, Debug)]

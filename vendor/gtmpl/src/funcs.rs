@@ -1,23 +1,12 @@
 //! Builtin functions.
 use std::cmp::Ordering;
-use std::fmt::Write;
+use std::convert::TryFrom;
 
 use gtmpl_value::{Func, FuncError, Value};
-use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
+use crate::go_escape::{html_escape_string, js_escape_string, query_escape};
+use crate::print_verb::go_value;
 use crate::utils::is_true;
-
-const QUERY_ENCODE: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'<')
-    .add(b'>')
-    .add(b'#')
-    .add(b'`')
-    .add(b'`')
-    .add(b'?')
-    .add(b'{')
-    .add(b'}');
 
 pub static BUILTINS: &[(&str, Func)] = &[
     ("eq", eq as Func),
@@ -36,6 +25,10 @@ pub static BUILTINS: &[(&str, Func)] = &[
     ("printf", printf as Func),
     ("index", index as Func),
     ("call", call as Func),
+    // runner patch: Go's other builtins.
+    ("slice", slice as Func),
+    ("html", html as Func),
+    ("js", js as Func),
 ];
 
 macro_rules! val {
@@ -212,7 +205,8 @@ pub fn len(args: &[Value]) -> Result<Value, FuncError> {
     let len = match *arg {
         Value::String(ref s) => s.len(),
         Value::Array(ref a) => a.len(),
-        Value::Object(ref o) => o.len(),
+        // runner patch: maps have a length too.
+        Value::Object(ref o) | Value::Map(ref o) => o.len(),
         _ => {
             return Err(FuncError::Generic(format!("unable to call len on {}", arg)));
         }
@@ -260,22 +254,35 @@ pub fn call(args: &[Value]) -> Result<Value, FuncError> {
 /// assert_eq!(&equal.unwrap(), "Hello world!");
 /// ```
 pub fn print(args: &[Value]) -> Result<Value, FuncError> {
-    let mut no_space = true;
-    let mut s = String::new();
-    for val in args {
-        if let Value::String(ref v) = *val {
-            no_space = true;
-            s.push_str(v);
-        } else {
-            if no_space {
-                s += &val.to_string();
-            } else {
-                s += &format!(" {}", val.to_string())
-            }
-            no_space = false;
-        }
+    Ok(val!(go_sprint(args, false)))
+}
+
+/// `fmt.Sprint(args...)` as text/template hands the arguments over (runner
+/// patch): each printed as Go's `%v` prints it, a space between two
+/// operands when neither is a string. gtmpl printed lists and maps in Rust's
+/// debug form and nil as `nil`. With `escaper`, nil is first made the
+/// string `<no value>`, as Go's `evalArgs` (behind `html`, `js` and
+/// `urlquery`) does; `print` writes it `<nil>`.
+fn go_sprint(args: &[Value], escaper: bool) -> String {
+    if let (true, [Value::String(s)]) = (escaper, args) {
+        return s.clone();
     }
-    Ok(val!(s))
+    let mut out = String::new();
+    let mut prev_is_string = false;
+    for (i, arg) in args.iter().enumerate() {
+        let (text, is_string) = match arg {
+            Value::String(s) => (s.clone(), true),
+            Value::Nil | Value::NoValue if escaper => ("<no value>".to_string(), true),
+            Value::Nil | Value::NoValue => ("<nil>".to_string(), false),
+            other => (go_value(other), false),
+        };
+        if i > 0 && !is_string && !prev_is_string {
+            out.push(' ');
+        }
+        out.push_str(&text);
+        prev_is_string = is_string;
+    }
+    out
 }
 
 /// An implementation of golang's fmt.Sprintln
@@ -290,29 +297,19 @@ pub fn print(args: &[Value]) -> Result<Value, FuncError> {
 /// assert_eq!(&equal.unwrap(), "Hello world !\n");
 /// ```
 pub fn println(args: &[Value]) -> Result<Value, FuncError> {
-    let mut iter = args.iter();
-    let s = match iter.next() {
-        None => String::from("\n"),
-        Some(first_elt) => {
-            let (lower, _) = iter.size_hint();
-            let mut result = String::with_capacity(lower + 1);
-            if let Value::String(ref v) = *first_elt {
-                result.push_str(v);
-            } else {
-                write!(&mut result, "{}", first_elt).unwrap();
-            }
-            for elt in iter {
-                result.push(' ');
-                if let Value::String(ref v) = *elt {
-                    result.push_str(v);
-                } else {
-                    write!(&mut result, "{}", elt).unwrap();
-                }
-            }
-            result.push('\n');
-            result
+    // runner patch: each operand as Go's `%v` prints it (see `go_sprint`).
+    let mut s = String::new();
+    for (i, arg) in args.iter().enumerate() {
+        if i > 0 {
+            s.push(' ');
         }
-    };
+        match arg {
+            Value::String(v) => s.push_str(v),
+            Value::Nil | Value::NoValue => s.push_str("<nil>"),
+            other => s.push_str(&go_value(other)),
+        }
+    }
+    s.push('\n');
     Ok(val!(s))
 }
 
@@ -361,55 +358,201 @@ pub fn index(args: &[Value]) -> Result<Value, FuncError> {
     if args.len() < 2 {
         return Err(FuncError::AtLeastXArgs("index".into(), 2));
     }
-    let mut col = &args[0];
+    let mut col = args[0].clone();
     for val in &args[1..] {
-        col = get_item(col, val)?;
+        col = get_item(&col, val)?;
     }
 
-    Ok(col.clone())
+    Ok(col)
 }
 
-fn get_item<'a>(col: &'a Value, key: &Value) -> Result<&'a Value, FuncError> {
-    let ret = match (col, key) {
-        (&Value::Array(ref a), &Value::Number(ref n)) => {
-            if let Some(i) = n.as_u64() {
-                a.get(i as usize)
-            } else {
-                None
-            }
-        }
-        (&Value::Object(ref o), &Value::Number(ref n))
-        | (&Value::Map(ref o), &Value::Number(ref n)) => o.get(&n.to_string()),
-        (&Value::Object(ref o), &Value::String(ref s))
-        | (&Value::Map(ref o), &Value::String(ref s)) => o.get(s),
-        _ => None,
+// runner patch: as Go's `index`: a string's byte, a map's missing key as
+// the zero value of its element type, errors for indexes out of range.
+fn get_item(col: &Value, key: &Value) -> Result<Value, FuncError> {
+    let position = |len: usize| match key {
+        Value::Number(n) => match n.as_i64() {
+            Some(i) if i >= 0 && (i as u64) < len as u64 => Ok(i as usize),
+            Some(i) => Err(FuncError::Generic(format!(
+                "error calling index: index out of range: {}",
+                i
+            ))),
+            None => Err(FuncError::Generic(format!(
+                "error calling index: cannot index slice/array with type of {}",
+                key
+            ))),
+        },
+        _ => Err(FuncError::Generic(format!(
+            "error calling index: cannot index slice/array with type of {}",
+            key
+        ))),
     };
-    match *col {
-        Value::Map(_) => Ok(ret.unwrap_or(&Value::NoValue)),
-        _ => ret.ok_or_else(|| FuncError::Generic(format!("unable to get {} in {}", key, col))),
+    match (col, key) {
+        (Value::Array(a), _) => Ok(a[position(a.len())?].clone()),
+        (Value::String(s), _) => Ok(Value::from(s.as_bytes()[position(s.len())?])),
+        (Value::Object(o), Value::String(k)) => o
+            .get(k)
+            .cloned()
+            .ok_or_else(|| FuncError::Generic(format!("unable to get {} in {}", key, col))),
+        (Value::Map(o), Value::String(k)) => Ok(o
+            .get(k)
+            .cloned()
+            .unwrap_or_else(|| crate::utils::missing_map_value(o))),
+        (Value::Map(_), _) | (Value::Object(_), _) => Err(FuncError::Generic(format!(
+            "error calling index: value has type {}; should be string",
+            key
+        ))),
+        (Value::Nil, _) | (Value::NoValue, _) => Err(FuncError::Generic(
+            "error calling index: index of untyped nil".to_string(),
+        )),
+        _ => Err(FuncError::Generic(format!(
+            "error calling index: can't index item of type {}",
+            col
+        ))),
     }
 }
 
 /// Returns the escaped value of the textual representation of
 /// its arguments in a form suitable for embedding in a URL query.
 ///
+/// runner patch: as Go's `urlquery`, `url.QueryEscape` of `fmt.Sprint` of
+/// any number of arguments (gtmpl took one string and escaped less).
+///
 /// # Example
 /// ```
 /// use gtmpl::template;
 /// let url = template(r#"{{ urlquery "foo bar?" }}"#, 0);
-/// assert_eq!(&url.unwrap(), "foo%20bar%3F");
+/// assert_eq!(&url.unwrap(), "foo+bar%3F");
 /// ```
 pub fn urlquery(args: &[Value]) -> Result<Value, FuncError> {
-    if args.len() != 1 {
-        return Err(FuncError::ExactlyXArgs("urlquery".into(), 1));
+    Ok(val!(query_escape(&go_sprint(args, true))))
+}
+
+/// Returns the HTML-escaped text of its arguments, as Go's `html`
+/// (`HTMLEscapeString` of `fmt.Sprint` of them; runner patch).
+///
+/// # Example
+/// ```
+/// use gtmpl::template;
+/// let html = template(r#"{{ html "<a href='x'>" 1 2 }}"#, 0);
+/// assert_eq!(&html.unwrap(), "&lt;a href=&#39;x&#39;&gt;1 2");
+/// ```
+pub fn html(args: &[Value]) -> Result<Value, FuncError> {
+    Ok(val!(html_escape_string(&go_sprint(args, true))))
+}
+
+/// Returns the JavaScript-escaped text of its arguments, as Go's `js`
+/// (`JSEscapeString` of `fmt.Sprint` of them; runner patch).
+///
+/// # Example
+/// ```
+/// use gtmpl::template;
+/// let js = template(r#"{{ js "it's <b>" }}"#, 0);
+/// assert_eq!(&js.unwrap(), r"it\'s \u003Cb\u003E");
+/// ```
+pub fn js(args: &[Value]) -> Result<Value, FuncError> {
+    Ok(val!(js_escape_string(&go_sprint(args, true))))
+}
+
+/// Go's name for the type of `v`, in error messages (runner patch):
+/// template values carry no Go type, so this is the type Go would give the
+/// same value written in a template (`3` is an `int`) or decoded from JSON.
+fn go_type(v: &Value) -> &'static str {
+    match v {
+        Value::Bool(_) => "bool",
+        Value::String(_) => "string",
+        Value::Number(n) if n.as_f64().is_some() => "float64",
+        Value::Number(_) => "int",
+        Value::Array(_) => "[]interface {}",
+        Value::Object(_) | Value::Map(_) => "map[string]interface {}",
+        Value::Function(_) => "func",
+        Value::Nil | Value::NoValue => "nil",
     }
-    let val = &args[0];
-    match *val {
-        Value::String(ref s) => Ok(val!(utf8_percent_encode(s, QUERY_ENCODE).to_string())),
-        _ => Err(FuncError::Generic(
-            "Arguments need to be of type String".into(),
-        )),
+}
+
+/// Go's `indexArg`: an integer index in `0..=cap`.
+fn slice_index(index: &Value, cap: usize) -> Result<usize, String> {
+    let x: i64 = match index {
+        Value::Number(n) if n.as_f64().is_none() => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => i,
+            // Go refuses a constant past int64 as an argument.
+            (None, Some(u)) => return Err(format!("{} overflows int", u)),
+            (None, None) => return Err("cannot index slice/array with type int".into()),
+        },
+        Value::Nil | Value::NoValue => return Err("cannot index slice/array with nil".into()),
+        other => {
+            return Err(format!(
+                "cannot index slice/array with type {}",
+                go_type(other)
+            ))
+        }
+    };
+    match usize::try_from(x) {
+        Ok(i) if i <= cap => Ok(i),
+        _ => Err(format!("index out of range: {}", x)),
     }
+}
+
+/// Returns the result of slicing its first argument by the remaining
+/// arguments: `slice x 1 2` is, in Go syntax, `x[1:2]`, `slice x` is
+/// `x[:]`, `slice x 1` is `x[1:]` and `slice x 1 2 3` is `x[1:2:3]`. The
+/// first argument must be a string or a list (runner patch, Go 1.13's
+/// `slice`, with its errors).
+///
+/// A string is sliced by bytes, as in Go; a cut inside a UTF-8 sequence
+/// cannot be kept in a string value, so its broken bytes become U+FFFD.
+///
+/// # Example
+/// ```
+/// use gtmpl::template;
+/// let s = template(r#"{{ slice "hello" 1 3 }}"#, 0);
+/// assert_eq!(&s.unwrap(), "el");
+/// ```
+pub fn slice(args: &[Value]) -> Result<Value, FuncError> {
+    let fail = |msg: String| FuncError::Generic(format!("error calling slice: {}", msg));
+    let (item, indexes) = args.split_first().ok_or_else(|| {
+        FuncError::Generic("wrong number of args for slice: want at least 1 got 0".into())
+    })?;
+    if let Value::Nil | Value::NoValue = item {
+        return Err(fail("slice of untyped nil".into()));
+    }
+    if indexes.len() > 3 {
+        return Err(fail(format!("too many slice indexes: {}", indexes.len())));
+    }
+    let len = match item {
+        Value::String(_) if indexes.len() == 3 => {
+            return Err(fail("cannot 3-index slice a string".into()))
+        }
+        Value::String(s) => s.len(),
+        Value::Array(a) => a.len(),
+        other => return Err(fail(format!("can't slice item of type {}", go_type(other)))),
+    };
+    // A list's capacity is its length here (Go may have spare capacity).
+    let mut idx = [0, len, 0];
+    for (i, index) in indexes.iter().enumerate() {
+        idx[i] = slice_index(index, len).map_err(fail)?;
+    }
+    if idx[0] > idx[1] {
+        return Err(fail(format!(
+            "invalid slice index: {} > {}",
+            idx[0], idx[1]
+        )));
+    }
+    if indexes.len() == 3 && idx[1] > idx[2] {
+        return Err(fail(format!(
+            "invalid slice index: {} > {}",
+            idx[1], idx[2]
+        )));
+    }
+    let (from, to) = (idx[0], idx[1]);
+    Ok(match item {
+        Value::String(s) => {
+            let bytes = s.as_bytes().get(from..to).unwrap_or_default();
+            val!(String::from_utf8_lossy(bytes).into_owned())
+        }
+        Value::Array(a) => Value::Array(a.get(from..to).unwrap_or_default().to_vec()),
+        // Not reached: anything else was refused above.
+        other => other.clone(),
+    })
 }
 
 /// Returns the boolean truth of arg1 == arg2 [== arg3 ...]
@@ -424,9 +567,59 @@ pub fn eq(args: &[Value]) -> Result<Value, FuncError> {
     if args.len() < 2 {
         return Err(FuncError::AtLeastXArgs("eq".into(), 2));
     }
-    // runner patch: Go's `eq a b c` is a == b || a == c (gtmpl had "all").
+    // runner patch: Go's `eq a b c` is a == b || a == c (gtmpl had "all"),
+    // and values of different basic kinds are an error, not unequal.
     let first = &args[0];
-    Ok(Value::from(args.iter().skip(1).any(|x| *x == *first)))
+    for x in &args[1..] {
+        if go_equal(first, x)? {
+            return Ok(Value::from(true));
+        }
+    }
+    Ok(Value::from(false))
+}
+
+/// Go's basic kinds, as `eq` and `ne` compare them (runner patch).
+#[derive(PartialEq)]
+enum Kind {
+    Bool,
+    Int,
+    Float,
+    String,
+    Other,
+}
+
+fn kind(v: &Value) -> Kind {
+    match v {
+        Value::Bool(_) => Kind::Bool,
+        Value::Number(n) if n.as_f64().is_some() => Kind::Float,
+        Value::Number(_) => Kind::Int,
+        Value::String(_) => Kind::String,
+        _ => Kind::Other,
+    }
+}
+
+/// `a == b` as Go's text/template `eq` decides it (runner patch).
+fn go_equal(a: &Value, b: &Value) -> Result<bool, FuncError> {
+    let (ka, kb) = (kind(a), kind(b));
+    if ka == Kind::Other || kb == Kind::Other {
+        return Ok(a == b);
+    }
+    if ka != kb {
+        return Err(FuncError::Generic(
+            "error calling eq: incompatible types for comparison".to_string(),
+        ));
+    }
+    Ok(match (a, b) {
+        (Value::Number(x), Value::Number(y)) if ka == Kind::Int => {
+            let wide = |n: &gtmpl_value::Number| {
+                n.as_i64()
+                    .map(i128::from)
+                    .or_else(|| n.as_u64().map(i128::from))
+            };
+            wide(x) == wide(y)
+        }
+        _ => a == b,
+    })
 }
 
 gn!(
@@ -441,7 +634,7 @@ assert_eq!(&not_equal.unwrap(), \"true\");
 ```
 "]
 ne(a: ref Value, b: ref Value) -> Result<Value, FuncError> {
- Ok(Value::from(a != b))
+ Ok(Value::from(!go_equal(a, b)?))
 });
 
 gn!(
@@ -735,7 +928,14 @@ mod tests_mocked {
         let col = Value::from(o);
         let vals: Vec<Value> = vec![col, val!("foo2")];
         let ret = index(&vals);
-        assert_eq!(ret.unwrap(), Value::NoValue);
+        // runner patch: a map of strings gives "" for a missing key (Go's
+        // map[string]string); see `utils::missing_map_value`.
+        assert_eq!(ret.unwrap(), Value::from(""));
+
+        let mut o = HashMap::new();
+        o.insert(String::from("foo"), Value::from(1));
+        let vals: Vec<Value> = vec![Value::Map(o), val!("foo2")];
+        assert_eq!(index(&vals).unwrap(), Value::NoValue);
     }
 
     #[test]

@@ -18,6 +18,9 @@ lazy_static! {
         let mut m = HashMap::new();
         m.insert(".", ItemType::ItemDot);
         m.insert("block", ItemType::ItemBlock);
+        // runner patch: Go 1.18's loop control keywords.
+        m.insert("break", ItemType::ItemBreak);
+        m.insert("continue", ItemType::ItemContinue);
         m.insert("define", ItemType::ItemDefine);
         m.insert("end", ItemType::ItemEnd);
         m.insert("else", ItemType::ItemElse);
@@ -39,6 +42,7 @@ pub enum ItemType {
     ItemCharConstant, // character constant
     ItemComplex,      // complex constant (1+2i); imaginary is just a number
     ItemColonEquals,  // colon-equals (':=') introducing a declaration
+    ItemAssign,       // equals ('=') introducing an assignment (runner patch)
     ItemEOF,
     ItemField,      // alphanumeric identifier starting with '.'
     ItemIdentifier, // alphanumeric identifier not starting with '.'
@@ -56,6 +60,8 @@ pub enum ItemType {
     // Keywords, appear after all the rest.
     ItemKeyword,  // used only to delimit the keywords
     ItemBlock,    // block keyword
+    ItemBreak,    // break keyword (runner patch)
+    ItemContinue, // continue keyword (runner patch)
     ItemDot,      // the cursor, spelled '.'
     ItemDefine,   // define keyword
     ItemElse,     // else keyword
@@ -111,6 +117,10 @@ struct LexerStateMachine {
     items_sender: Sender<Item>, // channel of scanned items
     paren_depth: usize,         // nesting depth of ( ) exprs
     line: usize,                // 1+number of newlines seen
+    // runner patch: as Go, `break` and `continue` are identifiers when a
+    // function of that name is defined.
+    break_ok: bool,
+    continue_ok: bool,
 }
 
 #[derive(Debug)]
@@ -155,7 +165,14 @@ impl Iterator for Lexer {
 }
 
 impl Lexer {
+    #[cfg(test)]
     pub fn new(input: String) -> Lexer {
+        Lexer::with_keywords(input, true, true)
+    }
+
+    /// A lexer that reads `break` and `continue` as keywords only when
+    /// `break_ok` and `continue_ok` say so (runner patch, as Go's `lex`).
+    pub fn with_keywords(input: String, break_ok: bool, continue_ok: bool) -> Lexer {
         let (tx, rx) = channel();
         let mut l = LexerStateMachine {
             input,
@@ -166,6 +183,8 @@ impl Lexer {
             items_sender: tx,
             paren_depth: 0,
             line: 1,
+            break_ok,
+            continue_ok,
         };
         thread::spawn(move || l.run());
         Lexer {
@@ -231,7 +250,12 @@ impl LexerStateMachine {
     }
 
     fn backup(&mut self) {
-        self.pos -= 1;
+        // runner patch: back by the width of the rune read, as Go's
+        // `backup` (gtmpl went back one byte: into a multi-byte rune, which
+        // panicked the lexer thread, and before the end of the text after
+        // reading nothing, so a text ending in a space inside an action
+        // looped forever).
+        self.pos -= self.width;
         if self.width == 1
             && self.input[self.pos..]
                 .chars()
@@ -421,6 +445,11 @@ impl LexerStateMachine {
                         self.paren_depth -= 1;
                         State::LexInsideAction
                     }
+                    // runner patch: `=` assigns to a declared variable (Go 1.11).
+                    '=' => {
+                        self.emit(ItemType::ItemAssign);
+                        State::LexInsideAction
+                    }
                     ':' => match self.next() {
                         Some('=') => {
                             self.emit(ItemType::ItemColonEquals);
@@ -475,6 +504,8 @@ impl LexerStateMachine {
         }
         let item_type = match &self.input[self.start..self.pos] {
             "true" | "false" => ItemType::ItemBool,
+            "break" if !self.break_ok => ItemType::ItemIdentifier,
+            "continue" if !self.continue_ok => ItemType::ItemIdentifier,
             word if KEY.contains_key(word) => (*KEY.get(word).unwrap()).clone(),
             word if word.starts_with('.') => ItemType::ItemField,
             _ => ItemType::ItemIdentifier,
@@ -619,16 +650,17 @@ impl LexerStateMachine {
     }
 }
 
+// runner patch: Go's trim markers remove only its `spaceChars` (" \t\r\n"),
+// and `rtrim_len` counted a multi-byte last rune as one byte, so a trim
+// marker after such a rune (`€{{- x}}`) cut into it and panicked.
+const TRIM_SPACE: &[char] = &[' ', '\t', '\r', '\n'];
+
 fn rtrim_len(s: &str) -> usize {
-    match s.rfind(|c: char| !c.is_whitespace()) {
-        Some(i) => s.len() - 1 - i,
-        None => s.len(),
-    }
+    s.len() - s.trim_end_matches(TRIM_SPACE).len()
 }
 
 fn ltrim_len(s: &str) -> usize {
-    let l = s.len();
-    s.find(|c: char| !c.is_whitespace()).unwrap_or(l)
+    s.len() - s.trim_start_matches(TRIM_SPACE).len()
 }
 
 #[cfg(test)]

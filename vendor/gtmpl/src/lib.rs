@@ -10,6 +10,8 @@
 pub mod error;
 mod exec;
 pub mod funcs;
+mod go_escape;
+mod go_unicode;
 mod lexer;
 mod node;
 mod parse;

@@ -90,7 +90,11 @@ nodes!(
     RangeNode,
     Range,
     TemplateNode,
-    Template
+    Template,
+    BreakNode,
+    Break,
+    ContinueNode,
+    Continue
 );
 
 pub type Pos = usize;
@@ -138,7 +142,9 @@ impl Nodes {
             | Nodes::If(_)
             | Nodes::Range(_)
             | Nodes::Template(_)
-            | Nodes::With(_) => Ok(false),
+            | Nodes::With(_)
+            | Nodes::Break(_)
+            | Nodes::Continue(_) => Ok(false),
             _ => Err(NodeError::NaTN),
         }
     }
@@ -206,6 +212,8 @@ impl Display for TextNode {
 
 node!(
     PipeNode {
+        // runner patch: `$x = …` assigns to `decl` instead of declaring it.
+        is_assign: bool,
         decl: Vec<VariableNode>,
         cmds: Vec<CommandNode>
     }
@@ -217,6 +225,7 @@ impl PipeNode {
             typ: NodeType::Pipe,
             tr,
             pos,
+            is_assign: false,
             decl,
             cmds: vec![],
         }
@@ -234,12 +243,13 @@ impl Display for PipeNode {
         } else {
             write!(
                 f,
-                "{} := ",
+                "{} {} ",
                 self.decl
                     .iter()
                     .map(|n| n.to_string())
                     .collect::<Vec<String>>()
-                    .join(", ")
+                    .join(", "),
+                if self.is_assign { "=" } else { ":=" }
             )
         };
         decl.and_then(|_| {
@@ -552,7 +562,11 @@ impl NumberNode {
                     is_u64,
                     is_f64: false,
                     text,
-                    number_typ: if is_u64 { NumberType::U64 } else { NumberType::I64 },
+                    number_typ: if is_u64 {
+                        NumberType::U64
+                    } else {
+                        NumberType::I64
+                    },
                     value,
                 })
             }
@@ -609,7 +623,11 @@ impl NumberNode {
                     return Err(NodeError::NaN);
                 }
 
-                let value = if is_u64 {
+                // runner patch: a literal written as a float (`2.0`, `1e3`)
+                // is a float64, as Go's idealConstant makes it.
+                let value = if is_f64 {
+                    Value::from(as_f64)
+                } else if is_u64 {
                     Value::from(as_u64)
                 } else if is_i64 {
                     Value::from(as_i64)
@@ -827,6 +845,44 @@ impl Display for PipeOrString {
     }
 }
 
+node!(BreakNode {});
+
+impl BreakNode {
+    /// `{{break}}` (runner patch, Go 1.18).
+    pub fn new(tr: TreeId, pos: Pos) -> BreakNode {
+        BreakNode {
+            typ: NodeType::Break,
+            tr,
+            pos,
+        }
+    }
+}
+
+impl Display for BreakNode {
+    fn fmt(&self, f: &mut Formatter<'_>) -> Result<(), std::fmt::Error> {
+        write!(f, "{{{{break}}}}")
+    }
+}
+
+node!(ContinueNode {});
+
+impl ContinueNode {
+    /// `{{continue}}` (runner patch, Go 1.18).
+    pub fn new(tr: TreeId, pos: Pos) -> ContinueNode {
+        ContinueNode {
+            typ: NodeType::Continue,
+            tr,
+            pos,
+        }
+    }
+}
+
+impl Display for ContinueNode {
+    fn fmt(&self, f: &mut Formatter<'_>) -> Result<(), std::fmt::Error> {
+        write!(f, "{{{{continue}}}}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -862,7 +918,10 @@ fn go_integer(text: &str) -> Option<i128> {
         (8, b)
     } else if let Some(b) = lower.strip_prefix("0b") {
         (2, b)
-    } else if lower.len() > 1 && lower.starts_with('0') && lower.bytes().all(|c| c.is_ascii_digit() || c == b'_') {
+    } else if lower.len() > 1
+        && lower.starts_with('0')
+        && lower.bytes().all(|c| c.is_ascii_digit() || c == b'_')
+    {
         (8, &lower[1..])
     } else if lower.contains('_') && lower.bytes().all(|c| c.is_ascii_digit() || c == b'_') {
         (10, lower.as_str())
@@ -876,4 +935,3 @@ fn go_integer(text: &str) -> Option<i128> {
     let v = i128::from_str_radix(&body.replace('_', ""), radix).ok()?;
     Some(if negative { -v } else { v })
 }
-

@@ -27,6 +27,9 @@ pub struct Tree {
     id: TreeId,
     pub root: Option<Nodes>,
     vars: Vec<String>,
+    // runner patch: how many `range`s enclose the text being parsed, for
+    // `{{break}}` and `{{continue}}` (Go's `rangeDepth`, one per tree).
+    range_depth: usize,
 }
 
 impl Parser {
@@ -56,6 +59,7 @@ impl Tree {
             id,
             root: None,
             vars: vec![],
+            range_depth: 0,
         }
     }
 
@@ -71,9 +75,12 @@ pub fn parse(
     max_nesting: usize,
 ) -> Result<HashMap<String, Tree>, ParseError> {
     let mut p = Parser::new(name);
+    // runner patch: as Go, `break` and `continue` are keywords unless a
+    // function has the name.
+    let (break_ok, continue_ok) = (!funcs.contains("break"), !funcs.contains("continue"));
     p.funcs = funcs;
     p.max_nesting = max_nesting;
-    p.lex = Some(Lexer::new(text));
+    p.lex = Some(Lexer::with_keywords(text, break_ok, continue_ok));
     p.parse_tree()?;
     Ok(p.tree_set)
 }
@@ -339,6 +346,8 @@ impl Parser {
         let token = self.next_non_space_must("action")?;
         match token.typ {
             ItemType::ItemBlock => return self.block_control(),
+            ItemType::ItemBreak => return self.loop_control(true),
+            ItemType::ItemContinue => return self.loop_control(false),
             ItemType::ItemElse => return self.else_control(),
             ItemType::ItemEnd => return self.end_control(),
             ItemType::ItemIf => return self.if_control(),
@@ -354,6 +363,29 @@ impl Parser {
             pos,
             self.pipeline("command")?,
         )))
+    }
+
+    /// `{{break}}` or `{{continue}}`, the keyword past (runner patch, Go
+    /// 1.18): only inside a `{{range}}` of the same template.
+    fn loop_control(&mut self, is_break: bool) -> Result<Nodes, ParseError> {
+        let context = if is_break {
+            "{{break}}"
+        } else {
+            "{{continue}}"
+        };
+        let token = self.next_non_space_must(context)?;
+        if token.typ != ItemType::ItemRightDelim {
+            return Err(self.unexpected(&token, context));
+        }
+        let range_depth = self.tree.as_ref().map_or(0, |t| t.range_depth);
+        if range_depth == 0 {
+            return self.error(&format!("{} outside {{{{range}}}}", context));
+        }
+        Ok(if is_break {
+            Nodes::Break(BreakNode::new(self.tree_id, token.pos))
+        } else {
+            Nodes::Continue(ContinueNode::new(self.tree_id, token.pos))
+        })
     }
 
     /// Runs one level of recursive descent, refusing to go deeper than
@@ -390,7 +422,22 @@ impl Parser {
             .map(|t| t.vars.len())
             .ok_or(ParseError::NoTree)?;
         let pipe = self.pipeline(context)?;
+        // runner patch: `{{break}}` and `{{continue}}` may appear in a
+        // range's body, not in its else branch, as in Go.
+        let is_range = context == "range";
+        if is_range {
+            if let Some(t) = self.tree.as_mut() {
+                t.range_depth += 1;
+            }
+        }
         let (list, next) = self.item_list()?;
+        if is_range {
+            if let Some(t) = self.tree.as_mut() {
+                // Saturating, should this ever run with the tree of a
+                // `block` the body began current.
+                t.range_depth = t.range_depth.saturating_sub(1);
+            }
+        }
         let else_list = match *next.typ() {
             NodeType::End => None,
             NodeType::Else => {
@@ -525,46 +572,51 @@ impl Parser {
 
     fn pipeline(&mut self, context: &str) -> Result<PipeNode, ParseError> {
         let mut decl = vec![];
-        let mut token = self.next_non_space_must("pipeline")?;
-        let pos = token.pos;
-        // TODO: test this hard!
-        if token.typ == ItemType::ItemVariable {
-            while token.typ == ItemType::ItemVariable {
-                let token_after_var = self.next_must("variable")?;
-                let next = if token_after_var.typ == ItemType::ItemSpace {
-                    let next = self.next_non_space_must("variable")?;
-                    if next.typ != ItemType::ItemColonEquals
-                        && !(next.typ == ItemType::ItemChar && next.val == ",")
-                    {
-                        self.backup3(token, token_after_var, next);
-                        break;
-                    }
-                    next
-                } else {
-                    token_after_var
-                };
-                if next.typ == ItemType::ItemColonEquals
-                    || (next.typ == ItemType::ItemChar && next.val == ",")
-                {
-                    let variable = VariableNode::new(self.tree_id, token.pos, &token.val);
-                    self.add_var(token.val.clone())?;
-                    decl.push(variable);
-                    if next.typ == ItemType::ItemChar && next.val == "," {
-                        if context == "range" && decl.len() < 2 {
-                            token = self.next_non_space_must("variable")?;
-                            continue;
-                        }
-                        return self.error(&format!("to many decalarations in {}", context));
-                    }
-                } else {
-                    self.backup2(token, next);
-                }
+        // runner patch: `$x = pipeline` assigns (Go 1.11); the declarations
+        // follow Go 1.19's `pipeline`, which, for either `:=` or `=`, makes
+        // the variable known to the rest of the scope (an assignment to an
+        // undeclared variable fails when executed, as in Go).
+        let mut is_assign = false;
+        let pos = self.peek_non_space_must("pipeline")?.pos;
+        loop {
+            let v = self.next_non_space_must("pipeline")?;
+            if v.typ != ItemType::ItemVariable {
+                self.backup(v);
                 break;
             }
-        } else {
-            self.backup(token);
+            let token_after_var = self.next_must("variable")?;
+            let (space, next) = if token_after_var.typ == ItemType::ItemSpace {
+                (Some(token_after_var), self.next_non_space_must("variable")?)
+            } else {
+                (None, token_after_var)
+            };
+            let comma = next.typ == ItemType::ItemChar && next.val == ",";
+            if next.typ == ItemType::ItemColonEquals || next.typ == ItemType::ItemAssign {
+                is_assign = next.typ == ItemType::ItemAssign;
+                decl.push(VariableNode::new(self.tree_id, v.pos, &v.val));
+                self.add_var(v.val)?;
+            } else if comma {
+                decl.push(VariableNode::new(self.tree_id, v.pos, &v.val));
+                self.add_var(v.val)?;
+                if context == "range" && decl.len() < 2 {
+                    match self.peek_non_space_must("variable")?.typ {
+                        ItemType::ItemVariable
+                        | ItemType::ItemRightDelim
+                        | ItemType::ItemRightParen => continue,
+                        _ => return self.error("range can only initialize variables"),
+                    }
+                }
+                return self.error(&format!("too many declarations in {}", context));
+            } else {
+                match space {
+                    Some(space) => self.backup3(v, space, next),
+                    None => self.backup2(v, next),
+                }
+            }
+            break;
         }
         let mut pipe = PipeNode::new(self.tree_id, pos, decl);
+        pipe.is_assign = is_assign;
         let mut token = self.next_non_space_must("pipeline")?;
         loop {
             match token.typ {
@@ -912,7 +964,13 @@ mod tests_mocked {
     #[test]
     fn test_display() {
         let raw = r#"{{if .}}2000{{else}} 3000 {{end}}"#;
-        let mut ts = parse(String::default(), String::from(raw), HashSet::default()).unwrap();
+        let mut ts = parse(
+            String::default(),
+            String::from(raw),
+            HashSet::default(),
+            usize::MAX,
+        )
+        .unwrap();
         let tree = ts.get_mut("").unwrap();
         if let Some(ref root) = tree.root {
             assert_eq!(raw, format!("{}", root))

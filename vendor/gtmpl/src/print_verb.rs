@@ -55,14 +55,27 @@ pub fn print(p: &FormatParams, typ: char, val: &Value) -> Result<String, PrintEr
                 'e' => printf_e(p, f),
                 'E' => printf_ee(p, f),
                 'f' | 'F' => printf_generic(p, f),
+                // runner patch: `%v` (and the shortest `%g`) as Go writes a float64.
+                'v' | 'g' if p.precision.is_none() => printf_generic(p, go_float(f)),
                 _ => return Err(PrintError::UnableToFormat(val.clone(), typ)),
             })
         }
+        // runner patch: nil prints as Go's `%v` prints it.
+        Value::Nil | Value::NoValue if typ == 'v' => Ok(printf_generic(p, "<nil>")),
         Value::Bool(ref b) => Ok(match typ {
             'v' | 't' => printf_generic(p, b),
             _ => return Err(PrintError::UnableToFormat(val.clone(), typ)),
         }),
         Value::String(ref s) => Ok(match typ {
+            // runner patch: Go pads a string with zeros too (`%05s`).
+            's' | 'v' if p.zero && !p.minus && p.width > s.chars().count() => {
+                let shown: String = match p.precision {
+                    Some(pr) => s.chars().take(pr).collect(),
+                    None => s.clone(),
+                };
+                let pad = p.width.saturating_sub(shown.chars().count());
+                format!("{}{}", "0".repeat(pad), shown)
+            }
             's' | 'v' => printf_generic(p, s),
             'x' => printf_x(p, Hexer::from(s.as_str())),
             'X' => printf_xx(p, Hexer::from(s.as_str())),
@@ -164,6 +177,10 @@ fn printf_generic<D: fmt::Display>(p: &FormatParams, c: D) -> String {
             ('#', '0', '+', '_', _) => format!("{:+#0width$.pr$}", c, width = p.width, pr = pr),
             ('_', '0', '+', '_', _) => format!("{:+0width$.pr$}", c, width = p.width, pr = pr),
             ('#', '0', '_', '_', _) => format!("{:#0width$.pr$}", c, width = p.width, pr = pr),
+            // runner patch: `%05.2f` pads with zeros (gtmpl fell through to spaces).
+            ('_', '0', '_', '_', _) => format!("{:0width$.pr$}", c, width = p.width, pr = pr),
+            // runner patch: `-` alone left-aligns (and Go ignores `0` with it).
+            ('_', _, '_', '-', _) => format!("{:<width$.pr$}", c, width = p.width, pr = pr),
             ('#', '_', '+', '-', _) => format!("{:<+#width$.pr$}", c, width = p.width, pr = pr),
             ('_', '_', '+', '-', _) => format!("{:<+width$.pr$}", c, width = p.width, pr = pr),
             ('#', '_', '_', '-', _) => format!("{:<#width$.pr$}", c, width = p.width, pr = pr),
@@ -180,6 +197,8 @@ fn printf_generic<D: fmt::Display>(p: &FormatParams, c: D) -> String {
             ('#', '0', '+', '_', _) => format!("{:+#0width$}", c, width = p.width),
             ('_', '0', '+', '_', _) => format!("{:+0width$}", c, width = p.width),
             ('#', '0', '_', '_', _) => format!("{:#0width$}", c, width = p.width),
+            ('_', '0', '_', '_', _) => format!("{:0width$}", c, width = p.width),
+            ('_', _, '_', '-', _) => format!("{:<width$}", c, width = p.width),
             ('#', '_', '+', '-', _) => format!("{:<+#width$}", c, width = p.width),
             ('_', '_', '+', '-', _) => format!("{:<+width$}", c, width = p.width),
             ('#', '_', '_', '-', _) => format!("{:<#width$}", c, width = p.width),
@@ -284,7 +303,37 @@ pub fn go_value(val: &Value) -> String {
                 .collect();
             format!("map[{}]", items.join(" "))
         }
+        Value::Number(n) => match n.as_f64() {
+            Some(f) => go_float(f),
+            None => n.to_string(),
+        },
         other => other.to_string(),
+    }
+}
+
+/// A float as Go's `%v` writes it (`strconv.FormatFloat(f, 'g', -1, 64)`
+/// with fmt's exponent threshold): the shortest digits that read back as
+/// `f`, in exponent form when the exponent is below -4 or 6 and above
+/// (`1e+06`), as `%g` with the shortest precision decides (runner patch).
+pub fn go_float(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".to_string();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "+Inf" } else { "-Inf" }.to_string();
+    }
+    if f == 0.0 {
+        return if f.is_sign_negative() { "-0" } else { "0" }.to_string();
+    }
+    // Rust's `{:e}` is the shortest round-trip digits: `1.5e3`.
+    let sci = format!("{:e}", f);
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if exp < -4 || exp >= 6 {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{}{:02}", mantissa, sign, exp.abs())
+    } else {
+        format!("{}", f)
     }
 }
 

@@ -1,5 +1,5 @@
-use std::convert::TryFrom;
 use std::char;
+use std::convert::TryFrom;
 
 use gtmpl_value::{FromValue, Value};
 

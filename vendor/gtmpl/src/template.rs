@@ -15,6 +15,10 @@ pub struct Template {
     pub tree_set: HashMap<String, Tree>,
     /// Bounds on parsing and executing (runner patch).
     pub limits: Limits,
+    /// Whether templates may call consul-template's `executeTemplate NAME
+    /// [DATA]` (runner patch, off by default; see
+    /// [`Template::enable_execute_template`]). Set it before parsing.
+    pub execute_template: bool,
 }
 
 impl Default for Template {
@@ -25,6 +29,7 @@ impl Default for Template {
             funcs: BUILTINS.iter().map(|&(k, v)| (k.to_owned(), v)).collect(),
             tree_set: HashMap::default(),
             limits: Limits::default(),
+            execute_template: false,
         }
     }
 }
@@ -84,6 +89,40 @@ impl Template {
             .extend(funcs.iter().cloned().map(|(k, v)| (k.into(), v)));
     }
 
+    /// Lets templates call consul-template's `executeTemplate NAME [DATA]`
+    /// (runner patch): it renders the template NAME (a `define` or `block`)
+    /// with DATA as dot (nil without it) and returns the output as a string.
+    /// It is a builtin of the executor, ahead of any function added under
+    /// that name, and is bounded as `{{template}}` is: it counts towards
+    /// `limits.max_template_depth` and the step budget, and its output
+    /// towards `limits.max_value_bytes`. Call it before [`Template::parse`].
+    ///
+    /// ## Example
+    ///
+    /// ```rust
+    /// use gtmpl::Context;
+    ///
+    /// let mut tmpl = gtmpl::Template::default();
+    /// tmpl.enable_execute_template();
+    /// tmpl.parse(r#"{{define "t"}}<{{.}}>{{end}}{{executeTemplate "t" "x" | len}}"#)
+    ///     .unwrap();
+    /// assert_eq!(tmpl.render(&Context::empty()).unwrap(), "3");
+    /// ```
+    pub fn enable_execute_template(&mut self) -> &mut Self {
+        self.execute_template = true;
+        self
+    }
+
+    /// The function names the parser accepts (runner patch: with the
+    /// executor's own `executeTemplate` when enabled).
+    fn func_names(&self) -> std::collections::HashSet<String> {
+        let mut names: std::collections::HashSet<String> = self.funcs.keys().cloned().collect();
+        if self.execute_template {
+            names.insert("executeTemplate".to_string());
+        }
+        names
+    }
+
     /// Parse the given `text` as template body.
     ///
     /// ## Example
@@ -96,7 +135,7 @@ impl Template {
         let tree_set = parse(
             self.name.clone(),
             text.into(),
-            self.funcs.keys().cloned().collect(),
+            self.func_names(),
             self.limits.max_syntax_nesting,
         )?;
         self.tree_set.extend(tree_set);
@@ -124,7 +163,7 @@ impl Template {
         let tree_set = parse(
             name.into(),
             text.into(),
-            self.funcs.keys().cloned().collect(),
+            self.func_names(),
             self.limits.max_syntax_nesting,
         )?;
         self.tree_set.extend(tree_set);

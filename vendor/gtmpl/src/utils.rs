@@ -183,7 +183,22 @@ mod tests {
     fn test_is_true() {
         let t = Value::from(1i8);
         assert!(is_true(&t));
+        // runner patch: 0 is false, as in Go (upstream's test said true,
+        // which `is_true` never gave).
         let t = Value::from(0u32);
-        assert!(is_true(&t));
+        assert!(!is_true(&t));
+    }
+}
+
+/// runner patch: what Go gives for a key a map lacks, the zero value of its
+/// element type. gtmpl's maps are untyped, so a map whose values are all
+/// strings (service metadata, `map[string]string` in consul-template) gives
+/// `""`, and any other (`parseJSON`'s `map[string]interface{}`) gives nil,
+/// printed `<no value>`.
+pub fn missing_map_value(map: &std::collections::HashMap<String, Value>) -> Value {
+    if map.values().all(|v| matches!(v, Value::String(_))) {
+        Value::String(String::new())
+    } else {
+        Value::NoValue
     }
 }

@@ -115,7 +115,7 @@ pub(super) fn registration(info: &ContainerInfo, policy: &AddressPolicy) -> Opti
                     .collect()
             })
             .unwrap_or_default(),
-        healthy: true,
+        ..Instance::default()
     })
 }
 
@@ -229,11 +229,12 @@ mod tests {
             address: "127.0.0.1".into(),
             port: 32769,
             tags: vec!["v1".into(), "blue".into()],
-            healthy: false,
+            status: crate::registry::Health::Critical,
+            ..Instance::default()
         };
         let current = Instance {
             tags: vec!["blue".into(), "v1".into()],
-            healthy: true,
+            status: crate::registry::Health::Passing,
             ..registered.clone()
         };
         assert!(same_registration(&registered, &current));

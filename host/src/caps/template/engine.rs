@@ -35,10 +35,10 @@
 //! render still stops by itself at the step budget or [`MAX_RENDER_TIME`]),
 //! and turns any panic left in gtmpl into [`RenderError::Panicked`].
 
-use crate::registry::{Instance, KvEntry};
+use crate::registry::{Instance, KvEntry, ServiceSummary};
 use gtmpl::{Context, ExecError, FuncError, Limits, ParseError, PrintError, Template, Value};
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,7 +79,9 @@ pub struct Snapshot {
     pub services: HashMap<String, Vec<Instance>>,
     pub keys: HashMap<String, Option<Vec<u8>>>,
     pub prefixes: HashMap<String, Vec<KvEntry>>,
-    pub service_names: Option<Vec<String>>,
+    pub service_summaries: Option<Vec<ServiceSummary>>,
+    /// The environment variables granted to templates (`env`), by name.
+    pub env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,13 +141,18 @@ pub trait DataSource {
         dep: &Dependency,
         into: &mut Snapshot,
     ) -> impl std::future::Future<Output = Result<(), crate::bindings::PluginError>> + Send;
+
+    /// The environment variables templates may read (`env`), by name.
+    fn granted_env(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
 }
 
 const MAX_PASSES: usize = 8;
 
 #[derive(Debug)]
-struct Scope {
-    snapshot: Snapshot,
+pub(super) struct Scope {
+    pub(super) snapshot: Snapshot,
     missing: BTreeSet<Dependency>,
     /// Why a dependency was refused (an invalid name, too many of them).
     refused: Option<String>,
@@ -158,7 +165,7 @@ pub const MAX_DEPENDENCIES: usize = 4096;
 impl Scope {
     /// Record data a pass needs. Names are checked here, as a direct read
     /// checks them, so a template cannot hold unbounded names either.
-    fn need(&mut self, dep: Dependency) {
+    pub(super) fn need(&mut self, dep: Dependency) {
         if self.refused.is_some() || self.missing.contains(&dep) {
             return;
         }
@@ -228,7 +235,7 @@ impl Drop for ScopeGuard {
     }
 }
 
-fn with_scope<T>(f: impl FnOnce(&mut Scope) -> T) -> Result<T, FuncError> {
+pub(super) fn with_scope<T>(f: impl FnOnce(&mut Scope) -> T) -> Result<T, FuncError> {
     SCOPE.with(|s| match s.borrow_mut().as_mut() {
         Some(scope) => Ok(f(scope)),
         None => Err(FuncError::Generic(
@@ -244,7 +251,10 @@ pub async fn render(text: &str, source: &impl DataSource) -> Result<String, Rend
         return Err(RenderError::TextTooLarge(text.len()).into());
     }
     let text: Arc<str> = Arc::from(text);
-    let mut snapshot = Snapshot::default();
+    let mut snapshot = Snapshot {
+        env: source.granted_env(),
+        ..Snapshot::default()
+    };
     for _ in 0..MAX_PASSES {
         let (result, scope) = render_pass(text.clone(), snapshot).await?;
         snapshot = scope.snapshot;
@@ -392,15 +402,13 @@ fn parse(text: &str) -> Result<Template, RenderError> {
     template.add_funcs(&[
         // Overrides gtmpl's own, to bound widths.
         ("printf", printf as gtmpl::Func),
-        ("service", service as gtmpl::Func),
-        ("services", services as gtmpl::Func),
-        ("key", key as gtmpl::Func),
-        ("keyOrDefault", key_or_default as gtmpl::Func),
-        ("keyExists", key_exists as gtmpl::Func),
-        ("ls", ls as gtmpl::Func),
-        ("tree", tree as gtmpl::Func),
     ]);
+    template.add_funcs(super::data::DATA_FUNCTIONS);
     template.add_funcs(super::funcs::LIBRARY);
+    template.add_funcs(super::encoding::ENCODING_FUNCTIONS);
+    template.add_funcs(super::math::MATH_FUNCTIONS);
+    // consul-template's `executeTemplate`, bounded as `{{template}}` is.
+    template.enable_execute_template();
     template.parse(text).map_err(|e| match e {
         ParseError::TooDeep(n) => RenderError::SyntaxTooDeep(n),
         e => RenderError::Parse(truncate(e.to_string())),
@@ -413,7 +421,7 @@ fn printf(args: &[Value]) -> Result<Value, FuncError> {
     gtmpl::funcs::printf_bounded(args, MAX_FORMAT_WIDTH)
 }
 
-fn string_arg(name: &str, args: &[Value], i: usize) -> Result<String, FuncError> {
+pub(super) fn string_arg(name: &str, args: &[Value], i: usize) -> Result<String, FuncError> {
     match args.get(i) {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(other) => Err(FuncError::Generic(format!(
@@ -422,194 +430,6 @@ fn string_arg(name: &str, args: &[Value], i: usize) -> Result<String, FuncError>
         ))),
         None => Err(FuncError::AtLeastXArgs(name.into(), i + 1)),
     }
-}
-
-fn obj(fields: Vec<(&str, Value)>) -> Value {
-    Value::Object(
-        fields
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-    )
-}
-
-fn instance_value(i: &Instance) -> Value {
-    obj(vec![
-        ("ID", Value::from(i.id.clone())),
-        ("Name", Value::from(i.name.clone())),
-        ("Address", Value::from(i.address.clone())),
-        ("Port", Value::from(u64::from(i.port))),
-        (
-            "Tags",
-            Value::Array(i.tags.iter().cloned().map(Value::from).collect()),
-        ),
-        (
-            "Status",
-            Value::from(if i.healthy { "passing" } else { "critical" }),
-        ),
-    ])
-}
-
-/// `service "[tag.]name" ["any"|"passing"]` (or `"name|any"`): healthy
-/// instances by default, every instance with "any" (consul-template's filter).
-fn service(args: &[Value]) -> Result<Value, FuncError> {
-    let query = string_arg("service", args, 0)?;
-    // No name yet (`service (key "app/svc")` before the key is fetched):
-    // nothing, as consul-template renders it, not a query for "".
-    if query.is_empty() {
-        return Ok(Value::Array(vec![]));
-    }
-    // `service "name|any"` is consul-template's inline form of the filter.
-    let (query, inline_filter) = match query.split_once('|') {
-        Some((q, f)) => (q.to_string(), Some(f.to_string())),
-        None => (query, None),
-    };
-    let filter = inline_filter
-        .map(Value::from)
-        .or_else(|| args.get(1).cloned());
-    let any = match filter.as_ref() {
-        None => false,
-        Some(Value::String(f)) if f == "any" => true,
-        Some(Value::String(f)) if f == "passing" => false,
-        Some(other) => {
-            return Err(FuncError::Generic(format!(
-                "service \"{query}\": health filter must be \"any\" or \"passing\", got {other}"
-            )));
-        }
-    };
-    let query = query.split('@').next().unwrap_or_default().to_string();
-    let (tag, name) = match query.rsplit_once('.') {
-        Some((t, n)) => (Some(t.to_string()), n.to_string()),
-        None => (None, query),
-    };
-    with_scope(|scope| match scope.snapshot.services.get(&name) {
-        Some(instances) => Value::Array(
-            instances
-                .iter()
-                .filter(|i| any || i.healthy)
-                // Consul matches tags case-insensitively.
-                .filter(|i| {
-                    tag.as_ref()
-                        .is_none_or(|t| i.tags.iter().any(|it| it.eq_ignore_ascii_case(t)))
-                })
-                .map(instance_value)
-                .collect(),
-        ),
-        None => {
-            scope.need(Dependency::Service(name));
-            Value::Array(vec![])
-        }
-    })
-}
-
-fn services(_args: &[Value]) -> Result<Value, FuncError> {
-    with_scope(|scope| match &scope.snapshot.service_names {
-        Some(names) => Value::Array(
-            names
-                .iter()
-                .map(|n| {
-                    obj(vec![
-                        ("Name", Value::from(n.clone())),
-                        ("Tags", Value::Array(vec![])),
-                    ])
-                })
-                .collect(),
-        ),
-        None => {
-            scope.need(Dependency::Services);
-            Value::Array(vec![])
-        }
-    })
-}
-
-/// Looks a key up; `None` means "not fetched yet" (and records the dependency).
-fn lookup_key(name: &str, args: &[Value]) -> Result<(String, Option<Option<String>>), FuncError> {
-    let path = string_arg(name, args, 0)?;
-    // As consul-template reads a key: a leading `/` and a `@datacenter`
-    // suffix are not part of it (one datacenter here).
-    let path = path.strip_prefix('/').unwrap_or(&path);
-    let path = path.split('@').next().unwrap_or_default().to_string();
-    let found = with_scope(|scope| match scope.snapshot.keys.get(&path) {
-        Some(v) => Some(v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())),
-        None => {
-            scope.need(Dependency::Key(path.clone()));
-            None
-        }
-    })?;
-    Ok((path, found))
-}
-
-/// `key "path"`: the value; a missing key is an error (consul-template would
-/// block until it exists, which a one-shot render cannot do).
-fn key(args: &[Value]) -> Result<Value, FuncError> {
-    match lookup_key("key", args)? {
-        (_, None) => Ok(Value::from("")),
-        (_, Some(Some(v))) => Ok(Value::from(v)),
-        (path, Some(None)) => Err(FuncError::Generic(format!(
-            "key \"{path}\" does not exist; use keyOrDefault \"{path}\" \"...\" if it may be absent"
-        ))),
-    }
-}
-
-fn key_or_default(args: &[Value]) -> Result<Value, FuncError> {
-    let default = string_arg("keyOrDefault", args, 1)?;
-    match lookup_key("keyOrDefault", args)? {
-        // An empty value is the default too, as consul-template has it.
-        (_, Some(Some(v))) if !v.is_empty() => Ok(Value::from(v)),
-        _ => Ok(Value::from(default)),
-    }
-}
-
-fn key_exists(args: &[Value]) -> Result<Value, FuncError> {
-    Ok(Value::Bool(matches!(
-        lookup_key("keyExists", args)?,
-        (_, Some(Some(_)))
-    )))
-}
-
-fn pairs(name: &str, args: &[Value], top_level_only: bool) -> Result<Value, FuncError> {
-    let prefix = string_arg(name, args, 0)?;
-    let base = if prefix.is_empty() || prefix.ends_with('/') {
-        prefix.clone()
-    } else {
-        format!("{prefix}/")
-    };
-    with_scope(|scope| match scope.snapshot.prefixes.get(&base) {
-        Some(entries) => Value::Array(
-            entries
-                .iter()
-                .filter_map(|e| {
-                    let rel = e.key.strip_prefix(&base)?;
-                    // Folder markers (`dir/`) are not pairs, as in Consul.
-                    if rel.is_empty() || rel.ends_with('/') || (top_level_only && rel.contains('/'))
-                    {
-                        return None;
-                    }
-                    Some(obj(vec![
-                        ("Key", Value::from(rel.to_string())),
-                        (
-                            "Value",
-                            Value::from(String::from_utf8_lossy(&e.value).into_owned()),
-                        ),
-                    ]))
-                })
-                .collect(),
-        ),
-        None => {
-            scope.need(Dependency::Prefix(base.clone()));
-            Value::Array(vec![])
-        }
-    })
-}
-
-/// `ls "prefix"`: the pairs directly under prefix.
-fn ls(args: &[Value]) -> Result<Value, FuncError> {
-    pairs("ls", args, true)
-}
-
-/// `tree "prefix"`: every pair under prefix, keys relative to it.
-fn tree(args: &[Value]) -> Result<Value, FuncError> {
-    pairs("tree", args, false)
 }
 
 #[cfg(test)]
@@ -621,9 +441,14 @@ mod tests {
     struct MapSource {
         instances: HashMap<String, Vec<Instance>>,
         kv: Vec<(String, String)>,
+        env: BTreeMap<String, String>,
     }
 
     impl DataSource for MapSource {
+        fn granted_env(&self) -> BTreeMap<String, String> {
+            self.env.clone()
+        }
+
         async fn fetch(&self, dep: &Dependency, into: &mut Snapshot) -> Result<(), PluginError> {
             match dep {
                 Dependency::Service(s) => {
@@ -655,7 +480,17 @@ mod tests {
                     into.prefixes.insert(p.clone(), entries);
                 }
                 Dependency::Services => {
-                    into.service_names = Some(self.instances.keys().cloned().collect());
+                    let mut names: Vec<_> = self.instances.keys().cloned().collect();
+                    names.sort();
+                    into.service_summaries = Some(
+                        names
+                            .into_iter()
+                            .map(|name| crate::registry::ServiceSummary {
+                                name,
+                                tags: Vec::new(),
+                            })
+                            .collect(),
+                    );
                 }
             }
             Ok(())
@@ -669,7 +504,12 @@ mod tests {
             address: "10.100.198.201".into(),
             port,
             tags: tags.iter().map(|t| t.to_string()).collect(),
-            healthy,
+            status: if healthy {
+                crate::registry::Health::Passing
+            } else {
+                crate::registry::Health::Critical
+            },
+            ..Instance::default()
         }
     }
 
@@ -828,6 +668,7 @@ mod tests {
         let src = MapSource {
             kv: vec![("app/svc".into(), "web".into())],
             instances: [("web".to_string(), vec![inst("web", "a", 9, true, &[])])].into(),
+            ..MapSource::default()
         };
         let t = "{{range service (key \"app/svc\")}}{{.Port}}{{end}}";
         assert_eq!(block_on(render(t, &src)).unwrap(), "9");
@@ -1101,17 +942,31 @@ mod tests {
         }
     }
 
+    /// `env` reads a granted variable (empty when unset) and refuses any
+    /// other, naming the grant: template text may be a plugin's.
+    #[test]
+    fn env_reads_only_granted_variables() {
+        let mut src = MapSource::default();
+        src.env.insert("REGION".into(), "eu-west-1".into());
+        src.env.insert("UNSET".into(), String::new());
+        assert_eq!(
+            block_on(render(r#"{{env "REGION"}}|{{env "UNSET"}}|"#, &src)).unwrap(),
+            "eu-west-1||"
+        );
+        for name in ["HOME", "PATH", "", "region"] {
+            let text = format!("{{{{env {name:?}}}}}");
+            let err = block_on(render(&text, &src)).unwrap_err().to_string();
+            assert!(err.contains("--allow-template-env"), "{text}: {err}");
+        }
+    }
+
     #[test]
     fn dependencies_are_checked_and_bounded() {
         let source = MapSource::default();
         let many: String = (0..=MAX_DEPENDENCIES)
             .map(|i| format!(r#"{{{{keyOrDefault "k/{i}" ""}}}}"#))
             .collect();
-        for text in [
-            r#"{{key "a/../b"}}"#,
-            r#"{{service "x/../y"}}"#,
-            many.as_str(),
-        ] {
+        for text in [r#"{{key "a/../b"}}"#, r#"{{ls "a/../b"}}"#, many.as_str()] {
             let err = block_on(render(text, &source)).unwrap_err().to_string();
             assert!(err.contains("template data:"), "{text}: {err}");
         }

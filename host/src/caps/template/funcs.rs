@@ -1,12 +1,12 @@
 //! consul-template's helper functions (its `template/funcs.go`), over gtmpl
-//! values: strings, lists, parsing, encoding, JSON, loops and arithmetic.
+//! values: strings, lists, parsing and regexes (encodings, JSON and hashes
+//! are in `encoding.rs`, numbers in `math.rs`, registry data in `data.rs`).
 //!
 //! Template text may be a plugin's: every function is bounded by what it is
 //! given (gtmpl charges the step budget and refuses a returned value over
 //! the engine's value limit), `loop` is bounded by the range budget, and
 //! `plugin` (which runs a command in consul-template) is refused.
 
-use base64::Engine as _;
 use gtmpl::{Func, FuncError, Value};
 
 /// Every function of this module, by its consul-template name.
@@ -25,31 +25,26 @@ pub(super) const LIBRARY: &[(&str, Func)] = &[
     ("parseBool", parse_bool),
     ("parseInt", parse_int),
     ("parseFloat", parse_float),
-    ("base64Encode", base64_encode),
-    ("base64Decode", base64_decode),
-    ("toJSON", to_json),
-    ("toJSONPretty", to_json_pretty),
-    ("loop", loop_range),
-    ("add", add),
-    ("subtract", subtract),
-    ("multiply", multiply),
-    ("divide", divide),
-    ("modulo", modulo),
     ("regexMatch", regex_match),
     ("regexReplaceAll", regex_replace_all),
-    ("sha256Hex", sha256_hex),
-    ("parseJSON", parse_json),
     ("plugin", plugin),
+    ("trim", trim),
+    ("trimPrefix", trim_prefix),
+    ("trimSuffix", trim_suffix),
+    ("indent", indent),
+    ("parseUint", parse_uint),
+    ("containsNone", contains_none),
+    ("containsNotAll", contains_not_all),
 ];
 
 /// Largest string a function builds: the engine's value limit, checked
 /// before allocating (gtmpl checks a returned value only after it exists,
 /// and `replaceAll "" (a 1 MiB string)` would multiply one).
-const MAX_RESULT_BYTES: usize = super::engine::MAX_OUTPUT_BYTES;
+pub(super) const MAX_RESULT_BYTES: usize = super::engine::MAX_OUTPUT_BYTES;
 
 /// Most items a function makes a list of (`split`, `loop`): each item costs
 /// the host far more than its bytes.
-const MAX_ITEMS: usize = 100_000;
+pub(super) const MAX_ITEMS: usize = 100_000;
 
 /// Refuse a result of `len` bytes over [`MAX_RESULT_BYTES`].
 fn bounded(name: &str, len: usize) -> Result<(), FuncError> {
@@ -64,11 +59,11 @@ fn bounded(name: &str, len: usize) -> Result<(), FuncError> {
     Ok(())
 }
 
-fn err(name: &str, message: impl std::fmt::Display) -> FuncError {
+pub(super) fn err(name: &str, message: impl std::fmt::Display) -> FuncError {
     FuncError::Generic(format!("{name}: {message}"))
 }
 
-fn arity(name: &str, args: &[Value], n: usize) -> Result<(), FuncError> {
+pub(super) fn arity(name: &str, args: &[Value], n: usize) -> Result<(), FuncError> {
     if args.len() == n {
         Ok(())
     } else {
@@ -76,7 +71,7 @@ fn arity(name: &str, args: &[Value], n: usize) -> Result<(), FuncError> {
     }
 }
 
-fn string(name: &str, v: &Value) -> Result<String, FuncError> {
+pub(super) fn string(name: &str, v: &Value) -> Result<String, FuncError> {
     match v {
         Value::String(s) => Ok(s.clone()),
         other => Err(err(name, format_args!("expected a string, got {other}"))),
@@ -90,7 +85,7 @@ fn list<'a>(name: &str, v: &'a Value) -> Result<&'a [Value], FuncError> {
     }
 }
 
-fn one_string(name: &str, args: &[Value]) -> Result<String, FuncError> {
+pub(super) fn one_string(name: &str, args: &[Value]) -> Result<String, FuncError> {
     arity(name, args, 1)?;
     string(name, &args[0])
 }
@@ -198,36 +193,57 @@ fn replace_all(args: &[Value]) -> Result<Value, FuncError> {
     Ok(s.replace(&old, &new).into())
 }
 
-/// `contains V LIST`: whether LIST holds V.
-fn contains(args: &[Value]) -> Result<Value, FuncError> {
-    arity("contains", args, 2)?;
-    Ok(list("contains", &args[1])?.contains(&args[0]).into())
+/// consul-template's `in`: a list holds V when an item of V's kind equals
+/// it (integers with integers, floats with floats, strings with strings:
+/// `in (parseJSON "[1]") 1` is false, JSON numbers being floats); a string
+/// holds a string it contains; anything else holds nothing.
+fn holds(haystack: &Value, needle: &Value) -> bool {
+    match haystack {
+        Value::Array(items) => items.iter().any(|item| same_kind_equal(item, needle)),
+        Value::String(text) => matches!(needle, Value::String(n) if text.contains(n.as_str())),
+        _ => false,
+    }
 }
 
-/// `in LIST V`: whether LIST holds V.
+fn same_kind_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::String(a), Value::String(b)) => a == b,
+        (Value::Number(a), Value::Number(b)) => match (a.as_f64(), b.as_f64()) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => match (a.as_i64(), b.as_i64()) {
+                (Some(a), Some(b)) => a == b,
+                _ => a.as_u64().is_some() && a.as_u64() == b.as_u64(),
+            },
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// `contains V LIST`: `in LIST V`, for pipes (`{{ .Tags | contains "x" }}`).
+fn contains(args: &[Value]) -> Result<Value, FuncError> {
+    arity("contains", args, 2)?;
+    Ok(holds(&args[1], &args[0]).into())
+}
+
+/// `in LIST V`: whether LIST (or a string) holds V.
 fn in_list(args: &[Value]) -> Result<Value, FuncError> {
     arity("in", args, 2)?;
-    Ok(list("in", &args[0])?.contains(&args[1]).into())
+    Ok(holds(&args[0], &args[1]).into())
 }
 
 /// `containsAny VALUES LIST`.
 fn contains_any(args: &[Value]) -> Result<Value, FuncError> {
     arity("containsAny", args, 2)?;
-    let (wanted, have) = (
-        list("containsAny", &args[0])?,
-        list("containsAny", &args[1])?,
-    );
-    Ok(wanted.iter().any(|v| have.contains(v)).into())
+    let wanted = list("containsAny", &args[0])?;
+    Ok(wanted.iter().any(|v| holds(&args[1], v)).into())
 }
 
 /// `containsAll VALUES LIST`.
 fn contains_all(args: &[Value]) -> Result<Value, FuncError> {
     arity("containsAll", args, 2)?;
-    let (wanted, have) = (
-        list("containsAll", &args[0])?,
-        list("containsAll", &args[1])?,
-    );
-    Ok(wanted.iter().all(|v| have.contains(v)).into())
+    let wanted = list("containsAll", &args[0])?;
+    Ok(wanted.iter().all(|v| holds(&args[1], v)).into())
 }
 
 /// Go's `strconv.ParseBool`; an empty string is false.
@@ -263,144 +279,89 @@ fn parse_float(args: &[Value]) -> Result<Value, FuncError> {
         .map_err(|e| err("parseFloat", format_args!("\"{s}\": {e}")))
 }
 
-fn base64_encode(args: &[Value]) -> Result<Value, FuncError> {
-    let s = one_string("base64Encode", args)?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(s).into())
+/// `trim CUTSET S`: Go's `strings.Trim`, every character of CUTSET off both ends.
+fn trim(args: &[Value]) -> Result<Value, FuncError> {
+    arity("trim", args, 2)?;
+    let (cutset, s) = (string("trim", &args[0])?, string("trim", &args[1])?);
+    Ok(s.trim_matches(|c| cutset.contains(c)).to_string().into())
 }
 
-fn base64_decode(args: &[Value]) -> Result<Value, FuncError> {
-    let s = one_string("base64Decode", args)?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(s.as_bytes())
-        .map_err(|e| err("base64Decode", e))?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned().into())
+fn trim_prefix(args: &[Value]) -> Result<Value, FuncError> {
+    arity("trimPrefix", args, 2)?;
+    let (prefix, s) = (
+        string("trimPrefix", &args[0])?,
+        string("trimPrefix", &args[1])?,
+    );
+    Ok(s.strip_prefix(prefix.as_str())
+        .unwrap_or(&s)
+        .to_string()
+        .into())
 }
 
-/// A gtmpl value as JSON: maps with sorted keys, as Go's encoder writes them.
-fn json_value(name: &str, v: &Value) -> Result<serde_json::Value, FuncError> {
-    Ok(match v {
-        Value::NoValue | Value::Nil => serde_json::Value::Null,
-        Value::Bool(b) => serde_json::Value::Bool(*b),
-        Value::String(s) => serde_json::Value::String(s.clone()),
-        Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                u.into()
-            } else if let Some(i) = n.as_i64() {
-                i.into()
-            } else {
-                n.as_f64()
-                    .and_then(serde_json::Number::from_f64)
-                    .map(serde_json::Value::Number)
-                    .unwrap_or(serde_json::Value::Null)
-            }
+fn trim_suffix(args: &[Value]) -> Result<Value, FuncError> {
+    arity("trimSuffix", args, 2)?;
+    let (suffix, s) = (
+        string("trimSuffix", &args[0])?,
+        string("trimSuffix", &args[1])?,
+    );
+    Ok(s.strip_suffix(suffix.as_str())
+        .unwrap_or(&s)
+        .to_string()
+        .into())
+}
+
+/// `indent N S`: N spaces before every line of S that is not empty.
+fn indent(args: &[Value]) -> Result<Value, FuncError> {
+    arity("indent", args, 2)?;
+    let spaces = match &args[0] {
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+    .ok_or_else(|| err("indent", "the width must be an integer"))?;
+    let spaces = usize::try_from(spaces)
+        .map_err(|_| err("indent", "indent value must be a positive integer"))?;
+    let s = string("indent", &args[1])?;
+    let lines = s.bytes().filter(|&b| b == b'\n').count() + 1;
+    bounded(
+        "indent",
+        s.len().saturating_add(lines.saturating_mul(spaces)),
+    )?;
+    let prefix = " ".repeat(spaces);
+    let mut out = String::with_capacity(s.len() + lines * spaces);
+    let mut line_start = true;
+    for c in s.chars() {
+        if line_start && c != '\n' {
+            out.push_str(&prefix);
         }
-        Value::Array(a) => serde_json::Value::Array(
-            a.iter()
-                .map(|v| json_value(name, v))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Map(m) | Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            let mut map = serde_json::Map::new();
-            for k in keys {
-                map.insert(k.clone(), json_value(name, &m[k])?);
-            }
-            serde_json::Value::Object(map)
-        }
-        Value::Function(_) => return Err(err(name, "a function has no JSON form")),
-    })
-}
-
-/// Go's `json.Marshal` escapes `<`, `>`, `&`, U+2028 and U+2029 in strings.
-fn go_json_escapes(text: String) -> String {
-    if !text.contains(['<', '>', '&', '\u{2028}', '\u{2029}']) {
-        return text;
+        out.push(c);
+        line_start = c == '\n';
     }
-    text.replace('<', "\\u003c")
-        .replace('>', "\\u003e")
-        .replace('&', "\\u0026")
-        .replace('\u{2028}', "\\u2028")
-        .replace('\u{2029}', "\\u2029")
+    Ok(out.into())
 }
 
-fn to_json(args: &[Value]) -> Result<Value, FuncError> {
-    arity("toJSON", args, 1)?;
-    let json =
-        serde_json::to_string(&json_value("toJSON", &args[0])?).map_err(|e| err("toJSON", e))?;
-    Ok(go_json_escapes(json).into())
-}
-
-fn to_json_pretty(args: &[Value]) -> Result<Value, FuncError> {
-    arity("toJSONPretty", args, 1)?;
-    let json = serde_json::to_string_pretty(&json_value("toJSONPretty", &args[0])?)
-        .map_err(|e| err("toJSONPretty", e))?;
-    Ok(go_json_escapes(json).into())
-}
-
-fn int(name: &str, v: &Value) -> Result<i64, FuncError> {
-    match v {
-        Value::Number(n) => n
-            .as_i64()
-            .ok_or_else(|| err(name, format_args!("{n} is not an integer"))),
-        Value::String(s) => s
-            .parse()
-            .map_err(|_| err(name, format_args!("\"{s}\" is not an integer"))),
-        other => Err(err(name, format_args!("expected an integer, got {other}"))),
+/// A base-10 unsigned integer; an empty string is 0.
+fn parse_uint(args: &[Value]) -> Result<Value, FuncError> {
+    let s = one_string("parseUint", args)?;
+    if s.is_empty() {
+        return Ok(Value::from(0u64));
     }
+    s.parse::<u64>()
+        .map(Value::from)
+        .map_err(|e| err("parseUint", format_args!("\"{s}\": {e}")))
 }
 
-/// `loop N` is 0..N; `loop START STOP` is START..STOP.
-fn loop_range(args: &[Value]) -> Result<Value, FuncError> {
-    let (start, stop) = match args {
-        [n] => (0, int("loop", n)?),
-        [a, b] => (int("loop", a)?, int("loop", b)?),
-        _ => return Err(FuncError::AtLeastXArgs("loop".into(), 1)),
-    };
-    // Its list is built before the range walks it: bounded here.
-    if stop.saturating_sub(start) > MAX_ITEMS as i64 {
-        return Err(err(
-            "loop",
-            format_args!("{start}..{stop} is more than {MAX_ITEMS} iterations"),
-        ));
-    }
-    Ok(Value::Array((start..stop).map(Value::from).collect()))
+/// `containsNone VALUES LIST`.
+fn contains_none(args: &[Value]) -> Result<Value, FuncError> {
+    arity("containsNone", args, 2)?;
+    let wanted = list("containsNone", &args[0])?;
+    Ok((!wanted.iter().any(|v| holds(&args[1], v))).into())
 }
 
-/// consul-template's arithmetic takes the piped value last: `{{ 5 | subtract 2 }}` is 3.
-fn arithmetic(
-    name: &str,
-    args: &[Value],
-    op: fn(i64, i64) -> Option<i64>,
-) -> Result<Value, FuncError> {
-    arity(name, args, 2)?;
-    let (b, a) = (int(name, &args[0])?, int(name, &args[1])?);
-    op(a, b).map(Value::from).ok_or_else(|| {
-        err(
-            name,
-            format_args!("{a} and {b}: overflow or division by zero"),
-        )
-    })
-}
-
-fn add(args: &[Value]) -> Result<Value, FuncError> {
-    arithmetic("add", args, i64::checked_add)
-}
-
-fn subtract(args: &[Value]) -> Result<Value, FuncError> {
-    arithmetic("subtract", args, i64::checked_sub)
-}
-
-fn multiply(args: &[Value]) -> Result<Value, FuncError> {
-    arithmetic("multiply", args, i64::checked_mul)
-}
-
-fn divide(args: &[Value]) -> Result<Value, FuncError> {
-    arithmetic("divide", args, i64::checked_div)
-}
-
-fn modulo(args: &[Value]) -> Result<Value, FuncError> {
-    arithmetic("modulo", args, i64::checked_rem)
+/// `containsNotAll VALUES LIST`.
+fn contains_not_all(args: &[Value]) -> Result<Value, FuncError> {
+    arity("containsNotAll", args, 2)?;
+    let wanted = list("containsNotAll", &args[0])?;
+    Ok((!wanted.iter().all(|v| holds(&args[1], v))).into())
 }
 
 /// Largest compiled regex a template may ask for (the pattern may be a
@@ -447,46 +408,6 @@ fn regex_replace_all(args: &[Value]) -> Result<Value, FuncError> {
     bounded("regexReplaceAll", out.len() + (s.len() - last))?;
     out.push_str(&s[last..]);
     Ok(out.into())
-}
-
-fn sha256_hex(args: &[Value]) -> Result<Value, FuncError> {
-    use sha2::Digest;
-    let s = one_string("sha256Hex", args)?;
-    let digest = sha2::Sha256::digest(s.as_bytes());
-    Ok(digest
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()
-        .into())
-}
-
-/// JSON text as template data (objects are maps, numbers numbers).
-fn parse_json(args: &[Value]) -> Result<Value, FuncError> {
-    let s = one_string("parseJSON", args)?;
-    if s.trim().is_empty() {
-        return Ok(Value::Map(Default::default()));
-    }
-    // serde_json refuses nesting past 128 levels: no stack overflow here.
-    let json: serde_json::Value = serde_json::from_str(&s).map_err(|e| err("parseJSON", e))?;
-    Ok(from_json(json))
-}
-
-fn from_json(json: serde_json::Value) -> Value {
-    match json {
-        serde_json::Value::Null => Value::Nil,
-        serde_json::Value::Bool(b) => Value::Bool(b),
-        serde_json::Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
-            (Some(u), _, _) => Value::from(u),
-            (_, Some(i), _) => Value::from(i),
-            (_, _, Some(f)) => Value::from(f),
-            _ => Value::Nil,
-        },
-        serde_json::Value::String(s) => Value::String(s),
-        serde_json::Value::Array(a) => Value::Array(a.into_iter().map(from_json).collect()),
-        serde_json::Value::Object(o) => {
-            Value::Map(o.into_iter().map(|(k, v)| (k, from_json(v))).collect())
-        }
-    }
 }
 
 /// consul-template's `plugin` runs a command: never from a template here.
@@ -631,6 +552,6 @@ mod tests {
             assert!(refused.contains(name) && bounded, "{template}: {refused}");
         }
         let zero = render_text("{{5 | divide 0}}").unwrap_err();
-        assert!(zero.contains("division by zero"), "{zero}");
+        assert!(zero.contains("integer divide by zero"), "{zero}");
     }
 }

@@ -1,8 +1,11 @@
 //! `template`: consul-template compatible rendering from catalog and KV data
 //! into granted directories.
 
+mod data;
+mod encoding;
 mod engine;
 mod funcs;
+mod math;
 mod output;
 mod watch;
 
@@ -44,6 +47,9 @@ pub struct TemplateCap {
     guest_dirs: Vec<super::dirs::DirGrant>,
     registry: Arc<dyn Registry>,
     timeout: Duration,
+    /// The environment variables templates may read (`env`), read once at
+    /// the start of the run.
+    env: std::collections::BTreeMap<String, String>,
 }
 
 impl TemplateCap {
@@ -189,7 +195,9 @@ async fn fetch_from(
             into.prefixes
                 .insert(prefix.clone(), registry.kv_list(prefix).await.map_err(reg)?);
         }
-        Dependency::Services => into.service_names = Some(registry.services().await.map_err(reg)?),
+        Dependency::Services => {
+            into.service_summaries = Some(registry.service_summaries().await.map_err(reg)?)
+        }
     }
     Ok(())
 }
@@ -197,6 +205,10 @@ async fn fetch_from(
 /// Template data comes from the registry under the plugin's own grants: a
 /// template cannot read what the plugin could not read directly.
 impl DataSource for TemplateCap {
+    fn granted_env(&self) -> std::collections::BTreeMap<String, String> {
+        self.env.clone()
+    }
+
     async fn fetch(&self, dep: &Dependency, into: &mut Snapshot) -> Result<(), PluginError> {
         // The same checks, in the same order, as reading directly: the name
         // is validated, then the grant (runner's records are outside it).
@@ -207,8 +219,8 @@ impl DataSource for TemplateCap {
             Dependency::Services => {}
         }
         fetch_from(&*self.registry, dep, into).await?;
-        if let Some(names) = into.service_names.as_mut() {
-            names.retain(|n| self.services.allows(n));
+        if let Some(summaries) = into.service_summaries.as_mut() {
+            summaries.retain(|s| self.services.allows(&s.name));
         }
         if let Dependency::Prefix(prefix) = dep
             && let Some(entries) = into.prefixes.get_mut(prefix)
@@ -281,18 +293,24 @@ impl template::Host for TemplateCap {
     }
 }
 
-/// `--allow-template-out` as written.
+/// `--allow-template-out` and `--allow-template-env` as written.
 #[derive(clap::Args, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct TemplateSpec {
     /// Allow templates to render files into DIR.
     #[arg(long = "allow-template-out", value_name = "DIR")]
     #[serde(default)]
     pub template_out: Vec<String>,
+    /// Allow templates to read environment variable NAME with `env "NAME"`
+    /// (no other variable is readable).
+    #[arg(long = "allow-template-env", value_name = "NAME")]
+    #[serde(default)]
+    pub template_env: Vec<String>,
 }
 
 impl GrantSpec for TemplateSpec {
     fn merge(&mut self, other: Self) {
         self.template_out.extend(other.template_out);
+        self.template_env.extend(other.template_env);
     }
 
     fn rebase(&mut self, base: &Path) {
@@ -304,10 +322,27 @@ impl GrantSpec for TemplateSpec {
     }
 }
 
-/// The validated `--allow-template-out` directories.
+/// The validated `--allow-template-out` directories and
+/// `--allow-template-env` names.
 #[derive(Debug, Clone, Default)]
 pub struct TemplateGrant {
     pub outputs: Vec<GrantedDir>,
+    pub env: Vec<String>,
+}
+
+/// An environment variable's name as POSIX shells take it:
+/// `[A-Za-z_][A-Za-z0-9_]*`.
+fn env_name(name: &str) -> Result<&str, String> {
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(name)
+    } else {
+        Err("not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)".to_string())
+    }
 }
 
 impl TemplateGrant {
@@ -352,11 +387,21 @@ impl Capability for TemplateCap {
                     .map_err(|r| GrantError::invalid("--allow-template-out", d, r))
             })
             .collect::<Result<_, _>>()?;
-        Ok(TemplateGrant { outputs })
+        let env = spec
+            .template_env
+            .iter()
+            .map(|name| {
+                env_name(name)
+                    .map(str::to_string)
+                    .map_err(|r| GrantError::invalid("--allow-template-env", name, r))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(TemplateGrant { outputs, env })
     }
 
     fn granted(grants: &Grants) -> bool {
         !TemplateGrant::outputs(grants).0.is_empty()
+            || !grants.template.env.is_empty()
             || !grants.kv.is_empty()
             || !grants.catalog.is_empty()
     }
@@ -388,6 +433,13 @@ impl Capability for TemplateCap {
             guest_dirs: grants.dirs.0.clone(),
             registry: cx.host.registry.clone(),
             timeout: cx.limits.host_call_timeout,
+            // Granted but unset reads as empty, as consul-template's env.
+            env: grants
+                .template
+                .env
+                .iter()
+                .map(|name| (name.clone(), std::env::var(name).unwrap_or_default()))
+                .collect(),
         }
     }
 

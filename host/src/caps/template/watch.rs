@@ -26,6 +26,8 @@ pub struct TemplateJob {
     pub exec_timeout: Duration,
     /// Print to stdout instead of writing DEST, run no command (`-dry`).
     pub dry: bool,
+    /// The environment variables the template may read (`env`).
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 /// How `watch` paces itself.
@@ -71,6 +73,7 @@ pub struct Rendered {
 struct Recording<'a> {
     source: RegistrySource<'a>,
     seen: Mutex<BTreeSet<Dependency>>,
+    env: &'a std::collections::BTreeMap<String, String>,
 }
 
 impl DataSource for Recording<'_> {
@@ -79,6 +82,10 @@ impl DataSource for Recording<'_> {
             seen.insert(dep.clone());
         }
         self.source.fetch(dep, into).await
+    }
+
+    fn granted_env(&self) -> std::collections::BTreeMap<String, String> {
+        self.env.clone()
     }
 }
 
@@ -104,6 +111,7 @@ impl TemplateJob {
         let recording = Recording {
             source: RegistrySource(registry),
             seen: Mutex::default(),
+            env: &self.env,
         };
         let content = render(&text, &recording).await.map_err(|e| match e {
             RenderErrorOrDenied::Render(e) => TemplateJobError::Template {

@@ -9,7 +9,10 @@
 mod http;
 mod locks;
 
-use super::{Catalog, Dependency, Instance, KvEntry, KvStore, Registry, RegistryError, Watch};
+use super::{
+    Catalog, Check, Dependency, Health, Instance, KvEntry, KvStore, Registry, RegistryError,
+    ServiceSummary, Watch,
+};
 use async_trait::async_trait;
 use base64::Engine as _;
 use reqwest::{Method, StatusCode};
@@ -60,6 +63,8 @@ struct HealthEntry {
 #[serde(rename_all = "PascalCase")]
 struct HealthNode {
     #[serde(default)]
+    node: String,
+    #[serde(default)]
     address: String,
 }
 
@@ -74,6 +79,8 @@ struct HealthService {
     #[serde(default)]
     address: String,
     port: u16,
+    #[serde(default)]
+    meta: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `/v1/agent/service/<id>`: which service an instance ID belongs to.
@@ -86,7 +93,36 @@ struct AgentService {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct HealthCheck {
+    #[serde(default)]
+    node: String,
+    #[serde(rename = "CheckID", default)]
+    check_id: String,
+    #[serde(default)]
+    name: String,
     status: String,
+    #[serde(default)]
+    notes: String,
+    #[serde(default)]
+    output: String,
+    #[serde(rename = "ServiceID", default)]
+    service_id: String,
+    #[serde(default)]
+    service_name: String,
+}
+
+impl From<HealthCheck> for Check {
+    fn from(c: HealthCheck) -> Check {
+        Check {
+            node: c.node,
+            check_id: c.check_id,
+            name: c.name,
+            status: c.status,
+            notes: c.notes,
+            output: c.output,
+            service_id: c.service_id,
+            service_name: c.service_name,
+        }
+    }
 }
 
 /// Consul's longest blocking wait; longer waits are cut to it by the server.
@@ -318,13 +354,21 @@ impl Catalog for ConsulRegistry {
                 name: e.service.service,
                 // An empty service address means the node's address (Consul's rule).
                 address: if e.service.address.is_empty() {
-                    e.node.address
+                    e.node.address.clone()
                 } else {
                     e.service.address
                 },
                 port: e.service.port,
                 tags: e.service.tags.unwrap_or_default(),
-                healthy: e.checks.iter().all(|c| c.status == "passing"),
+                status: Health::aggregate(
+                    e.checks
+                        .iter()
+                        .map(|c| (c.check_id.as_str(), c.status.as_str())),
+                ),
+                node: e.node.node,
+                node_address: e.node.address,
+                meta: e.service.meta.unwrap_or_default(),
+                checks: e.checks.into_iter().map(Check::from).collect(),
             })
             .collect();
         instances.sort_by(|a, b| a.id.cmp(&b.id));
@@ -350,6 +394,27 @@ impl Catalog for ConsulRegistry {
         Ok(services.into_keys().filter(|s| s != "consul").collect())
     }
 
+    async fn service_summaries(&self) -> Result<Vec<ServiceSummary>, RegistryError> {
+        let what = "the service list";
+        let url = self.url("/v1/catalog/services", &[]);
+        let (status, body) = self.send(Method::GET, url, None, what).await?;
+        if status != StatusCode::OK {
+            return Err(Self::unexpected(what, status, &body));
+        }
+        let services: std::collections::BTreeMap<String, Option<Vec<String>>> =
+            serde_json::from_slice(&body)
+                .map_err(|e| RegistryError::Backend(format!("consul service list: {e}")))?;
+        Ok(services
+            .into_iter()
+            .map(|(name, tags)| {
+                let mut tags = tags.unwrap_or_default();
+                tags.sort();
+                tags.dedup();
+                ServiceSummary { name, tags }
+            })
+            .collect())
+    }
+
     async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
         let what = format!("service \"{}\"", instance.name);
         Self::valid_service(&instance.name)?;
@@ -370,6 +435,7 @@ impl Catalog for ConsulRegistry {
             "Tags": instance.tags,
             "Address": instance.address,
             "Port": instance.port,
+            "Meta": instance.meta,
             "Check": {
                 "TCP": format!("{}:{}", instance.address, instance.port),
                 "Interval": "10s",

@@ -15,7 +15,7 @@ pub(crate) use identity::identity;
 
 use super::filelock::FileLocks;
 use super::{
-    Catalog, Dependency, DeployLocks, Instance, KvEntry, KvStore, LockAttempt, LockHolder,
+    Catalog, Dependency, DeployLocks, Health, Instance, KvEntry, KvStore, LockAttempt, LockHolder,
     Registry, RegistryError, Watch, off_thread,
 };
 use async_trait::async_trait;
@@ -44,6 +44,16 @@ CREATE TABLE IF NOT EXISTS instances (
     PRIMARY KEY (service, id)
 );
 ";
+
+/// Columns added after the first release, with their defaults: `healthy`
+/// stays (written alongside `status`) so an older runner sharing the state
+/// directory still reads the catalog.
+const INSTANCE_COLUMNS: &[(&str, &str)] = &[
+    ("status", "TEXT NOT NULL DEFAULT ''"),
+    ("node", "TEXT NOT NULL DEFAULT ''"),
+    ("node_address", "TEXT NOT NULL DEFAULT ''"),
+    ("meta", "TEXT NOT NULL DEFAULT '{}'"),
+];
 
 pub struct EmbeddedRegistry {
     store: Arc<Store>,
@@ -219,7 +229,20 @@ fn run<T>(
 fn initialize(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(SCHEMA)?;
+    let existing: Vec<String> = tx
+        .prepare("SELECT name FROM pragma_table_info('instances')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (column, definition) in INSTANCE_COLUMNS {
+        if !existing.iter().any(|c| c == column) {
+            tx.execute_batch(&format!(
+                "ALTER TABLE instances ADD COLUMN {column} {definition}"
+            ))?;
+        }
+    }
+    tx.commit()
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
@@ -238,16 +261,49 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KvEntry> {
     })
 }
 
+const INSTANCE_SELECT: &str = "SELECT service, id, address, port, tags, healthy, status, node, node_address, meta FROM instances";
+
 fn instance_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Instance> {
     let tags: String = r.get(4)?;
-    Ok(Instance {
+    let healthy: bool = r.get(5)?;
+    let status: String = r.get(6)?;
+    let node: String = r.get(7)?;
+    let node_address: String = r.get(8)?;
+    let meta: String = r.get(9)?;
+    let mut instance = Instance {
         name: r.get(0)?,
         id: r.get(1)?,
         address: r.get(2)?,
         port: r.get(3)?,
         tags: serde_json::from_str(&tags).unwrap_or_default(),
-        healthy: r.get(5)?,
-    })
+        // Rows an older runner wrote have only `healthy`.
+        status: Health::parse(&status).unwrap_or(if healthy {
+            Health::Passing
+        } else {
+            Health::Critical
+        }),
+        node: if node.is_empty() {
+            local_node().to_string()
+        } else {
+            node
+        },
+        node_address: if node_address.is_empty() {
+            "127.0.0.1".to_string()
+        } else {
+            node_address
+        },
+        meta: serde_json::from_str(&meta).unwrap_or_default(),
+        checks: Vec::new(),
+    };
+    instance.checks = instance.synthesized_checks();
+    Ok(instance)
+}
+
+/// The node instances registered here without one run on: this machine, by
+/// its host name, as a Consul agent names its node.
+fn local_node() -> &'static str {
+    static NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NODE.get_or_init(super::this_host)
 }
 
 fn upsert(
@@ -355,12 +411,9 @@ impl Catalog for EmbeddedRegistry {
     async fn instances(&self, service: &str) -> Result<Vec<Instance>, RegistryError> {
         let service = service.to_owned();
         self.with_conn(move |c| {
-            c.prepare_cached(
-                "SELECT service, id, address, port, tags, healthy FROM instances
-                 WHERE service = ?1 ORDER BY id",
-            )?
-            .query_map([service], instance_from_row)?
-            .collect()
+            c.prepare_cached(&format!("{INSTANCE_SELECT} WHERE service = ?1 ORDER BY id"))?
+                .query_map([service], instance_from_row)?
+                .collect()
         })
         .await
     }
@@ -377,6 +430,8 @@ impl Catalog for EmbeddedRegistry {
     async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
         let tags = serde_json::to_string(&instance.tags)
             .map_err(|e| RegistryError::Backend(format!("encoding tags: {e}")))?;
+        let meta = serde_json::to_string(&instance.meta)
+            .map_err(|e| RegistryError::Backend(format!("encoding meta: {e}")))?;
         let row = instance.clone();
         let written = self
             .write(move |tx, _| {
@@ -392,8 +447,9 @@ impl Catalog for EmbeddedRegistry {
                     return Ok(Err(owner));
                 }
                 tx.prepare_cached(
-                    "INSERT OR REPLACE INTO instances (service, id, address, port, tags, healthy)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT OR REPLACE INTO instances
+                     (service, id, address, port, tags, healthy, status, node, node_address, meta)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )?
                 .execute(params![
                     row.name,
@@ -401,7 +457,11 @@ impl Catalog for EmbeddedRegistry {
                     row.address,
                     row.port,
                     tags,
-                    row.healthy
+                    row.healthy(),
+                    row.status.as_str(),
+                    row.node,
+                    row.node_address,
+                    meta
                 ])?;
                 Ok(Ok(()))
             })
@@ -520,6 +580,43 @@ mod tests {
         reg.kv_put("svc/journal", b"fresh").await.unwrap();
         let entry = reg.kv_get("svc/journal").await.unwrap().unwrap();
         assert_eq!(entry.value, b"fresh");
+    }
+
+    /// A state directory an older runner wrote (instances with only
+    /// `healthy`) opens: the new columns are added, the status comes from
+    /// `healthy`, the node is this machine; and `healthy` is still written,
+    /// for an older runner sharing the directory.
+    #[tokio::test]
+    async fn an_older_catalog_is_read_and_kept_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("registry.sqlite3");
+        let old = Connection::open(&db).unwrap();
+        old.execute_batch(SCHEMA).unwrap();
+        old.execute(
+            "INSERT INTO instances (service, id, address, port, tags, healthy)
+             VALUES ('web', 'w1', '127.0.0.1', 8080, '[\"v1\"]', 0)",
+            [],
+        )
+        .unwrap();
+        drop(old);
+        let reg = EmbeddedRegistry::open(dir.path(), Duration::from_secs(5)).unwrap();
+        let [w1] = &reg.instances("web").await.unwrap()[..] else {
+            panic!("one instance")
+        };
+        assert_eq!(w1.status, Health::Critical);
+        assert_eq!(w1.node, super::super::this_host());
+        assert_eq!(w1.checks[0].status, "critical");
+        let mut warning = w1.clone();
+        warning.status = Health::Warning;
+        warning.meta.insert("role".into(), "primary".into());
+        reg.register(&warning).await.unwrap();
+        let read = &reg.instances("web").await.unwrap()[0];
+        assert_eq!((read.status, read.meta.len()), (Health::Warning, 1));
+        let healthy: bool = Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT healthy FROM instances", [], |r| r.get(0))
+            .unwrap();
+        assert!(!healthy, "warning is not healthy for an older reader");
     }
 
     #[tokio::test]

@@ -1,0 +1,3 @@
+module runner/oracle
+
+go 1.19
