@@ -229,7 +229,10 @@ fn templates_read_no_more_than_the_plugin_could() {
     render(r#"{{key "books-ms/../_runner/books-ms/migrated"}}"#)
         .expect_code(1)
         .stderr_has("invalid");
-    render(r#"{{range ls "_"}}{{.Key}};{{end}}{{range tree ""}}{{.Key}};{{end}}"#).expect_code(0);
+    // A raw prefix (consul-template lists every key starting with it) that
+    // covers runner's namespace lists only what is visible.
+    render(r#"{{range ls "_"}}{{.Path}};{{end}}{{range tree "_r"}}{{.Path}};{{end}}{{range tree "b"}}{{.Path}};{{end}}"#)
+        .expect_code(0);
     let listed = std::fs::read_to_string(out.join("x.conf")).unwrap();
     assert!(!listed.contains("_runner"), "{listed}");
     assert!(listed.contains("books-ms/color"), "{listed}");
