@@ -17,6 +17,7 @@ mod faults;
 mod hostile;
 mod images;
 mod locks;
+mod oci;
 mod pipeline;
 mod plugins;
 mod reconcile;

@@ -56,6 +56,22 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub no_cache: bool,
 
+    /// Where plugins pulled from registries are kept, by digest
+    /// [default: $XDG_CACHE_HOME/runner/plugins].
+    #[arg(long, global = true, env = "RUNNER_PLUGIN_STORE", value_name = "DIR")]
+    pub plugin_store: Option<PathBuf>,
+
+    /// A registry (HOST:PORT) to speak plain HTTP to though it is not on
+    /// this machine (loopback registries always may), repeatable.
+    #[arg(
+        long,
+        global = true,
+        env = "RUNNER_INSECURE_REGISTRIES",
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    pub insecure_registry: Vec<String>,
+
     /// More output: -v shows debug logs and wasm backtraces, -vv traces.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -123,6 +139,12 @@ pub struct RunOptions {
     #[arg(long, value_name = "DIR")]
     pub plugin_path: Vec<PathBuf>,
 
+    /// Refuse to run unless runner.lock (beside the file) pins every
+    /// registry plugin and nothing else, and each component imports only
+    /// what the lock records (what CI uses).
+    #[arg(long)]
+    pub locked: bool,
+
     /// How long to wait for a deploy lock someone else holds before failing.
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub lock_wait: Duration,
@@ -168,6 +190,10 @@ pub struct ValidateArgs {
     /// A directory to find plugins named without a path in, repeatable.
     #[arg(long, value_name = "DIR")]
     pub plugin_path: Vec<PathBuf>,
+
+    /// Fail unless runner.lock pins every registry plugin (as `run --locked`).
+    #[arg(long)]
+    pub locked: bool,
 }
 
 /// A service and the pipeline file that deploys it.
@@ -329,8 +355,9 @@ pub enum LockCommand {
     Outputs are printed to stdout as KEY=VALUE lines (or JSON with --json).")]
 pub struct ExecArgs {
     /// The stage plugin: a .wasm component built against wit/ (world `stage`),
-    /// as a path, or a name found as NAME.wasm in RUNNER_PLUGIN_PATH or ./plugins.
-    #[arg(long, value_name = "PATH|NAME")]
+    /// as a path, a name found as NAME.wasm in RUNNER_PLUGIN_PATH or ./plugins,
+    /// or a registry reference (oci://REGISTRY/REPO:TAG or @sha256:DIGEST).
+    #[arg(long, value_name = "PATH|NAME|oci://REF")]
     pub plugin: crate::plugin_ref::PluginRef,
 
     /// The service being deployed, passed to the stage.
@@ -415,10 +442,101 @@ pub struct LimitArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
-    /// Show a plugin's world, imports, exports and the grants it can use.
+    /// Show a plugin's world, imports, exports and the grants it can use
+    /// (of a registry plugin: from its config, without pulling the component).
+    #[command(after_help = "Examples:\n  \
+        runner plugin inspect plugins/bluegreen.wasm\n  \
+        runner plugin inspect oci://127.0.0.1:5000/team/notify:1.2")]
     Inspect {
+        /// A .wasm component, or oci://REGISTRY/REPO:TAG (or @sha256:DIGEST).
+        #[arg(value_name = "FILE|oci://REF")]
+        plugin: String,
+    },
+    /// Publish a component to an OCI registry as a Wasm artifact; prints
+    /// the manifest digest. The same file always gives the same digest
+    /// (the creation time is SOURCE_DATE_EPOCH, else 1970).
+    #[command(after_help = "Examples:\n  \
+        runner plugin push target/wasm32-wasip2/release/notify.wasm oci://127.0.0.1:5000/team/notify:1.2\n  \
+        digest=$(runner plugin push notify.wasm oci://registry.example.com/team/notify:1.2)\n\n\
+        Credentials: runner plugin login, ~/.docker/config.json, or \
+        RUNNER_REGISTRY_USERNAME / RUNNER_REGISTRY_PASSWORD.")]
+    Push {
         /// The .wasm component.
-        path: PathBuf,
+        file: PathBuf,
+        /// Where: oci://REGISTRY/REPO:TAG.
+        #[arg(value_name = "oci://REF")]
+        reference: String,
+    },
+    /// Fetch a registry plugin into the local store (verified by digest).
+    Pull {
+        #[arg(value_name = "oci://REF")]
+        reference: String,
+    },
+    /// The plugins on the plugin path, in bundles and in the local store,
+    /// with their digests.
+    List {
+        /// A directory to list plugins in (before RUNNER_PLUGIN_PATH and
+        /// ./plugins), repeatable.
+        #[arg(long, value_name = "DIR")]
+        plugin_path: Vec<PathBuf>,
+    },
+    /// Store credentials for a registry in ~/.docker/config.json (as
+    /// `docker login` does), after checking them against the registry.
+    #[command(after_help = "Example:\n  \
+        echo \"$TOKEN\" | runner plugin login registry.example.com --username ci --password-stdin")]
+    Login {
+        /// The registry, HOST[:PORT].
+        registry: String,
+        #[arg(long, short = 'u')]
+        username: String,
+        /// Read the password from stdin (it never appears in the process list).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Pin every registry plugin of a pipeline (stages and hooks) in
+    /// runner.lock beside it: what is locked stays, what is not is resolved.
+    Lock {
+        #[arg(default_value = "runner.toml", value_name = "FILE")]
+        file: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        plugin_path: Vec<PathBuf>,
+    },
+    /// Resolve the tags of a pipeline's registry plugins again and rewrite
+    /// runner.lock, showing what changed, and any capability a new
+    /// version imports that the locked one did not.
+    #[command(after_help = "Examples:\n  \
+        runner plugin update                # every plugin of ./runner.toml\n  \
+        runner plugin update notify         # only oci://…/notify:… references\n  \
+        runner plugin update --locked       # refuse an update that imports a new capability")]
+    Update {
+        /// A reference as written, or its repository's last part (`notify`).
+        name: Option<String>,
+        #[arg(long, default_value = "runner.toml", value_name = "FILE")]
+        file: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        plugin_path: Vec<PathBuf>,
+        /// Refuse (and write nothing) when a new version imports a
+        /// capability its locked version did not.
+        #[arg(long)]
+        locked: bool,
+    },
+    /// Pull plugins and precompile them for this runner build into a
+    /// directory, for a CI image: put it on RUNNER_PLUGIN_PATH and runs
+    /// need no registry and no compile.
+    #[command(after_help = "Examples:\n  \
+        runner plugin bundle --lock runner.lock --out bundle/\n  \
+        runner plugin bundle --out bundle/ oci://127.0.0.1:5000/team/notify@sha256:…\n\n\
+        See examples/ci-image/ for a Dockerfile.")]
+    Bundle {
+        /// The directory to write (created; existing bundles are updated).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Bundle every plugin runner.lock pins.
+        #[arg(long, value_name = "FILE")]
+        lock: Option<PathBuf>,
+        /// References to bundle (besides --lock).
+        #[arg(value_name = "oci://REF")]
+        references: Vec<String>,
     },
     /// Start a new stage plugin: a project that builds and runs as it is,
     /// with a test, the WIT contract and a one-stage pipeline file.

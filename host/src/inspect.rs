@@ -25,12 +25,30 @@ pub fn report(
     let ty = component.component_type();
     let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    report_names(
+        &[("plugin", path.display().to_string())],
+        size as u64,
+        &imports,
+        &exports,
+    )
+}
+
+/// The report from names alone (a registry plugin's config), after the
+/// `header` lines (label, value).
+pub fn report_names(
+    header: &[(&str, String)],
+    size: u64,
+    imports: &[String],
+    exports: &[String],
+) -> String {
     let unknown: Vec<&String> = imports.iter().filter(|i| grant_for(i).is_none()).collect();
     let is_stage = exports.iter().any(|e| e == "run") && unknown.is_empty();
 
     let mut out = String::new();
-    let _ = writeln!(out, "plugin:  {}", path.display());
-    let _ = writeln!(out, "size:    {}", bytesize::ByteSize(size as u64));
+    for (label, value) in header {
+        let _ = writeln!(out, "{:9}{value}", format!("{label}:"));
+    }
+    let _ = writeln!(out, "size:    {}", bytesize::ByteSize(size));
     let _ = writeln!(
         out,
         "world:   {}",
@@ -41,12 +59,12 @@ pub fn report(
         }
     );
     let _ = writeln!(out, "\nexports:");
-    for e in &exports {
+    for e in exports {
         let _ = writeln!(out, "  {e}");
     }
     let _ = writeln!(out, "\nimports and the grants they use:");
     let width = imports.iter().map(|i| i.len()).max().unwrap_or(0);
-    for i in &imports {
+    for i in imports {
         let grant = grant_for(i).unwrap_or("NOT PROVIDED by runner: this plugin cannot be loaded");
         let _ = writeln!(out, "  {i:width$}  {grant}");
     }

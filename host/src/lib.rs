@@ -22,6 +22,7 @@ pub mod faults;
 pub mod grants;
 pub mod inspect;
 pub mod names;
+pub mod oci;
 pub mod pipeline;
 pub mod plugin_ref;
 pub mod registry;
@@ -29,3 +30,22 @@ pub mod runfile;
 pub mod runtime;
 pub mod scaffold;
 pub mod stage;
+
+/// The version of the `runner:plugin` WIT package this runner provides
+/// (`wit/world.wit`).
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+#[cfg(test)]
+mod contract_tests {
+    #[test]
+    fn the_contract_version_is_the_wit_packages() {
+        let world = include_str!("../../wit/world.wit");
+        assert!(
+            world.starts_with(&format!(
+                "package runner:plugin@{};",
+                super::CONTRACT_VERSION
+            )),
+            "wit/world.wit and CONTRACT_VERSION disagree"
+        );
+    }
+}

@@ -1,15 +1,18 @@
 //! Where a plugin comes from: one reference type, resolved in one place,
 //! for `runner exec`, pipeline stages and hooks alike.
 //!
-//! A reference as written is a file path (`plugins/build.wasm`, anything with
-//! a `/` or ending in `.wasm`) or a name searched on the plugin path (`build`
-//! → `build.wasm`). Resolving it yields a [`PluginSource`] the runtime loads
-//! ([`crate::runtime::Runtime::load_source`]). A registry reference (an OCI
-//! artifact pinned by digest) is one more variant of each, resolved to bytes
-//! and a digest here; nothing that runs plugins changes.
+//! A reference as written is a registry reference (`oci://REGISTRY/REPO:TAG`
+//! or `…@sha256:…`), a file path (`plugins/build.wasm`, anything with a `/`
+//! or ending in `.wasm`) or a name searched on the plugin path (`build` →
+//! `build.wasm`). Resolving it yields a [`PluginSource`] the runtime loads
+//! ([`crate::runtime::Runtime::load_source`]); a registry reference resolves
+//! through [`crate::oci::resolve`] to verified bytes and digests.
 
+use crate::oci::resolve::{Resolver, StoredPlugin};
+use crate::oci::{OciError, OciRef};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A plugin reference as the operator wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,26 +22,33 @@ pub enum PluginRef {
     File(PathBuf),
     /// A name searched on the plugin path.
     Named(String),
+    /// A plugin in an OCI registry.
+    Oci(OciRef),
 }
 
 impl PluginRef {
-    /// Classify `text`: a path when it has a `/` or ends in `.wasm`, else a name.
-    pub fn parse(text: &str) -> Self {
-        if text.contains('/') || text.ends_with(".wasm") {
-            Self::File(PathBuf::from(text))
+    /// Classify `text`: a registry reference when it starts with `oci://`,
+    /// a path when it has a `/` or ends in `.wasm`, else a name.
+    pub fn parse(text: &str) -> Result<Self, PluginRefError> {
+        if text.starts_with(crate::oci::SCHEME) {
+            OciRef::parse(text)
+                .map(Self::Oci)
+                .map_err(|e| PluginRefError::Registry(Arc::new(e)))
+        } else if text.contains('/') || text.ends_with(".wasm") {
+            Ok(Self::File(PathBuf::from(text)))
         } else {
-            Self::Named(text.to_string())
+            Ok(Self::Named(text.to_string()))
         }
     }
 }
 
 impl std::str::FromStr for PluginRef {
-    type Err = std::convert::Infallible;
+    type Err = PluginRefError;
     /// On the command line anything that exists at `text` is that path,
     /// whatever its name (`runner exec --plugin my-stage`, a file in the
     /// current directory; a FIFO or directory is refused as such on loading).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Ok(match Self::parse(text) {
+        Ok(match Self::parse(text)? {
             Self::Named(name) if Path::new(&name).exists() => Self::File(name.into()),
             parsed => parsed,
         })
@@ -50,6 +60,7 @@ impl fmt::Display for PluginRef {
         match self {
             Self::File(path) => write!(f, "{}", path.display()),
             Self::Named(name) => f.write_str(name),
+            Self::Oci(reference) => write!(f, "{reference}"),
         }
     }
 }
@@ -60,13 +71,17 @@ pub enum PluginSource {
     /// A file on this machine (loaded through the artifact cache's identity
     /// index: an unchanged file is not even read again).
     File(PathBuf),
+    /// A registry plugin: its bytes, verified against their digest.
+    Stored(Arc<StoredPlugin>),
 }
 
 impl PluginSource {
-    /// The file, for messages and for checks before a run.
+    /// The file, for messages and for checks before a run (a registry
+    /// plugin's blob in the store or bundle).
     pub fn path(&self) -> &Path {
         match self {
             Self::File(path) => path,
+            Self::Stored(stored) => &stored.blob,
         }
     }
 }
@@ -75,13 +90,17 @@ impl fmt::Display for PluginSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::File(path) => write!(f, "{}", path.display()),
+            Self::Stored(stored) => f.write_str(&stored.pinned()),
         }
     }
 }
 
 /// A reference that resolves to nothing, with the fix.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PluginRefError {
+    /// A registry reference that does not parse, or does not resolve.
+    #[error(transparent)]
+    Registry(Arc<OciError>),
     /// A runner file's hook (`runner exec --file`): there is no plugin path.
     #[error("plugin {} does not exist", path.display())]
     NoFile { path: PathBuf },
@@ -106,6 +125,13 @@ pub fn resolve_in(plugin: &PluginRef, base: &Path) -> Result<PluginSource, Plugi
     let path = match plugin {
         PluginRef::File(path) => base.join(path),
         PluginRef::Named(name) => base.join(name),
+        PluginRef::Oci(reference) => {
+            let resolver = Resolver::new(crate::oci::resolve::Settings::default(), None);
+            return resolver
+                .resolve(reference, &[])
+                .map(|stored| PluginSource::Stored(Arc::new(stored)))
+                .map_err(|e| PluginRefError::Registry(Arc::new(e)));
+        }
     };
     if path.is_file() {
         Ok(PluginSource::File(path))
@@ -114,26 +140,59 @@ pub fn resolve_in(plugin: &PluginRef, base: &Path) -> Result<PluginSource, Plugi
     }
 }
 
+/// Where plugins come from for one command: the `--plugin-path`
+/// directories and how registry references resolve.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub dirs: Vec<PathBuf>,
+    pub registry: Arc<Resolver>,
+}
+
+impl Sources {
+    /// Directories only, registry references resolved with the defaults
+    /// and no lock file.
+    pub fn dirs(dirs: &[PathBuf]) -> Self {
+        Self {
+            dirs: dirs.to_vec(),
+            registry: Arc::new(Resolver::new(Default::default(), None)),
+        }
+    }
+}
+
 /// Where named plugins are searched: `--plugin-path` directories, then
-/// `RUNNER_PLUGIN_PATH`, then the runner file's `plugins/` directory.
-#[derive(Debug, Clone, Default)]
+/// `RUNNER_PLUGIN_PATH`, then the runner file's `plugins/` directory (and
+/// bundles in any of them, for registry references).
+#[derive(Debug, Clone)]
 pub struct PluginPath {
     dirs: Vec<PathBuf>,
+    registry: Arc<Resolver>,
 }
 
 impl PluginPath {
-    pub fn new(flags: &[PathBuf], file_dir: &Path) -> Self {
-        let mut dirs = flags.to_vec();
+    pub fn new(sources: &Sources, file_dir: &Path) -> Self {
+        let mut dirs = sources.dirs.clone();
         if let Some(env) = std::env::var_os("RUNNER_PLUGIN_PATH") {
             dirs.extend(std::env::split_paths(&env));
         }
         dirs.push(file_dir.join("plugins"));
-        Self { dirs }
+        Self {
+            dirs,
+            registry: sources.registry.clone(),
+        }
+    }
+
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
     }
 
     /// Resolve `plugin`; a file path is taken relative to `base`.
     pub fn resolve(&self, plugin: &PluginRef, base: &Path) -> Result<PluginSource, PluginRefError> {
         match plugin {
+            PluginRef::Oci(reference) => self
+                .registry
+                .resolve(reference, &self.dirs)
+                .map(|stored| PluginSource::Stored(Arc::new(stored)))
+                .map_err(|e| PluginRefError::Registry(Arc::new(e))),
             PluginRef::File(path) => {
                 let path = base.join(path);
                 if path.is_file() {
@@ -168,12 +227,26 @@ mod tests {
 
     #[test]
     fn references_are_paths_or_names() {
-        assert_eq!(PluginRef::parse("build"), PluginRef::Named("build".into()));
         assert_eq!(
-            PluginRef::parse("plugins/build.wasm"),
+            PluginRef::parse("build").unwrap(),
+            PluginRef::Named("build".into())
+        );
+        assert_eq!(
+            PluginRef::parse("plugins/build.wasm").unwrap(),
             PluginRef::File("plugins/build.wasm".into())
         );
-        assert_eq!(PluginRef::parse("x.wasm"), PluginRef::File("x.wasm".into()));
+        assert_eq!(
+            PluginRef::parse("x.wasm").unwrap(),
+            PluginRef::File("x.wasm".into())
+        );
+        assert!(matches!(
+            PluginRef::parse("oci://127.0.0.1:5000/team/notify:1.2").unwrap(),
+            PluginRef::Oci(_)
+        ));
+        let e = PluginRef::parse("oci://notify:1.2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("names no registry"), "{e}");
     }
 
     #[test]
@@ -182,20 +255,22 @@ mod tests {
         let plugins = dir.path().join("plugins");
         std::fs::create_dir(&plugins).unwrap();
         std::fs::write(plugins.join("integration_test.wasm"), b"").unwrap();
-        let path = PluginPath::new(&[], dir.path());
+        let path = PluginPath::new(&Sources::dirs(&[]), dir.path());
         assert_eq!(
-            path.resolve(&PluginRef::parse("integration-test"), dir.path()),
-            Ok(PluginSource::File(plugins.join("integration_test.wasm")))
+            path.resolve(&PluginRef::parse("integration-test").unwrap(), dir.path())
+                .unwrap(),
+            PluginSource::File(plugins.join("integration_test.wasm"))
         );
         assert_eq!(
             path.resolve(
-                &PluginRef::parse("plugins/integration_test.wasm"),
+                &PluginRef::parse("plugins/integration_test.wasm").unwrap(),
                 dir.path()
-            ),
-            Ok(PluginSource::File(plugins.join("integration_test.wasm")))
+            )
+            .unwrap(),
+            PluginSource::File(plugins.join("integration_test.wasm"))
         );
         let missing = path
-            .resolve(&PluginRef::parse("nope"), dir.path())
+            .resolve(&PluginRef::parse("nope").unwrap(), dir.path())
             .unwrap_err()
             .to_string();
         assert!(
@@ -203,7 +278,7 @@ mod tests {
             "{missing}"
         );
         assert!(matches!(
-            path.resolve(&PluginRef::parse("gone.wasm"), dir.path()),
+            path.resolve(&PluginRef::parse("gone.wasm").unwrap(), dir.path()),
             Err(PluginRefError::MissingFile { .. })
         ));
     }

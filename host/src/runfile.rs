@@ -337,13 +337,13 @@ impl RunnerFile {
                     d.display()
                 ),
             }));
-            let plugin = resolve_plugin(&PluginRef::parse(&hook.plugin)).map_err(|source| {
-                RunfileError::HookPlugin {
+            let plugin = PluginRef::parse(&hook.plugin)
+                .and_then(|plugin| resolve_plugin(&plugin))
+                .map_err(|source| RunfileError::HookPlugin {
                     name: name.clone(),
                     span: spanned.span(),
                     source,
-                }
-            })?;
+                })?;
             let limits_spec = hook
                 .limits
                 .as_ref()

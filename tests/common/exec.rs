@@ -40,6 +40,9 @@ impl Exec {
         };
         exec.env("RUNNER_STATE_DIR", state)
             .env("RUNNER_CACHE_DIR", cache)
+            // Registry plugins and credentials stay beside the cache.
+            .env("RUNNER_PLUGIN_STORE", cache.with_extension("plugin-store"))
+            .env("DOCKER_CONFIG", cache.with_extension("docker-config"))
             .env_remove("RUST_LOG")
             .arg("exec")
             .arg("--plugin")

@@ -9,6 +9,7 @@ pub mod deployment;
 pub mod docker;
 pub mod exec;
 pub mod hostile;
+pub mod oci_registry;
 mod paths;
 pub mod runner_file;
 
@@ -144,6 +145,11 @@ impl Env {
         self.dir.path().join("cache")
     }
 
+    /// Where this env's registry plugins are stored (as `exec` sets it too).
+    pub fn plugin_store(&self) -> PathBuf {
+        self.cache_dir().with_extension("plugin-store")
+    }
+
     /// `runner` with this env's state and cache, a hard timeout so a broken
     /// deadline fails the test instead of hanging it, and no colour.
     pub fn runner(&self) -> Command {
@@ -151,6 +157,16 @@ impl Env {
         cmd.current_dir(self.dir.path())
             .env("RUNNER_STATE_DIR", self.state_dir())
             .env("RUNNER_CACHE_DIR", self.cache_dir())
+            // Registry plugins and credentials stay in the test's directory.
+            .env("RUNNER_PLUGIN_STORE", self.plugin_store())
+            .env(
+                "DOCKER_CONFIG",
+                self.cache_dir().with_extension("docker-config"),
+            )
+            .env_remove("RUNNER_REGISTRY_USERNAME")
+            .env_remove("RUNNER_REGISTRY_PASSWORD")
+            .env_remove("RUNNER_PLUGIN_PATH")
+            .env_remove("SOURCE_DATE_EPOCH")
             .env_remove("RUST_LOG")
             .timeout(Duration::from_secs(120));
         cmd
@@ -180,6 +196,7 @@ impl Env {
     }
 }
 
+#[derive(Debug)]
 pub struct Output {
     pub code: i32,
     /// The signal that killed it, if one did.

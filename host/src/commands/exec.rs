@@ -42,12 +42,13 @@ pub(super) async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError>
     };
 
     let runtime = runtime(cli)?;
-    let source = PluginPath::new(&args.plugin_path, Path::new("."))
+    let sources = super::host::sources(cli, &args.plugin_path, None, false, Default::default());
+    let source = PluginPath::new(&sources, Path::new("."))
         .resolve(&args.plugin, Path::new(""))
         .or_else(|e| match &args.plugin {
             // A missing file is the runtime's to report (with its exit code).
             PluginRef::File(path) => Ok(PluginSource::File(path.clone())),
-            PluginRef::Named(_) => Err(CommandError::Usage(e.to_string())),
+            PluginRef::Named(_) | PluginRef::Oci(_) => Err(CommandError::Usage(e.to_string())),
         })?;
     let plugin = runtime.load_source(&source)?;
     tracing::debug!(plugin = plugin.name(), cache = ?plugin.cache_outcome(), "plugin loaded");

@@ -166,6 +166,31 @@ pub fn runtime(cli: &Cli) -> Result<Arc<Runtime>, CommandError> {
     .map_err(|e| CommandError::Engine(e.to_string()))
 }
 
+/// Where a command's plugins come from: `dirs` (`--plugin-path`), and for
+/// registry references the store, the `--insecure-registry` list and, with
+/// a pipeline `file`, the runner.lock beside it.
+pub fn sources(
+    cli: &Cli,
+    dirs: &[std::path::PathBuf],
+    file: Option<&std::path::Path>,
+    locked: bool,
+    mode: crate::oci::resolve::Mode,
+) -> crate::plugin_ref::Sources {
+    use crate::oci::resolve::{Resolver, Settings};
+    let settings = Settings {
+        mode,
+        locked,
+        insecure: cli.insecure_registry.clone(),
+        store: cli.plugin_store.clone(),
+        max_plugin_bytes: crate::runtime::DEFAULT_MAX_PLUGIN_BYTES,
+    };
+    let lock = file.map(crate::oci::lockfile::LockFile::path_for);
+    crate::plugin_ref::Sources {
+        dirs: dirs.to_vec(),
+        registry: std::sync::Arc::new(Resolver::new(settings, lock)),
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM, naming which.
 pub async fn shutdown_signal() -> &'static str {
     let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -111,7 +111,37 @@ pub async fn run(
         Command::Promote(ref args) => pipeline::promote(&cli, args, reporter).await,
         Command::Recover(ref args) => pipeline::recover(&cli, args, reporter).await,
         Command::Exec(ref args) => exec::exec(&cli, args).await,
-        Command::Plugin(PluginCommand::Inspect { ref path }) => plugin::inspect(&cli, path),
+        Command::Plugin(PluginCommand::Inspect { ref plugin }) => {
+            plugin::inspect(&cli, plugin).await
+        }
+        Command::Plugin(PluginCommand::Push {
+            ref file,
+            ref reference,
+        }) => plugin::push(&cli, file, reference).await,
+        Command::Plugin(PluginCommand::Pull { ref reference }) => {
+            plugin::pull(&cli, reference).await
+        }
+        Command::Plugin(PluginCommand::List { ref plugin_path }) => plugin::list(&cli, plugin_path),
+        Command::Plugin(PluginCommand::Login {
+            ref registry,
+            ref username,
+            ..
+        }) => plugin::login(&cli, registry, username).await,
+        Command::Plugin(PluginCommand::Lock {
+            ref file,
+            ref plugin_path,
+        }) => plugin::lock(&cli, file, plugin_path),
+        Command::Plugin(PluginCommand::Update {
+            ref name,
+            ref file,
+            ref plugin_path,
+            locked,
+        }) => plugin::update(&cli, name.as_deref(), file, plugin_path, locked),
+        Command::Plugin(PluginCommand::Bundle {
+            ref out,
+            ref lock,
+            ref references,
+        }) => plugin::bundle(&cli, out, lock.as_deref(), references).await,
         Command::Plugin(PluginCommand::New {
             ref name,
             lang,

@@ -11,7 +11,7 @@
 
 use crate::caps::{Grants, ImportUse};
 use crate::conventions::DEFAULT_DEPLOY_STAGE;
-use crate::plugin_ref::{PluginPath, PluginRef, PluginSource};
+use crate::plugin_ref::{PluginPath, PluginRef, PluginSource, Sources};
 use crate::runfile::{RunnerFile, RunnerFileSpec};
 use crate::runtime::{Limits, Runtime};
 use std::collections::BTreeMap;
@@ -161,7 +161,7 @@ impl Pipeline {
     /// check its imports against its grants.
     pub fn load(
         path: &Path,
-        plugin_dirs: &[PathBuf],
+        sources: &Sources,
         runtime: Option<&Runtime>,
     ) -> Result<Self, PipelineError> {
         let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Read {
@@ -184,7 +184,7 @@ impl Pipeline {
                     e.message().trim().to_string(),
                 )],
             })?;
-        let plugin_path = PluginPath::new(plugin_dirs, base);
+        let plugin_path = PluginPath::new(sources, base);
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
 
@@ -234,7 +234,9 @@ impl Pipeline {
             if stages.iter().any(|s| &s.name == name) {
                 at("another stage has this name; stage names must be unique".into());
             }
-            let plugin = match plugin_path.resolve(&PluginRef::parse(&stage.plugin), base) {
+            let plugin = match PluginRef::parse(&stage.plugin)
+                .and_then(|plugin| plugin_path.resolve(&plugin, base))
+            {
                 Ok(p) => p,
                 Err(e) => {
                     at(e.to_string());
@@ -336,6 +338,12 @@ impl Pipeline {
                 format!("deploy_stage \"{deploy}\" is not one of the stages"),
             ));
         }
+        // Under --locked, lock entries nothing used are a stale lock.
+        if problems.is_empty()
+            && let Err(e) = sources.registry.check_stale()
+        {
+            problems.push(problem(1, e.to_string()));
+        }
         if !problems.is_empty() {
             return Err(PipelineError::Invalid { problems });
         }
@@ -420,7 +428,7 @@ mod tests {
         std::fs::write(dir.path().join("plugin.wasm"), b"").unwrap();
         let file = dir.path().join("runner.toml");
         std::fs::write(&file, toml).unwrap();
-        let loaded = Pipeline::load(&file, &[], None);
+        let loaded = Pipeline::load(&file, &Sources::dirs(&[]), None);
         (dir, loaded)
     }
 

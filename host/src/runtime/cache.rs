@@ -457,6 +457,13 @@ fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The engine compatibility tag precompiled artifacts are filed under
+/// (wasmtime version and settings): an artifact made under another tag is
+/// never loaded.
+pub fn engine_tag(engine: &Engine) -> String {
+    format!("{:016x}", engine_hash(engine))
+}
+
 fn engine_hash(engine: &Engine) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);

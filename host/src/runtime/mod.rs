@@ -8,7 +8,7 @@ mod limits;
 mod load;
 mod stdio;
 
-pub use cache::{ArtifactCache, CacheOutcome, CacheRefused};
+pub use cache::{ArtifactCache, CacheOutcome, CacheRefused, engine_tag};
 pub use limits::{
     DEFAULT_HTTP_MAX_BODY, Limits, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, MemoryLimitExceeded,
     TABLE_ELEMENT_BYTES,

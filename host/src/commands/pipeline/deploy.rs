@@ -16,7 +16,7 @@ pub(crate) async fn run(
     args: &PipelineArgs,
     reporter: Arc<dyn Reporter>,
 ) -> Result<(), CommandError> {
-    let (runtime, pipeline) = load(cli, &args.file, &args.options.plugin_path)?;
+    let (runtime, pipeline) = load(cli, &args.file, &args.options)?;
     let start = Start {
         kind: RunKind::Run,
         from_stage: 0,
@@ -50,7 +50,7 @@ async fn deploy_stage_only(
     kind: RunKind,
     reporter: Arc<dyn Reporter>,
 ) -> Result<(), CommandError> {
-    let (runtime, pipeline) = load(cli, &args.file, &args.options.plugin_path)?;
+    let (runtime, pipeline) = load(cli, &args.file, &args.options)?;
     check_service(&pipeline, &args.service)?;
     let start = Start {
         kind,
@@ -66,7 +66,7 @@ pub(crate) async fn promote(
     args: &ServiceArgs,
     reporter: Arc<dyn Reporter>,
 ) -> Result<(), CommandError> {
-    let (runtime, pipeline) = load(cli, &args.file, &args.options.plugin_path)?;
+    let (runtime, pipeline) = load(cli, &args.file, &args.options)?;
     check_service(&pipeline, &args.service)?;
     let registry = connect(
         cli,

@@ -39,10 +39,17 @@ pub(super) struct Start {
 pub(super) fn load(
     cli: &Cli,
     file: &Path,
-    plugin_path: &[std::path::PathBuf],
+    options: &RunOptions,
 ) -> Result<(Arc<Runtime>, Pipeline), CommandError> {
     let runtime = runtime(cli)?;
-    let pipeline = Pipeline::load(file, plugin_path, Some(&runtime))?;
+    let sources = super::host::sources(
+        cli,
+        &options.plugin_path,
+        Some(file),
+        options.locked,
+        Default::default(),
+    );
+    let pipeline = Pipeline::load(file, &sources, Some(&runtime))?;
     for warning in &pipeline.warnings {
         tracing::warn!("{warning}");
     }

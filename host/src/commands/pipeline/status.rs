@@ -17,7 +17,14 @@ pub(crate) async fn status(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandE
     // Without the pipeline file there is still the registry and the engine
     // to ask; only the proxy's upstream needs the file's [proxies].
     let pipeline = if args.file.exists() {
-        let pipeline = Pipeline::load(&args.file, &args.options.plugin_path, None)?;
+        let sources = crate::commands::host::sources(
+            cli,
+            &args.options.plugin_path,
+            Some(&args.file),
+            args.options.locked,
+            Default::default(),
+        );
+        let pipeline = Pipeline::load(&args.file, &sources, None)?;
         check_service(&pipeline, &args.service)?;
         Some(pipeline)
     } else {

@@ -8,7 +8,14 @@ use std::io::Write;
 
 pub(crate) fn validate(cli: &Cli, args: &ValidateArgs) -> Result<(), CommandError> {
     let runtime = runtime(cli)?;
-    let pipeline = Pipeline::load(&args.file, &args.plugin_path, Some(&runtime))?;
+    let sources = crate::commands::host::sources(
+        cli,
+        &args.plugin_path,
+        Some(&args.file),
+        args.locked,
+        Default::default(),
+    );
+    let pipeline = Pipeline::load(&args.file, &sources, Some(&runtime))?;
     let mut err = std::io::stderr().lock();
     for warning in &pipeline.warnings {
         writeln!(err, "warning: {warning}")?;

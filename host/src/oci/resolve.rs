@@ -1,0 +1,358 @@
+//! From an `oci://` reference to verified component bytes: the digest from
+//! the reference itself or `runner.lock`, the blobs from a bundle on the
+//! plugin path or the store, and the registry only for what neither has.
+
+use super::lockfile::{LockEntry, LockFile};
+use super::store::{Bundle, PluginStore, Precompiled};
+use super::{Digest, OciError, OciRef, RegistryClient, artifact};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// What a resolution is for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Run (or validate): locked digests win; a reference missing from the
+    /// lock is resolved now (with a warning) unless `locked`.
+    #[default]
+    Run,
+    /// `runner plugin lock`: keep what is locked, resolve what is not.
+    Lock,
+    /// `runner plugin update [NAME]`: resolve the tags again (all, or the
+    /// references NAME matches).
+    Update(Option<String>),
+}
+
+/// How references are resolved.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub mode: Mode,
+    /// CI: a missing or stale lock, or a component importing more than its
+    /// lock records, is an error.
+    pub locked: bool,
+    /// Registries (`host:port`) spoken to over plain HTTP though not local.
+    pub insecure: Vec<String>,
+    /// The store [default: [`PluginStore::default_dir`]].
+    pub store: Option<PathBuf>,
+    pub max_plugin_bytes: u64,
+}
+
+/// A resolved registry plugin, bytes verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPlugin {
+    /// As written.
+    pub reference: OciRef,
+    pub manifest: Digest,
+    pub layer: Digest,
+    /// Where the component's bytes are (store or bundle).
+    pub blob: PathBuf,
+    pub bytes: Arc<[u8]>,
+    pub imports: Vec<String>,
+    /// A precompiled artifact from a trusted bundle.
+    pub precompiled: Option<(PathBuf, Precompiled)>,
+}
+
+impl StoredPlugin {
+    /// `oci://…:1.2@sha256:…`: what runs.
+    pub fn pinned(&self) -> String {
+        let mut text = self.reference.to_string();
+        if self.reference.digest().is_none() {
+            text = format!("{text}@{}", self.manifest);
+        }
+        text
+    }
+}
+
+/// Resolves `oci://` references for one command.
+#[derive(Debug)]
+pub struct Resolver {
+    settings: Settings,
+    /// `runner.lock`'s path; `None` for `runner exec` with no pipeline.
+    lock_path: Option<PathBuf>,
+    lock: Mutex<Option<Option<LockFile>>>,
+    bundles: Mutex<BTreeMap<PathBuf, Option<Arc<Bundle>>>>,
+    resolved: Mutex<BTreeMap<String, LockEntry>>,
+    client: RegistryClient,
+}
+
+impl Resolver {
+    pub fn new(settings: Settings, lock_path: Option<PathBuf>) -> Self {
+        let client = RegistryClient::new(settings.insecure.clone(), settings.max_plugin_bytes);
+        Self {
+            settings,
+            lock_path,
+            lock: Mutex::new(None),
+            bundles: Mutex::new(BTreeMap::new()),
+            resolved: Mutex::new(BTreeMap::new()),
+            client,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn lock_path(&self) -> Option<&Path> {
+        self.lock_path.as_deref()
+    }
+
+    pub fn store(&self) -> Result<PluginStore, OciError> {
+        self.settings
+            .store
+            .clone()
+            .or_else(PluginStore::default_dir)
+            .map(PluginStore::new)
+            .ok_or_else(|| OciError::Store {
+                path: PathBuf::from("$XDG_CACHE_HOME/runner/plugins"),
+                source: std::io::Error::other("no cache directory; set RUNNER_PLUGIN_STORE"),
+            })
+    }
+
+    /// The lock file, read once.
+    pub fn lock(&self) -> Result<Option<LockFile>, OciError> {
+        let mut slot = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let lock = match &self.lock_path {
+                Some(path) => LockFile::read(path)?,
+                None => None,
+            };
+            *slot = Some(lock);
+        }
+        Ok(slot.clone().flatten())
+    }
+
+    /// What was resolved so far, by reference as written.
+    pub fn resolved(&self) -> BTreeMap<String, LockEntry> {
+        self.resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn bundles(&self, dirs: &[PathBuf]) -> Result<Vec<Arc<Bundle>>, OciError> {
+        let mut cache = self.bundles.lock().unwrap_or_else(|p| p.into_inner());
+        let mut found = Vec::new();
+        for dir in dirs {
+            if !cache.contains_key(dir) {
+                cache.insert(dir.clone(), Bundle::open(dir)?.map(Arc::new));
+            }
+            if let Some(Some(bundle)) = cache.get(dir) {
+                found.push(bundle.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    fn selected_for_update(&self, reference: &OciRef) -> bool {
+        match &self.settings.mode {
+            Mode::Update(None) => true,
+            Mode::Update(Some(name)) => *name == reference.to_string() || name == reference.name(),
+            _ => false,
+        }
+    }
+
+    /// Resolve `reference`, searching bundles in `plugin_dirs`.
+    pub fn resolve(
+        &self,
+        reference: &OciRef,
+        plugin_dirs: &[PathBuf],
+    ) -> Result<StoredPlugin, OciError> {
+        let key = reference.to_string();
+        let lock = self.lock()?;
+        let locked_entry = lock.as_ref().and_then(|l| l.get(&key)).cloned();
+        let bundles = self.bundles(plugin_dirs)?;
+        let store = self.store()?;
+        let mut pulled_now = None;
+        let manifest = if let Some(digest) = reference.digest() {
+            digest.clone()
+        } else if let Some(entry) = locked_entry
+            .as_ref()
+            .filter(|_| !self.selected_for_update(reference))
+        {
+            entry.digest.clone()
+        } else if self.settings.locked && self.settings.mode == Mode::Run {
+            return Err(OciError::Locked(match (&self.lock_path, &lock) {
+                (Some(path), Some(_)) => format!(
+                    "{} has no entry for {key} (--locked); run `runner plugin lock` and commit {}",
+                    path.display(),
+                    path.display()
+                ),
+                (Some(path), None) => format!(
+                    "--locked: there is no {} to pin {key}; run `runner plugin lock` and commit it",
+                    path.display()
+                ),
+                (None, _) => format!("--locked: {key} is not pinned; give it with @sha256:DIGEST"),
+            }));
+        } else {
+            let pulled = block_on(self.client.pull(reference, false))??;
+            store.save(&key, &pulled)?;
+            if self.settings.mode == Mode::Run && self.lock_path.is_some() {
+                tracing::warn!(
+                    "{key} is not in runner.lock: running {} (what the tag points at now); \
+                     `runner plugin lock` pins it",
+                    pulled.manifest_digest
+                );
+            }
+            let digest = pulled.manifest_digest.clone();
+            pulled_now = Some(pulled);
+            digest
+        };
+
+        let cap = self.settings.max_plugin_bytes;
+        // Bundles first (read-only, maybe precompiled), then the store.
+        let mut found = None;
+        for bundle in &bundles {
+            if let Some(entry) = bundle.find(&manifest) {
+                let blobs = bundle.store();
+                if let Some(bytes) = blobs.read(&entry.layer, cap)? {
+                    let precompiled = entry
+                        .precompiled
+                        .as_ref()
+                        .filter(|_| bundle.trusted)
+                        .and_then(|p| bundle.compiled_path(p).map(|path| (path, p.clone())));
+                    found = Some((
+                        entry.layer.clone(),
+                        blobs.blob_path(&entry.layer),
+                        bytes,
+                        precompiled,
+                    ));
+                    break;
+                }
+            }
+        }
+        let (layer, blob, bytes, precompiled) = match found {
+            Some(found) => found,
+            None => {
+                let layer = match &pulled_now {
+                    Some(pulled) => Some(pulled.plugin.layer_digest.clone()),
+                    None => store.plugin_manifest(&manifest)?.map(|m| m.layer_digest),
+                };
+                let stored = match &layer {
+                    Some(layer) => store.read(layer, cap)?.map(|bytes| (layer.clone(), bytes)),
+                    None => None,
+                };
+                let (layer, bytes) = match stored {
+                    Some(found) => found,
+                    None => {
+                        let pinned = reference.pinned(&manifest);
+                        let pulled = block_on(self.client.pull(&pinned, false))??;
+                        store.save(&key, &pulled)?;
+                        let bytes = pulled.layer.unwrap_or_default();
+                        (pulled.plugin.layer_digest, bytes)
+                    }
+                };
+                (layer.clone(), store.blob_path(&layer), bytes, None)
+            }
+        };
+        let imports = artifact::component_info(&bytes)
+            .map_err(|found| OciError::NotAPlugin {
+                reference: key.clone(),
+                found: format!("its layer is not a WebAssembly component ({found})"),
+            })?
+            .imports;
+        if let Some(entry) = &locked_entry
+            && entry.digest == manifest
+        {
+            let added: Vec<&String> = imports
+                .iter()
+                .filter(|i| !entry.imports.contains(i))
+                .collect();
+            if !added.is_empty() {
+                let list = added
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let message = format!(
+                    "{key} ({}) imports {list}, which runner.lock does not record for it; \
+                     review the plugin, then `runner plugin update {}`",
+                    manifest.short(),
+                    reference.name()
+                );
+                if self.settings.locked {
+                    return Err(OciError::Locked(message));
+                }
+                tracing::warn!("{message}");
+            }
+        }
+        self.resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                key.clone(),
+                LockEntry {
+                    reference: key,
+                    digest: manifest.clone(),
+                    layer: layer.clone(),
+                    imports: imports.clone(),
+                },
+            );
+        Ok(StoredPlugin {
+            reference: reference.clone(),
+            manifest,
+            layer,
+            blob,
+            bytes: Arc::from(bytes),
+            imports,
+            precompiled,
+        })
+    }
+
+    /// After a pipeline was loaded under `--locked`: lock entries nothing
+    /// used any more are a stale lock.
+    pub fn check_stale(&self) -> Result<(), OciError> {
+        if !self.settings.locked || self.settings.mode != Mode::Run {
+            return Ok(());
+        }
+        let Some(lock) = self.lock()? else {
+            return Ok(());
+        };
+        let used = self.resolved();
+        let unused: Vec<&str> = lock
+            .plugins
+            .iter()
+            .filter(|e| !used.contains_key(&e.reference))
+            .map(|e| e.reference.as_str())
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        Err(OciError::Locked(format!(
+            "{} is stale (--locked): it pins {}, which the pipeline no longer uses; run `runner plugin lock`",
+            self.lock_path
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "runner.lock".into()),
+            unused.join(", ")
+        )))
+    }
+
+    pub fn client(&self) -> &RegistryClient {
+        &self.client
+    }
+}
+
+/// Run `future` to completion from synchronous code, whether or not a
+/// Tokio runtime is running on this thread: on a thread of its own with a
+/// small runtime of its own.
+pub fn block_on<F>(future: F) -> Result<F::Output, OciError>
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|rt| rt.block_on(future))
+            })
+            .join()
+            .map_err(|_| std::io::Error::other("the registry client panicked"))?
+    })
+    .map_err(|source| OciError::Store {
+        path: PathBuf::from("<tokio runtime>"),
+        source,
+    })
+}

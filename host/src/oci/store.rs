@@ -1,0 +1,311 @@
+//! The content-addressed plugin store (`$XDG_CACHE_HOME/runner/plugins`,
+//! or `RUNNER_PLUGIN_STORE`): `blobs/sha256/<hex>` for manifests, configs
+//! and components, every read verified against the digest it is filed
+//! under, and `index.json` naming what was pulled from where (for `runner
+//! plugin list`; nothing trusts it).
+//!
+//! A bundle (`runner plugin bundle`) is the same layout, read-only, plus
+//! `runner-bundle.json` (each plugin's reference, digests, imports and its
+//! artifact precompiled for one runner build) and `compiled/`.
+
+use super::artifact::{self, PluginManifest};
+use super::{Digest, OciError};
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// A directory of blobs filed by digest.
+#[derive(Debug, Clone)]
+pub struct PluginStore {
+    dir: PathBuf,
+}
+
+/// One line of the store's index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub reference: String,
+    pub manifest: Digest,
+    pub layer: Digest,
+    pub size: u64,
+}
+
+impl PluginStore {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    /// `$RUNNER_PLUGIN_STORE`, else `<user cache>/runner/plugins`.
+    pub fn default_dir() -> Option<PathBuf> {
+        std::env::var_os("RUNNER_PLUGIN_STORE")
+            .map(PathBuf::from)
+            .or_else(|| dirs::cache_dir().map(|d| d.join("runner").join("plugins")))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join("blobs").join("sha256").join(digest.hex())
+    }
+
+    fn io(&self, path: &Path) -> impl Fn(std::io::Error) -> OciError {
+        let path = path.to_path_buf();
+        move |source| OciError::Store {
+            path: path.clone(),
+            source,
+        }
+    }
+
+    /// File `bytes` under `digest` (checked first: a store never holds a
+    /// blob under another blob's name). Written atomically.
+    pub fn put(&self, digest: &Digest, bytes: &[u8]) -> Result<PathBuf, OciError> {
+        let actual = Digest::of(bytes);
+        if actual != *digest {
+            return Err(OciError::DigestMismatch {
+                what: "a blob about to be stored".into(),
+                expected: digest.clone(),
+                actual,
+                hint: String::new(),
+            });
+        }
+        let path = self.blob_path(digest);
+        let dir = path.parent().unwrap_or(&self.dir).to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(self.io(&dir))?;
+        let temp = tempfile::NamedTempFile::new_in(&dir).map_err(self.io(&dir))?;
+        std::fs::write(temp.path(), bytes).map_err(self.io(temp.path()))?;
+        std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o644))
+            .map_err(self.io(temp.path()))?;
+        temp.persist(&path).map_err(|e| self.io(&path)(e.error))?;
+        Ok(path)
+    }
+
+    /// The blob filed under `digest`, at most `cap` bytes, verified;
+    /// `Ok(None)` when there is none.
+    pub fn read(&self, digest: &Digest, cap: u64) -> Result<Option<Vec<u8>>, OciError> {
+        let path = self.blob_path(digest);
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(&path)(e)),
+        };
+        let meta = file.metadata().map_err(self.io(&path))?;
+        if !meta.is_file() {
+            return Err(OciError::File {
+                path,
+                detail: "is not a regular file".into(),
+            });
+        }
+        let mut bytes = Vec::new();
+        file.take(cap.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(self.io(&path))?;
+        if bytes.len() as u64 > cap {
+            return Err(OciError::TooLarge {
+                what: path.display().to_string(),
+                size: meta.len(),
+                cap,
+            });
+        }
+        let actual = Digest::of(&bytes);
+        if actual != *digest {
+            return Err(OciError::DigestMismatch {
+                what: format!("stored blob {}", path.display()),
+                expected: digest.clone(),
+                actual,
+                hint: format!(
+                    ". The file changed after it was stored; remove it ({}) and pull again",
+                    path.display()
+                ),
+            });
+        }
+        Ok(Some(bytes))
+    }
+
+    /// The plugin manifest filed under `manifest`, if stored.
+    pub fn plugin_manifest(&self, manifest: &Digest) -> Result<Option<PluginManifest>, OciError> {
+        let Some(bytes) = self.read(manifest, artifact::MAX_METADATA_BYTES)? else {
+            return Ok(None);
+        };
+        artifact::parse_manifest(manifest.as_str(), &bytes).map(Some)
+    }
+
+    /// Store a pulled plugin and note where it came from.
+    pub fn save(&self, reference: &str, pulled: &super::Pulled) -> Result<(), OciError> {
+        self.put(&pulled.manifest_digest, &pulled.manifest)?;
+        self.put(&pulled.plugin.config_digest, &pulled.config)?;
+        if let Some(layer) = &pulled.layer {
+            self.put(&pulled.plugin.layer_digest, layer)?;
+        }
+        self.record(IndexEntry {
+            reference: reference.to_string(),
+            manifest: pulled.manifest_digest.clone(),
+            layer: pulled.plugin.layer_digest.clone(),
+            size: pulled.plugin.layer_size,
+        })
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.dir.join("index.json")
+    }
+
+    /// What was pulled, newest record per reference.
+    pub fn entries(&self) -> Vec<IndexEntry> {
+        std::fs::read(self.index_path())
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    fn record(&self, entry: IndexEntry) -> Result<(), OciError> {
+        let mut entries = self.entries();
+        entries.retain(|e| e.reference != entry.reference);
+        entries.push(entry);
+        entries.sort_by(|a, b| a.reference.cmp(&b.reference));
+        let path = self.index_path();
+        let text = serde_json::to_vec_pretty(&entries).map_err(|e| OciError::File {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        let temp = tempfile::NamedTempFile::new_in(&self.dir).map_err(self.io(&self.dir))?;
+        std::fs::write(temp.path(), text).map_err(self.io(temp.path()))?;
+        temp.persist(&path).map_err(|e| self.io(&path)(e.error))?;
+        Ok(())
+    }
+}
+
+/// `runner-bundle.json`: what a bundle holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleManifest {
+    /// The runner version that precompiled the artifacts.
+    pub runner: String,
+    pub plugins: Vec<BundledPlugin>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundledPlugin {
+    pub reference: String,
+    pub manifest: Digest,
+    pub layer: Digest,
+    pub imports: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precompiled: Option<Precompiled>,
+}
+
+/// A component precompiled for one runner build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Precompiled {
+    /// File name in `compiled/`.
+    pub file: String,
+    /// BLAKE3 of the artifact, checked before it is loaded.
+    pub blake3: String,
+    /// The engine compatibility tag it was compiled under.
+    pub engine: String,
+}
+
+/// An opened bundle directory.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: BundleManifest,
+    /// Whether its precompiled artifacts may be loaded: the directory and
+    /// its `compiled/` are writable only by their owner, root or this user.
+    pub trusted: bool,
+}
+
+pub const BUNDLE_FILE: &str = "runner-bundle.json";
+
+impl Bundle {
+    /// The bundle in `dir`, or `None` when `dir` holds none.
+    pub fn open(dir: &Path) -> Result<Option<Self>, OciError> {
+        let path = dir.join(BUNDLE_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(OciError::Store { path, source }),
+        };
+        let manifest: BundleManifest =
+            serde_json::from_slice(&bytes).map_err(|e| OciError::File {
+                path: path.clone(),
+                detail: format!("not a runner bundle manifest: {e}"),
+            })?;
+        let trusted = [dir.to_path_buf(), dir.join("compiled")]
+            .iter()
+            .all(|d| owned_safely(d));
+        if !trusted {
+            tracing::warn!(
+                "bundle {}: its directory is writable by another user or owned by someone else; \
+                 its precompiled artifacts are not loaded (plugins compile at start)",
+                dir.display()
+            );
+        }
+        Ok(Some(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            trusted,
+        }))
+    }
+
+    pub fn store(&self) -> PluginStore {
+        PluginStore::new(self.dir.clone())
+    }
+
+    pub fn find(&self, manifest: &Digest) -> Option<&BundledPlugin> {
+        self.manifest
+            .plugins
+            .iter()
+            .find(|p| p.manifest == *manifest)
+    }
+
+    pub fn compiled_path(&self, precompiled: &Precompiled) -> Option<PathBuf> {
+        // The name is written by `runner plugin bundle`; anything else is refused.
+        let ok = precompiled
+            .file
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && !precompiled.file.starts_with('.');
+        ok.then(|| self.dir.join("compiled").join(&precompiled.file))
+    }
+}
+
+/// Owned by root or this user, and not writable by group or others.
+fn owned_safely(path: &Path) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    (meta.uid() == 0 || meta.uid() == me) && meta.mode() & 0o022 == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_are_verified_on_every_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PluginStore::new(dir.path().to_path_buf());
+        let digest = Digest::of(b"component");
+        assert!(store.put(&Digest::of(b"other"), b"component").is_err());
+        let path = store.put(&digest, b"component").unwrap();
+        assert_eq!(store.read(&digest, 100).unwrap().unwrap(), b"component");
+        std::fs::write(&path, b"c0mponent").unwrap();
+        let e = store.read(&digest, 100).unwrap_err().to_string();
+        assert!(
+            e.contains("does not match its digest") && e.contains("pull again"),
+            "{e}"
+        );
+        std::fs::write(&path, vec![b'x'; 200]).unwrap();
+        assert!(matches!(
+            store.read(&digest, 100),
+            Err(OciError::TooLarge { .. })
+        ));
+        assert!(store.read(&Digest::of(b"absent"), 100).unwrap().is_none());
+    }
+}
