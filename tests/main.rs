@@ -12,7 +12,9 @@ mod common;
 
 mod bluegreen;
 mod cache;
+mod ci_image;
 mod consul;
+mod contract_version;
 mod faults;
 mod hostile;
 mod images;

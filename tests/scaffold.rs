@@ -1,6 +1,7 @@
 //! `runner plugin new`: the scaffolded Rust and Python plugins test, build and
 //! run as they are, alone and in their one-stage pipeline.
 
+use crate::common::oci_registry::Registry;
 use crate::common::{Env, run, target_dir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -71,6 +72,56 @@ fn the_rust_scaffold_tests_builds_and_runs() {
     );
     let release = target.join("wasm32-wasip2/release");
     runs_alone_and_in_its_pipeline(&env, &release.join("hello_stage.wasm"), &dir, &release);
+
+    // Published with its script, then pinned by digest in another team's pipeline.
+    let registry = Registry::start();
+    let reference = registry.reference("team/hello-stage:0.1.0");
+    let runner_bin = assert_cmd::cargo::cargo_bin("runner");
+    let runner_dir = runner_bin.parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        runner_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let published = ok(
+        Command::new(dir.join("publish.sh"))
+            .arg(&reference)
+            .env("PATH", &path)
+            .env("CARGO_TARGET_DIR", &target)
+            .env("RUNNER_CACHE_DIR", env.cache_dir())
+            .env("RUNNER_PLUGIN_STORE", env.plugin_store())
+            .env(
+                "DOCKER_CONFIG",
+                env.cache_dir().with_extension("docker-config"),
+            ),
+        &dir,
+    );
+    let pinned = published
+        .lines()
+        .find_map(|l| l.strip_prefix("pin it in a pipeline:  plugin = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no pinned reference in:\n{published}"))
+        .to_string();
+    assert!(
+        pinned.starts_with(&registry.reference("team/hello-stage@sha256:")),
+        "{pinned}"
+    );
+
+    let other = env.path().join("other-team");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(
+        other.join("runner.toml"),
+        format!("service = \"other\"\n\n[[stages]]\nname = \"greet\"\nplugin = \"{pinned}\"\nconfig = {{ who = \"other team\" }}\n"),
+    )
+    .unwrap();
+    run(env.runner().current_dir(&other).args(["plugin", "lock"])).expect_code(0);
+    run(env
+        .runner()
+        .current_dir(&other)
+        .env("CI", "true")
+        .args(["run", "--locked"]))
+    .expect_code(0)
+    .stderr_has("hello, other team");
 }
 
 #[test]

@@ -46,7 +46,9 @@ pub struct StoredPlugin {
     pub layer: Digest,
     /// Where the component's bytes are (store or bundle).
     pub blob: PathBuf,
-    pub bytes: Arc<[u8]>,
+    /// The verified component; `None` when a trusted bundle's precompiled
+    /// artifact is what will load (read from `blob` only if it cannot).
+    pub bytes: Option<Arc<[u8]>>,
     pub imports: Vec<String>,
     /// A precompiled artifact from a trusted bundle.
     pub precompiled: Option<(PathBuf, Precompiled)>,
@@ -202,25 +204,35 @@ impl Resolver {
         // Bundles first (read-only, maybe precompiled), then the store.
         let mut found = None;
         for bundle in &bundles {
-            if let Some(entry) = bundle.find(&manifest) {
-                let blobs = bundle.store();
-                if let Some(bytes) = blobs.read(&entry.layer, cap)? {
-                    let precompiled = entry
-                        .precompiled
-                        .as_ref()
-                        .filter(|_| bundle.trusted)
-                        .and_then(|p| bundle.compiled_path(p).map(|path| (path, p.clone())));
-                    found = Some((
-                        entry.layer.clone(),
-                        blobs.blob_path(&entry.layer),
-                        bytes,
-                        precompiled,
-                    ));
-                    break;
-                }
-            }
+            let Some(entry) = bundle.find(&manifest) else {
+                continue;
+            };
+            let blobs = bundle.store();
+            let precompiled = entry
+                .precompiled
+                .as_ref()
+                .filter(|_| bundle.trusted)
+                .and_then(|p| bundle.compiled_path(p).map(|path| (path, p.clone())));
+            // What runs is the precompiled artifact, verified against the
+            // bundle manifest when it loads; the component is read (and
+            // verified) only if that artifact cannot be used.
+            let bytes = match precompiled {
+                Some(_) => None,
+                None => match blobs.read(&entry.layer, cap)? {
+                    Some(bytes) => Some(bytes),
+                    None => continue,
+                },
+            };
+            found = Some((
+                entry.layer.clone(),
+                blobs.blob_path(&entry.layer),
+                bytes,
+                precompiled,
+                entry.imports.clone(),
+            ));
+            break;
         }
-        let (layer, blob, bytes, precompiled) = match found {
+        let (layer, blob, bytes, precompiled, bundled_imports) = match found {
             Some(found) => found,
             None => {
                 let layer = match &pulled_now {
@@ -241,15 +253,27 @@ impl Resolver {
                         (pulled.plugin.layer_digest, bytes)
                     }
                 };
-                (layer.clone(), store.blob_path(&layer), bytes, None)
+                (
+                    layer.clone(),
+                    store.blob_path(&layer),
+                    Some(bytes),
+                    None,
+                    Vec::new(),
+                )
             }
         };
-        let imports = artifact::component_info(&bytes)
-            .map_err(|found| OciError::NotAPlugin {
-                reference: key.clone(),
-                found: format!("its layer is not a WebAssembly component ({found})"),
-            })?
-            .imports;
+        let imports = match &bytes {
+            Some(bytes) => {
+                artifact::component_info(bytes)
+                    .map_err(|found| OciError::NotAPlugin {
+                        reference: key.clone(),
+                        found: format!("its layer is not a WebAssembly component ({found})"),
+                    })?
+                    .imports
+            }
+            // Recorded by `runner plugin bundle` from the verified component.
+            None => bundled_imports,
+        };
         if let Some(entry) = &locked_entry
             && entry.digest == manifest
         {
@@ -292,7 +316,7 @@ impl Resolver {
             manifest,
             layer,
             blob,
-            bytes: Arc::from(bytes),
+            bytes: bytes.map(Arc::from),
             imports,
             precompiled,
         })

@@ -84,47 +84,7 @@ impl PluginStore {
     /// The blob filed under `digest`, at most `cap` bytes, verified;
     /// `Ok(None)` when there is none.
     pub fn read(&self, digest: &Digest, cap: u64) -> Result<Option<Vec<u8>>, OciError> {
-        let path = self.blob_path(digest);
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path)
-        {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.io(&path)(e)),
-        };
-        let meta = file.metadata().map_err(self.io(&path))?;
-        if !meta.is_file() {
-            return Err(OciError::File {
-                path,
-                detail: "is not a regular file".into(),
-            });
-        }
-        let mut bytes = Vec::new();
-        file.take(cap.saturating_add(1))
-            .read_to_end(&mut bytes)
-            .map_err(self.io(&path))?;
-        if bytes.len() as u64 > cap {
-            return Err(OciError::TooLarge {
-                what: path.display().to_string(),
-                size: meta.len(),
-                cap,
-            });
-        }
-        let actual = Digest::of(&bytes);
-        if actual != *digest {
-            return Err(OciError::DigestMismatch {
-                what: format!("stored blob {}", path.display()),
-                expected: digest.clone(),
-                actual,
-                hint: format!(
-                    ". The file changed after it was stored; remove it ({}) and pull again",
-                    path.display()
-                ),
-            });
-        }
-        Ok(Some(bytes))
+        read_verified_at(self.blob_path(digest), digest, cap)
     }
 
     /// The plugin manifest filed under `manifest`, if stored.
@@ -177,6 +137,71 @@ impl PluginStore {
         temp.persist(&path).map_err(|e| self.io(&path)(e.error))?;
         Ok(())
     }
+}
+
+/// Read a file of at most `cap` bytes (plus one, so a larger one is seen)
+/// in large reads: its size is known, so the buffer is allocated once.
+pub fn read_capped(file: std::fs::File, cap: u64) -> std::io::Result<Vec<u8>> {
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(len.min(cap).saturating_add(1) as usize);
+    file.take(cap.saturating_add(1)).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The blob at `path`, which must hash to `digest` (for a blob a resolved
+/// plugin names; see [`PluginStore::read`]).
+pub fn read_verified(path: &Path, digest: &Digest, cap: u64) -> Result<Vec<u8>, OciError> {
+    read_verified_at(path.to_path_buf(), digest, cap)?.ok_or_else(|| OciError::Store {
+        path: path.to_path_buf(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })
+}
+
+fn read_verified_at(path: PathBuf, digest: &Digest, cap: u64) -> Result<Option<Vec<u8>>, OciError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| OciError::Store {
+            path: path.clone(),
+            source,
+        }
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let meta = file.metadata().map_err(io(&path))?;
+    if !meta.is_file() {
+        return Err(OciError::File {
+            path,
+            detail: "is not a regular file".into(),
+        });
+    }
+    let bytes = read_capped(file, cap).map_err(io(&path))?;
+    if bytes.len() as u64 > cap {
+        return Err(OciError::TooLarge {
+            what: path.display().to_string(),
+            size: meta.len(),
+            cap,
+        });
+    }
+    let actual = Digest::of(&bytes);
+    if actual != *digest {
+        return Err(OciError::DigestMismatch {
+            what: format!("stored blob {}", path.display()),
+            expected: digest.clone(),
+            actual,
+            hint: format!(
+                ". The file changed after it was stored; remove it ({}) and pull again",
+                path.display()
+            ),
+        });
+    }
+    Ok(Some(bytes))
 }
 
 /// `runner-bundle.json`: what a bundle holds.

@@ -51,9 +51,16 @@ pub enum LoadError {
     Invalid { path: PathBuf, reason: String },
     #[error(
         "{path} is a component but not a runner stage: {reason}. Build it against the `stage` world \
-         in wit/ (package runner:plugin@0.1.0); `runner plugin inspect {path}` shows what it has"
+         in wit/ (package runner:plugin@{}); `runner plugin inspect {path}` shows what it has",
+        crate::CONTRACT_VERSION
     )]
     WrongWorld { path: PathBuf, reason: String },
+    #[error(
+        "plugin {path} targets runner:plugin@{targets}, this runner provides {}; {}",
+        crate::CONTRACT_VERSION,
+        contract_hint(targets)
+    )]
+    Contract { path: PathBuf, targets: String },
 }
 
 impl Runtime {
@@ -71,56 +78,103 @@ impl Runtime {
     fn load_stored(&self, stored: &StoredPlugin) -> Result<Plugin, LoadError> {
         let name = stored.reference.name().to_string();
         let label = PathBuf::from(stored.pinned());
-        if let Some((path, precompiled)) = &stored.precompiled
-            && precompiled.engine == cache::engine_tag(&self.engine)
-        {
-            match self.load_precompiled(path, &precompiled.blake3) {
-                Ok(component) => {
-                    return Ok(Plugin {
-                        name: Arc::from(name),
-                        pre: self.link(&label, &component)?,
-                        cache: CacheOutcome::Hit,
-                    });
+        if let Some((path, precompiled)) = &stored.precompiled {
+            if precompiled.engine != cache::engine_tag(&self.engine) {
+                tracing::warn!(
+                    "{} was precompiled by another runner build (engine {}, this one {}); \
+                     compiling it (rebuild the bundle with this runner to start without compiling)",
+                    path.display(),
+                    precompiled.engine,
+                    cache::engine_tag(&self.engine)
+                );
+            } else {
+                match self.load_precompiled(path, &precompiled.blake3) {
+                    Ok(component) => {
+                        tracing::debug!(plugin = %label.display(), "loaded the bundle's precompiled artifact");
+                        return Ok(Plugin {
+                            name: Arc::from(name),
+                            pre: self.link(&label, &component)?,
+                            cache: CacheOutcome::Hit,
+                        });
+                    }
+                    Err(why) => tracing::warn!(
+                        "precompiled {} is unusable ({why}); it was not run, compiling {} instead",
+                        path.display(),
+                        label.display()
+                    ),
                 }
-                Err(why) => tracing::warn!(
-                    "precompiled {} is unusable ({why}); it was not run, compiling {label:?} instead",
-                    path.display()
-                ),
             }
         }
-        self.load_bytes(&name, &label, &stored.bytes)
+        let bytes = match &stored.bytes {
+            Some(bytes) => bytes.clone(),
+            None => {
+                crate::oci::store::read_verified(&stored.blob, &stored.layer, self.max_plugin_bytes)
+                    .map(std::sync::Arc::from)
+                    .map_err(|e| LoadError::Invalid {
+                        path: label.clone(),
+                        reason: e.to_string(),
+                    })?
+            }
+        };
+        self.load_bytes(&name, &label, &bytes)
     }
 
     /// A bundle's precompiled artifact, checked against the BLAKE3 its
     /// bundle manifest records before wasmtime sees it.
     fn load_precompiled(&self, path: &Path, expected: &str) -> Result<Component, String> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
             .map_err(|e| e.to_string())?;
-        if !file.metadata().map_err(|e| e.to_string())?.is_file() {
+        let identity = |meta: &std::fs::Metadata| {
+            (
+                meta.dev(),
+                meta.ino(),
+                meta.size(),
+                meta.mtime_nsec(),
+                meta.ctime(),
+                meta.ctime_nsec(),
+            )
+        };
+        let before = file.metadata().map_err(|e| e.to_string())?;
+        if !before.is_file() {
             return Err("not a regular file".into());
         }
         // Native code is a few times the component's size.
-        let cap = self.max_plugin_bytes.saturating_mul(8);
-        let mut bytes = Vec::new();
-        file.take(cap.saturating_add(1))
-            .read_to_end(&mut bytes)
-            .map_err(|e| e.to_string())?;
-        if bytes.len() as u64 > cap {
+        if before.len() > self.max_plugin_bytes.saturating_mul(8) {
             return Err("larger than any artifact runner writes".into());
         }
-        if blake3::hash(&bytes).to_hex().as_str() != expected {
+        // Hash and load the very file that was opened (its descriptor, not
+        // the path), each where it lies: mapped, not copied.
+        let handle = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let mut hasher = blake3::Hasher::new();
+        // A Python plugin's artifact is tens of MB: hashed on every core.
+        if before.len() > 8 * 1024 * 1024 {
+            hasher.update_mmap_rayon(&handle)
+        } else {
+            hasher.update_mmap(&handle)
+        }
+        .map_err(|e| e.to_string())?;
+        if hasher.finalize().to_hex().as_str() != expected {
             return Err("its content does not match the bundle manifest".into());
         }
         // SAFETY: the artifact is the one `runner plugin bundle` wrote with
         // wasmtime's own serialization under this engine's compatibility
         // tag: its BLAKE3 matches the bundle manifest, and the bundle
         // directory is writable only by its owner (root or this user), as
-        // trusted as the runner binary beside it. Wasmtime still checks the
-        // header and version.
-        unsafe { Component::deserialize(&self.engine, &bytes) }.map_err(|e| e.to_string())
+        // trusted as the runner binary beside it. A write between the hash
+        // and the mapping changes the file's ctime, checked below before
+        // the component is used. Wasmtime still checks header and version.
+        let component = unsafe { Component::deserialize_file(&self.engine, &handle) }
+            .map_err(|e| e.to_string())?;
+        let after = file.metadata().map_err(|e| e.to_string())?;
+        if identity(&before) != identity(&after) {
+            return Err("it changed while it was being loaded".into());
+        }
+        Ok(component)
     }
 
     /// Read, compile (or load precompiled) and type-check a plugin file.
@@ -292,6 +346,21 @@ impl Runtime {
             reason,
         };
         let ty = component.component_type();
+        // Before linking: an incompatible contract is said as such, not as
+        // a missing import.
+        let mut newer = None;
+        for (name, _) in ty.imports(&self.engine) {
+            match contract_import(name) {
+                Some(Compat::Incompatible(targets)) => {
+                    return Err(LoadError::Contract {
+                        path: path.into(),
+                        targets,
+                    });
+                }
+                Some(Compat::Newer(targets)) => newer = Some(targets),
+                _ => {}
+            }
+        }
         let has_run = ty.exports(&self.engine).any(|(name, _)| name == "run");
         if !has_run {
             let exports: Vec<String> = ty
@@ -307,18 +376,73 @@ impl Runtime {
                 }
             )));
         }
-        let instance_pre = self.linker.instantiate_pre(component).map_err(|e| {
-            wrong_world(format!(
-                "it imports something runner does not provide: {}",
-                root_cause(&e)
-            ))
-        })?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| match &newer {
+                // Built against a later compatible contract and using what it added.
+                Some(targets) => LoadError::Contract {
+                    path: path.into(),
+                    targets: targets.clone(),
+                },
+                None => wrong_world(format!(
+                    "it imports something runner does not provide: {}",
+                    root_cause(&e)
+                )),
+            })?;
         StagePre::new(instance_pre).map_err(|e| {
             wrong_world(format!(
                 "its `run` export has the wrong type: {}",
                 root_cause(&e)
             ))
         })
+    }
+}
+
+/// How an import of the `runner:plugin` package relates to the contract
+/// this runner provides. The rules are wasmtime's linker's (semver): from
+/// 1.0 the major version must match; before, `0.MINOR` must (a patch
+/// release only adds). See wit/VERSIONING.md.
+#[derive(Debug, PartialEq, Eq)]
+enum Compat {
+    Same,
+    /// Compatible, but later: works unless it uses what was added.
+    Newer(String),
+    Incompatible(String),
+}
+
+fn contract_import(name: &str) -> Option<Compat> {
+    let version = name.strip_prefix("runner:plugin/")?.split_once('@')?.1;
+    let Ok(targets) = semver::Version::parse(version) else {
+        return Some(Compat::Incompatible(version.to_string()));
+    };
+    let provides = semver::Version::parse(crate::CONTRACT_VERSION).ok()?;
+    let key = |v: &semver::Version| match (v.major, v.minor) {
+        (0, 0) => (0, 0, v.patch),
+        (0, minor) => (0, minor, 0),
+        (major, _) => (major, 0, 0),
+    };
+    Some(if key(&targets) != key(&provides) {
+        Compat::Incompatible(version.to_string())
+    } else if targets > provides {
+        Compat::Newer(version.to_string())
+    } else {
+        Compat::Same
+    })
+}
+
+fn contract_hint(targets: &str) -> String {
+    let older = semver::Version::parse(targets)
+        .ok()
+        .zip(semver::Version::parse(crate::CONTRACT_VERSION).ok())
+        .is_some_and(|(t, p)| t < p);
+    if older {
+        "rebuild it against this runner's contract (its wit/, which `runner plugin new` copies)"
+            .into()
+    } else {
+        format!(
+            "run it with a runner that provides runner:plugin@{targets} (or rebuild it against this one's wit/)"
+        )
     }
 }
 
@@ -350,5 +474,33 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
             path: path.into(),
             reason: "unknown WebAssembly layer in the header".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod contract_tests {
+    use super::{Compat, contract_import};
+
+    #[test]
+    fn imports_are_matched_by_the_contracts_semver_rules() {
+        let current = format!("runner:plugin/log@{}", crate::CONTRACT_VERSION);
+        assert_eq!(contract_import(&current), Some(Compat::Same));
+        assert_eq!(contract_import("wasi:io/poll@0.2.6"), None);
+        assert_eq!(
+            contract_import("runner:plugin/log@0.2.0"),
+            Some(Compat::Incompatible("0.2.0".into()))
+        );
+        assert_eq!(
+            contract_import("runner:plugin/log@1.0.0"),
+            Some(Compat::Incompatible("1.0.0".into()))
+        );
+        assert_eq!(
+            contract_import("runner:plugin/log@0.1.99"),
+            Some(Compat::Newer("0.1.99".into()))
+        );
+        assert_eq!(
+            contract_import("runner:plugin/log@x"),
+            Some(Compat::Incompatible("x".into()))
+        );
     }
 }

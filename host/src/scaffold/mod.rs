@@ -26,9 +26,14 @@ pub enum ScaffoldError {
 }
 
 /// The contract, as this runner speaks it: the world, then each
-/// capability's interfaces (from the capability list).
+/// capability's interfaces (from the capability list), and its version rules.
 fn wit_files() -> impl Iterator<Item = (&'static str, &'static str)> {
-    std::iter::once(("world.wit", include_str!("../../../wit/world.wit"))).chain(
+    [
+        ("world.wit", include_str!("../../../wit/world.wit")),
+        ("VERSIONING.md", include_str!("../../../wit/VERSIONING.md")),
+    ]
+    .into_iter()
+    .chain(
         crate::caps::IMPORTS
             .iter()
             .flat_map(|c| c.wit.iter().copied()),
@@ -40,6 +45,7 @@ const RUST: &[(&str, &str)] = &[
     ("src/lib.rs", include_str!("rust/lib.rs.tmpl")),
     ("runner.toml", include_str!("rust/runner.toml.tmpl")),
     ("README.md", include_str!("rust/README.md.tmpl")),
+    ("publish.sh", include_str!("rust/publish.sh.tmpl")),
     (".gitignore", "/target\n"),
 ];
 
@@ -49,6 +55,7 @@ const PYTHON: &[(&str, &str)] = &[
     ("test_logic.py", include_str!("python/test_logic.py.tmpl")),
     ("runner.toml", include_str!("python/runner.toml.tmpl")),
     ("README.md", include_str!("python/README.md.tmpl")),
+    ("publish.sh", include_str!("python/publish.sh.tmpl")),
     (".gitignore", "*.wasm\n__pycache__/\n"),
 ];
 
@@ -85,7 +92,12 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> Result<Vec<PathBuf>, Scaffo
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::write(path, text)
+            std::fs::write(path, &text)?;
+            if path.extension().is_some_and(|e| e == "sh") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+            }
+            Ok(())
         };
         write(&path).map_err(|source| ScaffoldError::Write {
             path: path.clone(),
