@@ -45,3 +45,34 @@ fn a_plugin_for_an_incompatible_contract_fails_at_load_naming_both_versions() {
         );
     }
 }
+
+/// A plugin built against the frozen 0.1.0 contract (tests/guests/contract-0.1.0)
+/// runs on this runner, which provides a later compatible version that added
+/// `log.enabled`.
+#[test]
+fn a_plugin_built_against_an_older_compatible_contract_keeps_running() {
+    let env = Env::new();
+    let old = crate::common::plugin("contract-0-1-0");
+    let inspect = run(env.runner().args(["plugin", "inspect"]).arg(&old)).success();
+    assert!(
+        inspect
+            .stdout
+            .contains("world:   runner:plugin/stage@0.1.0"),
+        "{}",
+        inspect.stdout
+    );
+    assert_ne!(
+        runner::CONTRACT_VERSION,
+        "0.1.0",
+        "the proof needs a newer contract"
+    );
+    let mut exec = env.exec(&old);
+    exec.arg("--service").arg("svc");
+    let out = run(&mut exec).success();
+    assert_eq!(out.output("contract").as_deref(), Some("0.1.0"));
+    assert!(
+        out.stderr.contains("built against runner:plugin@0.1.0"),
+        "{}",
+        out.stderr
+    );
+}

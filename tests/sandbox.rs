@@ -319,12 +319,12 @@ fn inspect_lists_world_imports_and_grants() {
         .arg(plugin("integration-test")))
     .expect_code(0);
     assert!(
-        out.stdout.contains("world:   runner:plugin/stage@0.1.0"),
+        out.stdout.contains("world:   runner:plugin/stage"),
         "{}",
         out.stdout
     );
     assert!(
-        out.stdout.contains("runner:plugin/http@0.1.0"),
+        out.stdout.contains("runner:plugin/http@0.1.1"),
         "{}",
         out.stdout
     );

@@ -49,13 +49,19 @@ pub fn report_names(
         let _ = writeln!(out, "{:9}{value}", format!("{label}:"));
     }
     let _ = writeln!(out, "size:    {}", bytesize::ByteSize(size));
+    // The contract version it was built against, from its imports.
+    let targets = imports
+        .iter()
+        .find_map(|i| i.strip_prefix("runner:plugin/")?.split_once('@'))
+        .map(|(_, version)| format!("@{version}"))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
         "world:   {}",
         if is_stage {
-            "runner:plugin/stage@0.1.0 (runnable with `runner exec`)"
+            format!("runner:plugin/stage{targets} (runnable with `runner exec`)")
         } else {
-            "not a runner stage (needs export `run` and only runner/WASI imports)"
+            "not a runner stage (needs export `run` and only runner/WASI imports)".into()
         }
     );
     let _ = writeln!(out, "\nexports:");

@@ -116,6 +116,16 @@ impl log::Host for LogCap {
         }
     }
 
+    async fn enabled(&mut self, level: log::Level) -> bool {
+        match level {
+            log::Level::Trace => tracing::enabled!(target: PLUGIN_TARGET, tracing::Level::TRACE),
+            log::Level::Debug => tracing::enabled!(target: PLUGIN_TARGET, tracing::Level::DEBUG),
+            log::Level::Info => tracing::enabled!(target: PLUGIN_TARGET, tracing::Level::INFO),
+            log::Level::Warn => tracing::enabled!(target: PLUGIN_TARGET, tracing::Level::WARN),
+            log::Level::Error => tracing::enabled!(target: PLUGIN_TARGET, tracing::Level::ERROR),
+        }
+    }
+
     async fn progress(&mut self, step: String, done: u64, total: u64) {
         let Some(step) = self.budget.admit(&step) else {
             return;
