@@ -15,6 +15,7 @@ mod cache;
 mod ci_image;
 mod consul;
 mod contract_version;
+mod describe;
 mod faults;
 mod hostile;
 mod images;

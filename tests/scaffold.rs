@@ -39,6 +39,17 @@ fn new_plugin(env: &Env, name: &str, lang: &str) -> PathBuf {
 
 /// `runner exec` the plugin with who=ci, then `runner run` its pipeline.
 fn runs_alone_and_in_its_pipeline(env: &Env, plugin: &Path, dir: &Path, plugin_path: &Path) {
+    // It describes itself: its setting and output, typed.
+    let inspect = run(env.runner().args(["plugin", "inspect"]).arg(plugin)).expect_code(0);
+    assert!(
+        inspect
+            .stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("who") && l.contains("text, default \"world\"")),
+        "{}",
+        inspect.stdout
+    );
+    assert!(inspect.stdout.contains("greeting"), "{}", inspect.stdout);
     let out = env.exec(plugin).config("who", "ci").run().success();
     assert_eq!(out.output("greeting").as_deref(), Some("hello, ci"));
     run(env
@@ -134,7 +145,7 @@ fn the_python_scaffold_tests_builds_and_runs() {
             "-d",
             "wit",
             "-w",
-            "stage",
+            "described-stage",
             "componentize",
             "app",
             "-o",

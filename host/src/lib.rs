@@ -18,6 +18,7 @@ pub mod caps;
 pub mod cli;
 pub mod commands;
 pub mod conventions;
+pub mod describe;
 pub mod faults;
 pub mod grants;
 pub mod inspect;

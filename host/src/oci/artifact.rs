@@ -41,6 +41,10 @@ pub struct WasmConfig {
     pub layer_digests: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub component: Option<ComponentInfo>,
+    /// runner's own field: what the stage declares (`describe`), so
+    /// `runner plugin inspect REF` shows it without pulling the component.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "runner")]
+    pub description: Option<crate::describe::Description>,
 }
 
 /// What a component imports and exports (its world's names).
@@ -150,7 +154,12 @@ struct Manifest {
 }
 
 /// Build the artifact for component `wasm`, its layer titled `title`.
-pub fn build(wasm: &[u8], title: &str, created: String) -> Result<Built, String> {
+pub fn build(
+    wasm: &[u8],
+    title: &str,
+    created: String,
+    description: Option<crate::describe::Description>,
+) -> Result<Built, String> {
     let info = component_info(wasm)?;
     let layer_digest = Digest::of(wasm);
     let config = WasmConfig {
@@ -160,6 +169,7 @@ pub fn build(wasm: &[u8], title: &str, created: String) -> Result<Built, String>
         os: "wasip2".into(),
         layer_digests: vec![layer_digest.to_string()],
         component: Some(info.clone()),
+        description,
     };
     let config = serde_json::to_vec(&config).map_err(|e| e.to_string())?;
     let config_digest = Digest::of(&config);
@@ -284,8 +294,8 @@ mod tests {
     #[test]
     fn the_same_component_always_gives_the_same_digests() {
         let wasm = component();
-        let a = build(&wasm, "notify.wasm", "1970-01-01T00:00:00Z".into()).unwrap();
-        let b = build(&wasm, "notify.wasm", "1970-01-01T00:00:00Z".into()).unwrap();
+        let a = build(&wasm, "notify.wasm", "1970-01-01T00:00:00Z".into(), None).unwrap();
+        let b = build(&wasm, "notify.wasm", "1970-01-01T00:00:00Z".into(), None).unwrap();
         assert_eq!(a.manifest_digest, b.manifest_digest);
         assert_eq!(a.layer_digest, Digest::of(&wasm));
         assert_eq!(a.info.imports, vec!["runner:plugin/log@0.1.0"]);
@@ -301,7 +311,7 @@ mod tests {
         let config = parse_config(&a.config).unwrap();
         assert_eq!(config.os, "wasip2");
         assert_eq!(config.layer_digests, vec![a.layer_digest.to_string()]);
-        let later = build(&wasm, "notify.wasm", "2026-01-01T00:00:00Z".into()).unwrap();
+        let later = build(&wasm, "notify.wasm", "2026-01-01T00:00:00Z".into(), None).unwrap();
         assert_ne!(later.manifest_digest, a.manifest_digest);
     }
 

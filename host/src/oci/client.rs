@@ -110,13 +110,14 @@ impl RegistryClient {
         reference: &OciRef,
         wasm: &[u8],
         title: &str,
+        description: Option<crate::describe::Description>,
     ) -> Result<Pushed, OciError> {
-        let built = artifact::build(wasm, title, artifact::created_time()?).map_err(|found| {
-            OciError::NotAPlugin {
+        let built = artifact::build(wasm, title, artifact::created_time()?, description).map_err(
+            |found| OciError::NotAPlugin {
                 reference: title.to_string(),
                 found: format!("it is not a WebAssembly component ({found})"),
-            }
-        })?;
+            },
+        )?;
         let auth = Self::login(reference)?;
         let client = self.client(reference.registry());
         let image = reference.reference();

@@ -221,6 +221,8 @@ impl Pipeline {
         }
 
         let mut stages: Vec<StageDef> = Vec::new();
+        let mut descriptions: std::collections::BTreeMap<String, crate::describe::Description> =
+            Default::default();
         for spanned in &stage_specs {
             let line = line_of(&text, spanned.span().start);
             let stage = spanned.get_ref();
@@ -311,8 +313,53 @@ impl Pipeline {
                         {
                             warnings.push(problem(line, format!("stage \"{name}\": {missing}")));
                         }
+                        // What it declares: its settings, typed, and outputs.
+                        match crate::oci::resolve::block_on(runtime.describe(&loaded)) {
+                            Ok(Ok(Some(described))) => {
+                                let config = stage
+                                    .config
+                                    .iter()
+                                    .map(|(k, v)| (k.as_str(), v.as_str()));
+                                for message in described.check_config(config) {
+                                    at(message);
+                                }
+                                descriptions.insert(name.clone(), described);
+                            }
+                            Ok(Ok(None)) => warnings.push(problem(
+                                line,
+                                format!(
+                                    "stage \"{name}\": its plugin does not describe its settings \
+                                     (built against the plain `stage` world), so they are not checked"
+                                ),
+                            )),
+                            Ok(Err(fault)) => at(format!("describing itself failed: {fault}")),
+                            Err(e) => at(e.to_string()),
+                        }
                     }
                     Err(e) => at(e.to_string()),
+                }
+            }
+            // `${stage.key}`: the earlier stage, when it describes itself,
+            // must declare that output.
+            for (key, value) in &stage.config {
+                for reference in references(value) {
+                    let Some((from, output)) = reference.split_once('.') else {
+                        continue;
+                    };
+                    if let Some(described) = descriptions.get(from)
+                        && !described.outputs_key(output)
+                    {
+                        let declared: Vec<&str> =
+                            described.outputs.iter().map(|o| o.name.as_str()).collect();
+                        at(format!(
+                            "config {key}: \"${{{reference}}}\": stage \"{from}\" never outputs \"{output}\" (it declares: {})",
+                            if declared.is_empty() {
+                                "none".to_string()
+                            } else {
+                                declared.join(", ")
+                            }
+                        ));
+                    }
                 }
             }
             stages.push(StageDef {

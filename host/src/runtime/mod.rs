@@ -230,45 +230,7 @@ impl Runtime {
     pub async fn run(&self, plugin: &Plugin, request: RunRequest) -> Result<StageResult, Fault> {
         let name = plugin.name.to_string();
         let limits = request.limits;
-        let mut wasi = WasiCtx::builder();
-        // stdout and stderr share one bound: what the plugin prints is log text.
-        let budget = stdio::SharedBudget::default();
-        wasi.stdout(stdio::LogStream::new(
-            plugin.name.clone(),
-            stdio::Stream::Stdout,
-            budget.clone(),
-        ))
-        .stderr(stdio::LogStream::new(
-            plugin.name.clone(),
-            stdio::Stream::Stderr,
-            budget,
-        ))
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false);
-        request
-            .capabilities
-            .configure_wasi(&mut wasi)
-            .map_err(|e| Fault::Instantiate {
-                plugin: name.clone(),
-                reason: e.to_string(),
-            })?;
-        let state = RunState {
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-            limiter: MemoryLimiter::new(limits.memory_bytes),
-            caps: request.capabilities,
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        let ticks = limits
-            .deadline
-            .as_millis()
-            .div_ceil(EPOCH_TICK.as_millis())
-            .max(1);
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.epoch_deadline_trap();
-
+        let mut store = self.new_store(plugin, request.capabilities, &limits)?;
         let deadline = limits.deadline;
         let call = async {
             let stage: Stage = plugin.pre.instantiate_async(&mut store).await?;
@@ -295,6 +257,124 @@ impl Runtime {
             "run's resources"
         );
         result.map_err(|e| classify_fault(&name, &limits, limiter.exceeded, e))
+    }
+
+    /// What a plugin of the `described-stage` world declares (its
+    /// `describe` export), asked in a fresh sandbox with nothing granted and
+    /// a short deadline. `Ok(None)`: it has no `describe` (a plain `stage`
+    /// plugin). A description that breaks runner's bounds is a fault.
+    pub async fn describe(
+        &self,
+        plugin: &Plugin,
+    ) -> Result<Option<crate::describe::Description>, Fault> {
+        let name = plugin.name.to_string();
+        let ty = plugin.pre.instance_pre().component().component_type();
+        if !ty
+            .exports(&self.engine)
+            .any(|(export, _)| export == "describe")
+        {
+            return Ok(None);
+        }
+        let limits = Limits {
+            deadline: Duration::from_secs(10),
+            ..Limits::default()
+        };
+        let instantiate = |reason: String| Fault::Instantiate {
+            plugin: name.clone(),
+            reason,
+        };
+        let registry = crate::registry::EmbeddedRegistry::in_memory(Duration::from_secs(1))
+            .map_err(|e| instantiate(e.to_string()))?;
+        let services = crate::caps::HostServices {
+            registry: Arc::new(registry),
+            docker: crate::caps::docker::DockerEngine::new(None),
+            hooks: None,
+            journal_service: None,
+        };
+        let grants = crate::caps::Grants::default();
+        let capabilities = Capabilities::prepare(&crate::caps::RunContext {
+            plugin: &name,
+            grants: &grants,
+            host: &services,
+            limits: &limits,
+        });
+        let mut store = self.new_store(plugin, capabilities, &limits)?;
+        let call = async {
+            let instance = plugin
+                .pre
+                .instance_pre()
+                .instantiate_async(&mut store)
+                .await?;
+            let func = instance
+                .get_typed_func::<(), (crate::bindings::runner::plugin::types::Description,)>(
+                    &mut store, "describe",
+                )?;
+            let (raw,) = func.call_async(&mut store, ()).await?;
+            wasmtime::Result::Ok(crate::describe::lift(raw))
+        };
+        let call = catch_host_panic(&name, call);
+        let described = match tokio::time::timeout(limits.deadline + EPOCH_TICK * 10, call).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(fault)) => return Err(fault),
+            Err(_) => return Err(deadline_fault(&name, limits.deadline)),
+        };
+        let limiter = &store.data().limiter;
+        let described =
+            described.map_err(|e| classify_fault(&name, &limits, limiter.exceeded, e))?;
+        described.map(Some).map_err(|e| Fault::Trap {
+            plugin: name,
+            reason: e.to_string(),
+            backtrace: None,
+        })
+    }
+
+    /// A fresh store for one call into `plugin`: WASI with only what the
+    /// capabilities configure, the memory limiter and the epoch deadline.
+    fn new_store(
+        &self,
+        plugin: &Plugin,
+        capabilities: Capabilities,
+        limits: &Limits,
+    ) -> Result<Store<RunState>, Fault> {
+        let name = plugin.name.to_string();
+        let mut wasi = WasiCtx::builder();
+        // stdout and stderr share one bound: what the plugin prints is log text.
+        let budget = stdio::SharedBudget::default();
+        wasi.stdout(stdio::LogStream::new(
+            plugin.name.clone(),
+            stdio::Stream::Stdout,
+            budget.clone(),
+        ))
+        .stderr(stdio::LogStream::new(
+            plugin.name.clone(),
+            stdio::Stream::Stderr,
+            budget,
+        ))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+        capabilities
+            .configure_wasi(&mut wasi)
+            .map_err(|e| Fault::Instantiate {
+                plugin: name.clone(),
+                reason: e.to_string(),
+            })?;
+        let state = RunState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(limits.memory_bytes),
+            caps: capabilities,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let ticks = limits
+            .deadline
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis())
+            .max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+        Ok(store)
     }
 }
 

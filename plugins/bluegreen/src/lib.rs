@@ -179,6 +179,38 @@ impl Settings {
 }
 
 impl Guest for BlueGreen {
+    fn describe() -> runner_sdk::Description {
+        runner_sdk::description("Blue-green deploy: run the next color, test it, switch the proxy, keep the old one for rollback")
+            .setting(runner_sdk::setting("action", runner_sdk::SettingKind::Text, "deploy, promote, rollback or recover").default("deploy"))
+            .setting(runner_sdk::setting("image", runner_sdk::SettingKind::Text, "the image to deploy (a rollback reuses the previous color's)"))
+            .setting(runner_sdk::setting("container_port", runner_sdk::SettingKind::Integer, "the port the service listens on in its container").default("8080"))
+            .setting(runner_sdk::setting("health_path", runner_sdk::SettingKind::Text, "the path polled until the new color is healthy").default("/health"))
+            .setting(runner_sdk::setting("health_timeout", runner_sdk::SettingKind::Duration, "how long the new color may take to become healthy").default("60s"))
+            .setting(runner_sdk::setting("env.*", runner_sdk::SettingKind::Text, "an environment variable of the service's container (env.NAME)"))
+            .setting(runner_sdk::setting("label.*", runner_sdk::SettingKind::Text, "a label of the service's container (label.NAME)"))
+            .setting(runner_sdk::setting("stop_timeout", runner_sdk::SettingKind::Duration, "how long the old color may take to stop").default("10s"))
+            .setting(runner_sdk::setting("drain", runner_sdk::SettingKind::Duration, "how long the old color keeps serving after the switch").default("2s"))
+            .setting(runner_sdk::setting("restart", runner_sdk::SettingKind::Text, "the containers' restart policy: no, on-failure, unless-stopped or always").default("unless-stopped"))
+            .setting(runner_sdk::setting("proxy", runner_sdk::SettingKind::Text, "the granted proxy to switch").default("nginx"))
+            .setting(runner_sdk::setting("upstream", runner_sdk::SettingKind::Text, "the proxy's upstream [default: the service's name]"))
+            .setting(runner_sdk::setting("upstream_file", runner_sdk::SettingKind::Text, "the upstream file the proxy includes (files driver)"))
+            .setting(runner_sdk::setting("upstream_template", runner_sdk::SettingKind::Text, "a template rendered into the upstream file ({color} is replaced)"))
+            .setting(runner_sdk::setting("proxy_url", runner_sdk::SettingKind::Url, "the proxy's address, for the post-switch checks"))
+            .setting(runner_sdk::setting("pre_hook", runner_sdk::SettingKind::Text, "the hook that tests the new color before the switch (none: no hook)").default("pre-integration"))
+            .setting(runner_sdk::setting("post_hook", runner_sdk::SettingKind::Text, "the hook that tests through the proxy after the switch (none: no hook)").default("post-integration"))
+            .setting(runner_sdk::setting("logs_tail", runner_sdk::SettingKind::Integer, "log lines of a failed container shown in the error").default("20"))
+            .setting(runner_sdk::setting("promotion", runner_sdk::SettingKind::Text, "auto, or manual: stop after the pre-switch tests until `runner promote`").default("auto"))
+            .output("color", "the color now serving")
+            .output("previous", "the color kept for rollback")
+            .output("container", "the new color's container")
+            .output("port", "the new color's published port")
+            .output("candidate", "the color waiting for promotion (promotion=manual)")
+            .output("paused", "true when the deploy stopped at its promotion gate")
+            .output("recovered", "true when an interrupted deploy was finished or undone")
+            .output("start_ms", "time to start the new color")
+            .output("healthy_ms", "time until it was healthy")
+            .output("switch_ms", "time to switch the proxy")
+    }
     fn run(ctx: Context) -> Result<Outcome, Error> {
         let settings = Settings::from(&ctx)?;
         let action = config(&ctx).get_or("action", "deploy");

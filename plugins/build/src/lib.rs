@@ -33,6 +33,51 @@ fn tag(ctx: &Context) -> Result<String, Error> {
 }
 
 impl Guest for Build {
+    fn describe() -> runner_sdk::Description {
+        runner_sdk::description("Build an image from a granted context directory")
+            .setting(
+                runner_sdk::setting(
+                    "context",
+                    runner_sdk::SettingKind::Text,
+                    "the build context: a granted directory",
+                )
+                .required(),
+            )
+            .setting(
+                runner_sdk::setting(
+                    "image",
+                    runner_sdk::SettingKind::Text,
+                    "the image's repository, e.g. 127.0.0.1:5000/books-ms",
+                )
+                .required(),
+            )
+            .setting(runner_sdk::setting(
+                "tag",
+                runner_sdk::SettingKind::Text,
+                "the tag [default: version, else latest]",
+            ))
+            .setting(runner_sdk::setting(
+                "version",
+                runner_sdk::SettingKind::Text,
+                "the tag, when tag is not set",
+            ))
+            .setting(
+                runner_sdk::setting(
+                    "dockerfile",
+                    runner_sdk::SettingKind::Text,
+                    "the Dockerfile, relative to the context",
+                )
+                .default("Dockerfile"),
+            )
+            .setting(runner_sdk::setting(
+                "build_arg.*",
+                runner_sdk::SettingKind::Text,
+                "a build argument (build_arg.NAME)",
+            ))
+            .output("image", "the built image, repository:tag")
+            .output("tag", "its tag")
+            .output("id", "its image ID")
+    }
     fn run(ctx: Context) -> Result<Outcome, Error> {
         let cfg = runner_sdk::config(&ctx);
         let context = cfg.require("context")?;

@@ -19,6 +19,46 @@ use std::time::{Duration, Instant};
 struct ContainerTest;
 
 impl Guest for ContainerTest {
+    fn describe() -> runner_sdk::Description {
+        runner_sdk::description("Run a test container to completion; fail on a non-zero exit")
+            .setting(
+                runner_sdk::setting("image", runner_sdk::SettingKind::Text, "the tests image")
+                    .required(),
+            )
+            .setting(runner_sdk::setting(
+                "name",
+                runner_sdk::SettingKind::Text,
+                "the container's name [default: SERVICE-STAGE]",
+            ))
+            .setting(
+                runner_sdk::setting(
+                    "timeout",
+                    runner_sdk::SettingKind::Duration,
+                    "how long the tests may run",
+                )
+                .default("10m"),
+            )
+            .setting(
+                runner_sdk::setting(
+                    "log_lines",
+                    runner_sdk::SettingKind::Integer,
+                    "log lines of a failed run shown in the error",
+                )
+                .default("20"),
+            )
+            .setting(runner_sdk::setting(
+                "command",
+                runner_sdk::SettingKind::Text,
+                "the command to run instead of the image's (split on spaces)",
+            ))
+            .setting(runner_sdk::setting(
+                "env.*",
+                runner_sdk::SettingKind::Text,
+                "an environment variable of the container (env.NAME)",
+            ))
+            .output("exit_code", "the container's exit code")
+            .output("duration_ms", "how long it ran")
+    }
     fn run(ctx: Context) -> Result<Outcome, Error> {
         let cfg = runner_sdk::config(&ctx);
         let image = cfg.require("image")?;

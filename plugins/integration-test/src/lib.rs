@@ -248,6 +248,68 @@ fn junit(suite: &str, base_url: &str, results: &[CheckResult]) -> Result<String,
 }
 
 impl Guest for IntegrationTest {
+    fn describe() -> runner_sdk::Description {
+        runner_sdk::description(
+            "HTTP checks against a service, retried until they pass, with a JUnit report",
+        )
+        .setting(
+            runner_sdk::setting(
+                "base_url",
+                runner_sdk::SettingKind::Url,
+                "where the service answers, e.g. http://127.0.0.1:8080",
+            )
+            .required(),
+        )
+        .setting(runner_sdk::setting(
+            "check.*",
+            runner_sdk::SettingKind::Text,
+            "a check: `METHOD /path STATUS` (check.health = \"GET /health 200\")",
+        ))
+        .setting(
+            runner_sdk::setting(
+                "retry_for",
+                runner_sdk::SettingKind::Duration,
+                "how long to retry a failing check",
+            )
+            .default("30s"),
+        )
+        .setting(
+            runner_sdk::setting(
+                "interval",
+                runner_sdk::SettingKind::Duration,
+                "the wait between tries",
+            )
+            .default("250ms"),
+        )
+        .setting(
+            runner_sdk::setting(
+                "retry",
+                runner_sdk::SettingKind::Text,
+                "what is retried: any failure, or only connection errors (any|connection)",
+            )
+            .default("any"),
+        )
+        .setting(
+            runner_sdk::setting(
+                "request_timeout",
+                runner_sdk::SettingKind::Duration,
+                "time limit of one request",
+            )
+            .default("5s"),
+        )
+        .setting(runner_sdk::setting(
+            "report",
+            runner_sdk::SettingKind::Text,
+            "write a JUnit report to this path (in a granted directory)",
+        ))
+        .setting(runner_sdk::setting(
+            "suite",
+            runner_sdk::SettingKind::Text,
+            "the JUnit suite name [default: the stage's name]",
+        ))
+        .output("passed", "how many checks passed")
+        .output("junit_report", "the report's path, when one was written")
+    }
     fn run(ctx: Context) -> Result<Outcome, Error> {
         let cfg = config(&ctx);
         let base_url = cfg.require("base_url")?.to_string();

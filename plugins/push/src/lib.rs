@@ -21,6 +21,24 @@ fn repository(image: &str) -> &str {
 }
 
 impl Guest for Push {
+    fn describe() -> runner_sdk::Description {
+        runner_sdk::description("Push an image (and extra tags) to its registry")
+            .setting(
+                runner_sdk::setting(
+                    "image",
+                    runner_sdk::SettingKind::Text,
+                    "the image to push, repository:tag",
+                )
+                .required(),
+            )
+            .setting(runner_sdk::setting(
+                "also_tag",
+                runner_sdk::SettingKind::Text,
+                "more tags to push the same image as, comma-separated",
+            ))
+            .output("image", "the pushed image")
+            .output("pushed", "every reference pushed, comma-separated")
+    }
     fn run(ctx: Context) -> Result<Outcome, Error> {
         let cfg = runner_sdk::config(&ctx);
         let image = cfg.require("image")?;

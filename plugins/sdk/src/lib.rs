@@ -4,13 +4,19 @@
 //! plugin is just:
 //!
 //! ```ignore
-//! use runner_sdk::{Context, Error, Guest, Outcome};
+//! use runner_sdk::{Context, Description, Error, Guest, Outcome, SettingKind};
 //!
 //! struct Hello;
 //! impl Guest for Hello {
 //!     fn run(ctx: Context) -> Result<Outcome, Error> {
 //!         let who = runner_sdk::config(&ctx).get_or("who", "world");
-//!         Ok(runner_sdk::outcome(format!("hello {who}")))
+//!         Ok(runner_sdk::outcome(format!("hello {who}")).with_output("greeting", "hello"))
+//!     }
+//!     // What `runner validate` checks a pipeline against.
+//!     fn describe() -> Description {
+//!         runner_sdk::description("Greets someone")
+//!             .setting(runner_sdk::setting("who", SettingKind::Text, "who to greet").default("world"))
+//!             .output("greeting", "the greeting")
 //!     }
 //! }
 //! runner_sdk::export!(Hello);
@@ -24,7 +30,7 @@
 #[allow(clippy::too_many_arguments)] // generated code
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "stage",
+        world: "described-stage",
         path: "../../wit",
         pub_export_macro: true,
         default_bindings_module: "runner_sdk::bindings",
@@ -32,8 +38,60 @@ pub mod bindings {
 }
 
 // Every interface of the contract, under its WIT name (`runner_sdk::kv`).
+pub use bindings::runner::plugin::types::{Description, OutputSpec, Setting, SettingKind};
 pub use bindings::runner::plugin::*;
 pub use bindings::{Context, Error, Guest, Outcome, export};
+
+/// A description with `summary` and nothing declared yet.
+pub fn description(summary: impl Into<String>) -> Description {
+    Description {
+        summary: summary.into(),
+        settings: Vec::new(),
+        outputs: Vec::new(),
+    }
+}
+
+/// An optional setting without a default; see [`Setting::required`] and
+/// [`Setting::default`]. A name ending in `*` declares a family (`env.*`).
+pub fn setting(name: impl Into<String>, kind: SettingKind, doc: impl Into<String>) -> Setting {
+    Setting {
+        name: name.into(),
+        kind,
+        default: None,
+        required: false,
+        doc: doc.into(),
+    }
+}
+
+impl Setting {
+    /// A pipeline must set it.
+    pub fn required(mut self) -> Self {
+        self.required = true;
+        self
+    }
+
+    /// What the stage uses when it is not set.
+    pub fn default(mut self, value: impl Into<String>) -> Self {
+        self.default = Some(value.into());
+        self
+    }
+}
+
+impl Description {
+    pub fn setting(mut self, setting: Setting) -> Self {
+        self.settings.push(setting);
+        self
+    }
+
+    /// An output later stages read as `${STAGE.NAME}`.
+    pub fn output(mut self, name: impl Into<String>, doc: impl Into<String>) -> Self {
+        self.outputs.push(OutputSpec {
+            name: name.into(),
+            doc: doc.into(),
+        });
+        self
+    }
+}
 
 use std::time::Duration;
 

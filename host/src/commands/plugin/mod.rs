@@ -62,12 +62,15 @@ pub(super) async fn inspect(cli: &Cli, plugin: &str) -> Result<(), CommandError>
         if let Some(config) = &config {
             header.push(("created", config.created.clone()));
         }
-        let report = crate::inspect::report_names(
+        let mut report = crate::inspect::report_names(
             &header,
             pulled.plugin.layer_size,
             &component.imports,
             &component.exports,
         );
+        report.push_str(&describe_report(
+            config.as_ref().and_then(|c| c.description.as_ref()),
+        ));
         std::io::stdout().lock().write_all(report.as_bytes())?;
         if config.is_none() {
             tracing::warn!("{reference}: its config is not a Wasm config; imports unknown");
@@ -79,9 +82,23 @@ pub(super) async fn inspect(cli: &Cli, plugin: &str) -> Result<(), CommandError>
     // As `exec` reads it: a regular file under the size cap, no FIFO hang.
     let bytes = runtime.read_plugin(path)?;
     let (component, _) = runtime.compile(path, &bytes)?;
-    let report = crate::inspect::report(runtime.engine(), path, bytes.len(), &component);
+    let mut report = crate::inspect::report(runtime.engine(), path, bytes.len(), &component);
+    // A stage can say what it takes and gives (a component of another world cannot).
+    if let Ok(plugin) = runtime.load_bytes("inspect", path, &bytes) {
+        let described = runtime.describe(&plugin).await?;
+        report.push_str(&describe_report(described.as_ref()));
+    }
     std::io::stdout().lock().write_all(report.as_bytes())?;
     Ok(())
+}
+
+fn describe_report(described: Option<&crate::describe::Description>) -> String {
+    match described {
+        Some(described) => described.report(),
+        None => "\nsettings and outputs: not declared (built against the plain `stage` world, \
+                 not `described-stage`)\n"
+            .into(),
+    }
 }
 
 /// What is on the plugin path (files, bundles) and in the store.

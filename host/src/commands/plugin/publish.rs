@@ -21,13 +21,15 @@ pub(crate) async fn push(cli: &Cli, file: &Path, reference: &str) -> Result<(), 
     // Read as `exec` reads it, and check it is a loadable runner stage:
     // publishing something runner cannot run helps no one.
     let bytes = runtime.read_plugin(file)?;
-    runtime.load_bytes("push", file, &bytes)?;
+    let plugin = runtime.load_bytes("push", file, &bytes)?;
+    // What it declares travels in the artifact's config (for `inspect REF`).
+    let description = runtime.describe(&plugin).await?;
     let title = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| format!("{}.wasm", reference.name()));
     let pushed = client(cli)
-        .push(&reference, &bytes, &title)
+        .push(&reference, &bytes, &title, description)
         .await
         .map_err(registry_error)?;
     eprintln!(

@@ -2,12 +2,16 @@
 //! updated): runner's compatible contract versions must keep running it
 //! (wit/VERSIONING.md). It logs through `log` and returns an output.
 
-wit_bindgen::generate!({
-    world: "stage",
-    path: "wit",
-});
+#[allow(clippy::too_many_arguments)] // generated code
+mod bindings {
+    wit_bindgen::generate!({
+        world: "stage",
+        path: "wit",
+    });
+}
 
-use runner::plugin::log;
+use bindings::runner::plugin::log;
+use bindings::{Context, Error, Guest, Outcome};
 
 struct OldStage;
 
@@ -21,4 +25,4 @@ impl Guest for OldStage {
     }
 }
 
-export!(OldStage);
+bindings::export!(OldStage with_types_in bindings);

@@ -11,6 +11,18 @@ fn arg<'a>(ctx: &'a Context, key: &str) -> Result<&'a str, Error> {
 }
 
 impl Guest for Probe {
+    fn describe() -> runner_sdk::Description {
+        runner_sdk::description("Test guest: probes the sandbox (a mode per behaviour)")
+            .setting(
+                runner_sdk::setting("mode", runner_sdk::SettingKind::Text, "what to do").required(),
+            )
+            .setting(runner_sdk::setting(
+                "*",
+                runner_sdk::SettingKind::Text,
+                "any setting: each mode reads its own",
+            ))
+            .output("*", "each mode writes its own")
+    }
     fn run(ctx: Context) -> Result<Outcome, Error> {
         let cfg = config(&ctx);
         match cfg.require("mode")? {
