@@ -133,7 +133,7 @@ fn a_hostile_description_is_refused_by_its_size() {
     let out = run(env
         .runner()
         .args(["plugin", "inspect"])
-        .arg(plugin("hostile")))
+        .arg(plugin("hostile-describe")))
     .expect_code(3);
     assert!(
         out.stderr.contains("over 256 settings or outputs"),

@@ -458,13 +458,30 @@ fn credentials_from_login_docker_config_and_the_environment() {
     std::fs::remove_file(&config).unwrap();
     let mut cmd = env.runner();
     cmd.args(["plugin", "pull", &reference])
+        .env("RUNNER_REGISTRY_HOST", registry.host())
         .env("RUNNER_REGISTRY_USERNAME", USER)
         .env("RUNNER_REGISTRY_PASSWORD", "wrong");
     let out = run(&mut cmd).expect_code(2);
     assert!(out.stderr.contains("refused access"), "{}", out.stderr);
     let mut cmd = env.runner();
     cmd.args(["plugin", "pull", &reference])
+        .env("RUNNER_REGISTRY_HOST", registry.host())
         .env("RUNNER_REGISTRY_USERNAME", USER)
         .env("RUNNER_REGISTRY_PASSWORD", PASSWORD);
     assert_eq!(run(&mut cmd).success().stdout.trim(), digest);
+
+    // Never sent to a registry RUNNER_REGISTRY_HOST does not name.
+    let mut cmd = env.runner();
+    cmd.args(["plugin", "pull", &reference])
+        .env("RUNNER_REGISTRY_HOST", "registry.example.com")
+        .env("RUNNER_REGISTRY_USERNAME", USER)
+        .env("RUNNER_REGISTRY_PASSWORD", PASSWORD);
+    run(&mut cmd).expect_code(2).stderr_has("refused access");
+    let mut cmd = env.runner();
+    cmd.args(["plugin", "pull", &reference])
+        .env("RUNNER_REGISTRY_USERNAME", USER)
+        .env("RUNNER_REGISTRY_PASSWORD", PASSWORD);
+    run(&mut cmd)
+        .expect_code(2)
+        .stderr_has("RUNNER_REGISTRY_HOST is not");
 }

@@ -459,7 +459,7 @@ pub enum PluginCommand {
         runner plugin push target/wasm32-wasip2/release/notify.wasm oci://127.0.0.1:5000/team/notify:1.2\n  \
         digest=$(runner plugin push notify.wasm oci://registry.example.com/team/notify:1.2)\n\n\
         Credentials: runner plugin login, ~/.docker/config.json, or \
-        RUNNER_REGISTRY_USERNAME / RUNNER_REGISTRY_PASSWORD.")]
+        RUNNER_REGISTRY_HOST + RUNNER_REGISTRY_USERNAME / RUNNER_REGISTRY_PASSWORD.")]
     Push {
         /// The .wasm component.
         file: PathBuf,

@@ -1,7 +1,9 @@
 //! Registry credentials, found as Docker users keep them:
 //!
 //! 1. `RUNNER_REGISTRY_USERNAME` + `RUNNER_REGISTRY_PASSWORD` (CI secrets),
-//!    for every registry, or only `RUNNER_REGISTRY_HOST` when that is set;
+//!    for the one registry `RUNNER_REGISTRY_HOST` names: never for any
+//!    other, so a pipeline that names an unknown registry (a pull request
+//!    changing a plugin reference) cannot collect the CI's secret;
 //! 2. `auths` in `$DOCKER_CONFIG/config.json` (else `~/.docker/config.json`):
 //!    `auth` (base64 `user:password`) or `username` + `password`, as
 //!    `docker login` and `runner plugin login` write them.
@@ -33,13 +35,17 @@ pub enum Source {
 pub fn credentials(registry: &str) -> Result<(RegistryAuth, Source), OciError> {
     let user = std::env::var("RUNNER_REGISTRY_USERNAME").ok();
     let password = std::env::var("RUNNER_REGISTRY_PASSWORD").ok();
-    let host_matches = std::env::var("RUNNER_REGISTRY_HOST")
-        .map(|host| host == registry)
-        .unwrap_or(true);
-    if let (Some(user), Some(password)) = (user, password)
-        && host_matches
-    {
-        return Ok((RegistryAuth::Basic(user, password), Source::Environment));
+    if let (Some(user), Some(password)) = (user, password) {
+        match std::env::var("RUNNER_REGISTRY_HOST") {
+            Ok(host) if host == registry => {
+                return Ok((RegistryAuth::Basic(user, password), Source::Environment));
+            }
+            Ok(_) => {}
+            Err(_) => tracing::warn!(
+                "RUNNER_REGISTRY_USERNAME/PASSWORD are set but RUNNER_REGISTRY_HOST is not: \
+                 they are used only for the registry it names; not sending them to {registry}"
+            ),
+        }
     }
     let Some(path) = docker_config_path() else {
         return Ok((RegistryAuth::Anonymous, Source::None));

@@ -263,7 +263,7 @@ pub enum OciError {
     BadDigest { text: String },
     #[error(
         "registry {registry} refused access{detail}; log in with `runner plugin login {registry}` \
-         (or `docker login {registry}`), or set RUNNER_REGISTRY_USERNAME and RUNNER_REGISTRY_PASSWORD"
+         (or `docker login {registry}`), or set RUNNER_REGISTRY_HOST={registry} with RUNNER_REGISTRY_USERNAME and RUNNER_REGISTRY_PASSWORD"
     )]
     Auth { registry: String, detail: String },
     #[error(

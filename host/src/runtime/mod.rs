@@ -279,12 +279,12 @@ impl Runtime {
             deadline: Duration::from_secs(10),
             ..Limits::default()
         };
-        let instantiate = |reason: String| Fault::Instantiate {
-            plugin: name.clone(),
-            reason,
-        };
-        let registry = crate::registry::EmbeddedRegistry::in_memory(Duration::from_secs(1))
-            .map_err(|e| instantiate(e.to_string()))?;
+        // Nothing is granted, so the registry is never opened (a lazy one
+        // touches no disk: a `FROM scratch` image has no /tmp).
+        let registry = crate::registry::LazyRegistry::new(
+            std::path::PathBuf::from("/nonexistent/runner-describe"),
+            Duration::from_secs(1),
+        );
         let services = crate::caps::HostServices {
             registry: Arc::new(registry),
             docker: crate::caps::docker::DockerEngine::new(None),

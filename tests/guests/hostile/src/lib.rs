@@ -360,22 +360,16 @@ fn call(op: &str, a: &Args) -> Result<Extra, Error> {
 }
 
 impl Guest for Hostile {
-    /// A description far past runner's bounds: 100 000 outputs. The host
-    /// must refuse it by its count, before copying any of it.
     fn describe() -> runner_sdk::Description {
-        let mut description = runner_sdk::description("hostile").setting(runner_sdk::setting(
-            "*",
-            runner_sdk::SettingKind::Text,
-            "any",
-        ));
-        description.outputs = (0..100_000)
-            .map(|i| runner_sdk::OutputSpec {
-                name: format!("o{i}"),
-                doc: String::new(),
-            })
-            .collect();
-        description
+        runner_sdk::description("Test guest: hostile calls into every host function")
+            .setting(runner_sdk::setting(
+                "*",
+                runner_sdk::SettingKind::Text,
+                "any setting",
+            ))
+            .output("*", "any output")
     }
+
     fn run(ctx: Context) -> Result<Outcome, Error> {
         let cfg = config(&ctx);
         match cfg.require("mode")? {
