@@ -485,3 +485,58 @@ fn credentials_from_login_docker_config_and_the_environment() {
         .expect_code(2)
         .stderr_has("RUNNER_REGISTRY_HOST is not");
 }
+
+/// A bundle's precompiled artifacts are native code: only a directory the
+/// operator put on the plugin path (`--plugin-path`, `RUNNER_PLUGIN_PATH`)
+/// is searched for bundles, never the pipeline's own `plugins/`, which is
+/// the checkout's (a pull request could add one).
+#[test]
+fn a_bundle_counts_only_on_the_operators_plugin_path() {
+    let mut registry = Registry::start();
+    let env = Env::new();
+    let reference = registry.reference("team/probe:1");
+    push(&env, &plugin("sandbox-probe"), &reference);
+    let file = pipeline(&env, &reference);
+    let file_arg = file.to_str().unwrap();
+    runner(&env, &["plugin", "lock", file_arg]).success();
+    let bundle = env.path().join("plugins");
+    runner(
+        &env,
+        &[
+            "plugin",
+            "bundle",
+            "--lock",
+            "runner.lock",
+            "--out",
+            bundle.to_str().unwrap(),
+        ],
+    )
+    .success();
+    std::fs::remove_dir_all(env.plugin_store()).unwrap();
+    registry.stop();
+
+    // In the pipeline's own plugins/: not a source; the registry is needed.
+    let out = runner(&env, &["run", file_arg, "--locked"]).expect_code(2);
+    assert!(
+        out.stderr.contains("cannot reach registry"),
+        "{}",
+        out.stderr
+    );
+
+    // Named by the operator: found, verified, run from its artifact.
+    let mut cmd = env.runner();
+    cmd.args(["run", file_arg, "--locked", "--json", "-v"])
+        .env("RUNNER_PLUGIN_PATH", &bundle);
+    let out = run(&mut cmd).success();
+    assert!(
+        out.stdout.contains("\"marker\":\"probe\""),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr
+            .contains("loaded the bundle's precompiled artifact"),
+        "{}",
+        out.stderr
+    );
+}

@@ -165,6 +165,11 @@ impl Sources {
 #[derive(Debug, Clone)]
 pub struct PluginPath {
     dirs: Vec<PathBuf>,
+    /// The directories the operator named (flags, environment): the only
+    /// ones searched for bundles, whose precompiled artifacts are native
+    /// code. A pipeline's own `plugins/` is the checkout's, and a checkout
+    /// may come from a pull request.
+    operator_dirs: Vec<PathBuf>,
     registry: Arc<Resolver>,
 }
 
@@ -174,9 +179,11 @@ impl PluginPath {
         if let Some(env) = std::env::var_os("RUNNER_PLUGIN_PATH") {
             dirs.extend(std::env::split_paths(&env));
         }
+        let operator_dirs = dirs.clone();
         dirs.push(file_dir.join("plugins"));
         Self {
             dirs,
+            operator_dirs,
             registry: sources.registry.clone(),
         }
     }
@@ -190,7 +197,7 @@ impl PluginPath {
         match plugin {
             PluginRef::Oci(reference) => self
                 .registry
-                .resolve(reference, &self.dirs)
+                .resolve(reference, &self.operator_dirs)
                 .map(|stored| PluginSource::Stored(Arc::new(stored)))
                 .map_err(|e| PluginRefError::Registry(Arc::new(e))),
             PluginRef::File(path) => {

@@ -244,12 +244,25 @@ pub struct Bundle {
 }
 
 pub const BUNDLE_FILE: &str = "runner-bundle.json";
+/// A bundle manifest is a few KB per plugin.
+const MAX_BUNDLE_MANIFEST: u64 = 16 * 1024 * 1024;
 
 impl Bundle {
     /// The bundle in `dir`, or `None` when `dir` holds none.
     pub fn open(dir: &Path) -> Result<Option<Self>, OciError> {
         let path = dir.join(BUNDLE_FILE);
-        let bytes = match std::fs::read(&path) {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path);
+        let bytes = match opened.and_then(|file| read_capped(file, MAX_BUNDLE_MANIFEST)) {
+            Ok(bytes) if bytes.len() as u64 > MAX_BUNDLE_MANIFEST => {
+                return Err(OciError::TooLarge {
+                    what: path.display().to_string(),
+                    size: bytes.len() as u64,
+                    cap: MAX_BUNDLE_MANIFEST,
+                });
+            }
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(OciError::Store { path, source }),
