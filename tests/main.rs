@@ -28,5 +28,6 @@ mod recovery;
 mod registry;
 mod sandbox;
 mod scaffold;
+mod signatures;
 mod template_oracle;
 mod template_watch;

@@ -16,13 +16,13 @@ fn sha256_file(path: &Path) -> String {
     format!("sha256:{}", text.split_whitespace().next().unwrap())
 }
 
-fn runner(env: &Env, args: &[&str]) -> Output {
+pub(crate) fn runner(env: &Env, args: &[&str]) -> Output {
     let mut cmd = env.runner();
     cmd.args(args);
     run(&mut cmd)
 }
 
-fn push(env: &Env, file: &Path, reference: &str) -> String {
+pub(crate) fn push(env: &Env, file: &Path, reference: &str) -> String {
     let out = runner(env, &["plugin", "push", file.to_str().unwrap(), reference]).success();
     let digest = out.stdout.trim().to_string();
     assert!(
@@ -33,7 +33,7 @@ fn push(env: &Env, file: &Path, reference: &str) -> String {
 }
 
 /// A pipeline of one echo stage run by `plugin`, in the env's directory.
-fn pipeline(env: &Env, plugin: &str) -> PathBuf {
+pub(crate) fn pipeline(env: &Env, plugin: &str) -> PathBuf {
     let file = env.path().join("runner.toml");
     std::fs::write(
         &file,

@@ -72,6 +72,22 @@ pub struct Cli {
     )]
     pub insecure_registry: Vec<String>,
 
+    /// A public key (PEM, as cosign.pub) whose cosign signatures registry
+    /// plugins must carry, repeatable; replaces a file's `[trust] keys`.
+    #[arg(
+        long,
+        global = true,
+        env = "RUNNER_TRUST_KEYS",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    pub trust_key: Vec<PathBuf>,
+
+    /// Run only registry plugins signed by a trusted key: no plugin files,
+    /// no unsigned plugins, and some key must be trusted (what CI uses).
+    #[arg(long, global = true, env = "RUNNER_REQUIRE_SIGNATURE")]
+    pub require_signature: bool,
+
     /// More output: -v shows debug logs and wasm backtraces, -vv traces.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -464,6 +480,36 @@ pub enum PluginCommand {
         /// The .wasm component.
         file: PathBuf,
         /// Where: oci://REGISTRY/REPO:TAG.
+        #[arg(value_name = "oci://REF")]
+        reference: String,
+    },
+    /// Sign a registry plugin with a cosign-compatible signature (ECDSA
+    /// P-256, the `sha256-DIGEST.sig` tag beside it); prints the signature
+    /// manifest's digest. Signing again with the same key changes nothing.
+    #[command(after_help = "Examples:\n  \
+        COSIGN_PASSWORD=... runner plugin sign --key cosign.key oci://127.0.0.1:5000/team/notify:1.2\n  \
+        runner plugin sign --key team.pem oci://127.0.0.1:5000/team/notify@sha256:…\n\n\
+        Keys: cosign's (`cosign generate-key-pair`; the password in COSIGN_PASSWORD), or PEM from openssl:\n  \
+        openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out team.pem\n  \
+        openssl ec -in team.pem -pubout -out team.pub\n\n\
+        Then trust the public key where plugins run: `[trust] keys = [\"team.pub\"]` in the pipeline\n\
+        file, or --trust-key team.pub (RUNNER_TRUST_KEYS) with --require-signature in CI.")]
+    Sign {
+        /// The private key (PEM): cosign's encrypted key, PKCS#8 or SEC1.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The plugin: oci://REGISTRY/REPO:TAG (the digest it points at is
+        /// what is signed) or @sha256:DIGEST.
+        #[arg(value_name = "oci://REF")]
+        reference: String,
+    },
+    /// Check a registry plugin's signatures against trusted keys (--key, or
+    /// --trust-key / RUNNER_TRUST_KEYS), as `cosign verify --key` does;
+    /// prints the key that signed it.
+    Verify {
+        /// A public key to check against, repeatable [default: --trust-key].
+        #[arg(long, value_name = "FILE")]
+        key: Vec<PathBuf>,
         #[arg(value_name = "oci://REF")]
         reference: String,
     },

@@ -120,20 +120,26 @@ pub enum PluginRefError {
 }
 
 /// Resolve `plugin` with no plugin path (a runner file given to `runner
-/// exec`): a name is a file in `base` too.
-pub fn resolve_in(plugin: &PluginRef, base: &Path) -> Result<PluginSource, PluginRefError> {
+/// exec`): a name is a file in `base` too; registry references resolve
+/// through `registry` (the command's lock, store and trust).
+pub fn resolve_in(
+    plugin: &PluginRef,
+    base: &Path,
+    registry: &Resolver,
+) -> Result<PluginSource, PluginRefError> {
+    let registry_error = |e| PluginRefError::Registry(Arc::new(e));
     let path = match plugin {
         PluginRef::File(path) => base.join(path),
         PluginRef::Named(name) => base.join(name),
         PluginRef::Oci(reference) => {
-            let resolver = Resolver::new(crate::oci::resolve::Settings::default(), None);
-            return resolver
+            return registry
                 .resolve(reference, &[])
                 .map(|stored| PluginSource::Stored(Arc::new(stored)))
-                .map_err(|e| PluginRefError::Registry(Arc::new(e)));
+                .map_err(registry_error);
         }
     };
     if path.is_file() {
+        registry.check_file(&path).map_err(registry_error)?;
         Ok(PluginSource::File(path))
     } else {
         Err(PluginRefError::NoFile { path })
@@ -203,6 +209,7 @@ impl PluginPath {
             PluginRef::File(path) => {
                 let path = base.join(path);
                 if path.is_file() {
+                    self.check_file(&path)?;
                     Ok(PluginSource::File(path))
                 } else {
                     Err(PluginRefError::MissingFile { path })
@@ -218,13 +225,22 @@ impl PluginPath {
                     .iter()
                     .flat_map(|d| names.iter().map(move |n| d.join(n)))
                     .find(|p| p.is_file())
-                    .map(PluginSource::File)
                     .ok_or_else(|| PluginRefError::NotOnPath {
                         name: name.clone(),
                         searched: self.dirs.clone(),
                     })
+                    .and_then(|path| {
+                        self.check_file(&path)?;
+                        Ok(PluginSource::File(path))
+                    })
             }
         }
+    }
+
+    fn check_file(&self, path: &Path) -> Result<(), PluginRefError> {
+        self.registry
+            .check_file(path)
+            .map_err(|e| PluginRefError::Registry(Arc::new(e)))
     }
 }
 

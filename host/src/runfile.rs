@@ -22,6 +22,8 @@
 use crate::caps::proxy::{ProxyConfig, ProxySpec, ProxySpecError};
 use crate::caps::{Grants, GrantsSpec};
 use crate::grants::GrantError;
+use crate::oci::keys::{KeyError, TrustedKey};
+use crate::oci::resolve::Resolver;
 use crate::plugin_ref::{self, PluginRef, PluginRefError, PluginSource};
 use crate::runtime::Limits;
 use serde::Deserialize;
@@ -50,6 +52,33 @@ pub struct RunnerFileSpec {
     pub proxies: BTreeMap<String, Spanned<ProxySpec>>,
     #[serde(default)]
     pub hooks: BTreeMap<String, Spanned<HookSpec>>,
+    /// Who may sign the registry plugins it runs.
+    #[serde(default)]
+    pub trust: Option<Spanned<TrustSpec>>,
+}
+
+/// `[trust]`: the public keys (PEM, relative to the file) whose cosign
+/// signatures a registry plugin must carry. The operator's `--trust-key`
+/// replaces them: a checkout's file is the checkout's word.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustSpec {
+    pub keys: Vec<std::path::PathBuf>,
+}
+
+impl RunnerFileSpec {
+    /// Its `[trust] keys`, loaded (paths relative to `base`).
+    pub fn trusted_keys(&self, base: &Path) -> Result<Vec<TrustedKey>, KeyError> {
+        let Some(trust) = &self.trust else {
+            return Ok(Vec::new());
+        };
+        trust
+            .get_ref()
+            .keys
+            .iter()
+            .map(|key| TrustedKey::load(&base.join(key)))
+            .collect()
+    }
 }
 
 /// Where a pipeline deploys; flags and environment variables win.
@@ -267,7 +296,9 @@ impl LimitsSpec {
 }
 
 impl RunnerFile {
-    pub fn load(path: &Path) -> Result<Self, GrantError> {
+    /// The runner file at `path`; its hooks' registry plugins resolve
+    /// through `registry`, which takes the file's `[trust] keys`.
+    pub fn load(path: &Path, registry: &Resolver) -> Result<Self, GrantError> {
         let text = std::fs::read_to_string(path).map_err(|source| GrantError::ReadFile {
             path: path.into(),
             source,
@@ -278,11 +309,14 @@ impl RunnerFile {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        Self::from_spec(spec, base).map_err(|e| invalid(path, e.to_string()))
-    }
-
-    pub fn from_spec(spec: RunnerFileSpec, base: &Path) -> Result<Self, RunfileError> {
-        Self::from_spec_with(spec, base, &|plugin| plugin_ref::resolve_in(plugin, base))
+        registry.set_file_keys(
+            spec.trusted_keys(base)
+                .map_err(|e| invalid(path, e.to_string()))?,
+        );
+        Self::from_spec_with(spec, base, &|plugin| {
+            plugin_ref::resolve_in(plugin, base, registry)
+        })
+        .map_err(|e| invalid(path, e.to_string()))
     }
 
     /// As `from_spec`, finding hook plugins with `resolve_plugin`.
@@ -403,7 +437,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let rf = RunnerFile::load(&file).unwrap();
+        let rf = RunnerFile::load(&file, &Resolver::new(Default::default(), None)).unwrap();
         let caller = Limits {
             host_call_timeout: Duration::from_secs(5),
             http_max_body: 1024,
@@ -449,7 +483,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let rf = RunnerFile::load(&file).unwrap();
+        let rf = RunnerFile::load(&file, &Resolver::new(Default::default(), None)).unwrap();
         assert_eq!(rf.hooks[0].plugin.path(), dir.path().join("hook.wasm"));
         assert_eq!(rf.hooks[0].limits.deadline, Duration::from_secs(120));
         let grants = rf
@@ -479,14 +513,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("runner.toml");
         std::fs::write(&file, "[hooks.pre]\nplugin = \"missing.wasm\"\n").unwrap();
-        let err = RunnerFile::load(&file).unwrap_err().to_string();
+        let err = RunnerFile::load(&file, &Resolver::new(Default::default(), None))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("missing.wasm") && err.contains("does not exist"),
             "{err}"
         );
         std::fs::write(&file, "[proxy.nginx]\n").unwrap();
         assert!(
-            RunnerFile::load(&file)
+            RunnerFile::load(&file, &Resolver::new(Default::default(), None))
                 .unwrap_err()
                 .to_string()
                 .contains("proxy")

@@ -166,6 +166,9 @@ impl Env {
             .env_remove("RUNNER_REGISTRY_USERNAME")
             .env_remove("RUNNER_REGISTRY_PASSWORD")
             .env_remove("RUNNER_PLUGIN_PATH")
+            .env_remove("RUNNER_TRUST_KEYS")
+            .env_remove("RUNNER_REQUIRE_SIGNATURE")
+            .env_remove("COSIGN_PASSWORD")
             .env_remove("SOURCE_DATE_EPOCH")
             .env_remove("RUST_LOG")
             .timeout(Duration::from_secs(120));

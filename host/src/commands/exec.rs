@@ -17,8 +17,9 @@ pub(super) async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError>
     if args.lock && args.service.is_empty() {
         return Err(CommandError::LockWithoutService);
     }
+    let sources = super::host::sources(cli, &args.plugin_path, None, false, Default::default())?;
     let runfile = match &args.grants.file {
-        Some(path) => RunnerFile::load(path)?,
+        Some(path) => RunnerFile::load(path, &sources.registry)?,
         None => RunnerFile::default(),
     };
     for warning in &runfile.warnings {
@@ -42,7 +43,6 @@ pub(super) async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError>
     };
 
     let runtime = runtime(cli)?;
-    let sources = super::host::sources(cli, &args.plugin_path, None, false, Default::default());
     let source = PluginPath::new(&sources, Path::new("."))
         .resolve(&args.plugin, Path::new(""))
         .or_else(|e| match &args.plugin {

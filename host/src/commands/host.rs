@@ -175,7 +175,7 @@ pub fn sources(
     file: Option<&std::path::Path>,
     locked: bool,
     mode: crate::oci::resolve::Mode,
-) -> crate::plugin_ref::Sources {
+) -> Result<crate::plugin_ref::Sources, CommandError> {
     use crate::oci::resolve::{Resolver, Settings};
     let settings = Settings {
         mode,
@@ -183,12 +183,25 @@ pub fn sources(
         insecure: cli.insecure_registry.clone(),
         store: cli.plugin_store.clone(),
         max_plugin_bytes: crate::runtime::DEFAULT_MAX_PLUGIN_BYTES,
+        trust_keys: trusted_keys(cli)?,
+        require_signature: cli.require_signature,
     };
     let lock = file.map(crate::oci::lockfile::LockFile::path_for);
-    crate::plugin_ref::Sources {
+    Ok(crate::plugin_ref::Sources {
         dirs: dirs.to_vec(),
         registry: std::sync::Arc::new(Resolver::new(settings, lock)),
-    }
+    })
+}
+
+/// The operator's trusted keys: `--trust-key` / `RUNNER_TRUST_KEYS`.
+pub fn trusted_keys(cli: &Cli) -> Result<Vec<crate::oci::keys::TrustedKey>, CommandError> {
+    cli.trust_key
+        .iter()
+        .map(|path| {
+            crate::oci::keys::TrustedKey::load(path)
+                .map_err(|e| CommandError::Usage(format!("--trust-key: {e}")))
+        })
+        .collect()
 }
 
 /// Resolves on Ctrl-C or SIGTERM, naming which.

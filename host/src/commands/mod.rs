@@ -118,6 +118,14 @@ pub async fn run(
             ref file,
             ref reference,
         }) => plugin::push(&cli, file, reference).await,
+        Command::Plugin(PluginCommand::Sign {
+            ref key,
+            ref reference,
+        }) => plugin::sign(&cli, key, reference).await,
+        Command::Plugin(PluginCommand::Verify {
+            ref key,
+            ref reference,
+        }) => plugin::verify(&cli, key, reference).await,
         Command::Plugin(PluginCommand::Pull { ref reference }) => {
             plugin::pull(&cli, reference).await
         }

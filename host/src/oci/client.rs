@@ -2,6 +2,7 @@
 //! size bounded and every blob verified against its digest.
 
 use super::artifact::{self, ACCEPTED_MANIFESTS, MAX_METADATA_BYTES, PluginManifest};
+use super::signature::{self, LayerRef, SignatureLayer, Signatures};
 use super::{Digest, OciError, OciRef, auth};
 use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -216,6 +217,120 @@ impl RegistryClient {
         })
     }
 
+    /// The cosign signatures of plugin `manifest` in `reference`'s
+    /// repository (the `sha256-HEX.sig` tag), every payload verified
+    /// against its digest; `None` when it has none.
+    pub async fn pull_signatures(
+        &self,
+        reference: &OciRef,
+        manifest: &Digest,
+    ) -> Result<Option<Signatures>, OciError> {
+        let sig_ref = signature_reference(reference, manifest)?;
+        let auth = Self::login(&sig_ref)?;
+        let client = self.client(sig_ref.registry());
+        let (bytes, _) = match client
+            .pull_manifest_raw(sig_ref.reference(), &auth, ACCEPTED_MANIFESTS)
+            .await
+            .map_err(|e| map_error(&sig_ref, e))
+        {
+            Ok(found) => found,
+            Err(OciError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if bytes.len() as u64 > MAX_METADATA_BYTES {
+            return Err(OciError::TooLarge {
+                what: format!("the signature manifest of {reference}"),
+                size: bytes.len() as u64,
+                cap: MAX_METADATA_BYTES,
+            });
+        }
+        let refs = signature::parse_manifest(&bytes).map_err(|detail| OciError::Registry {
+            registry: sig_ref.registry().into(),
+            detail: format!("the signatures of {reference}: {detail}"),
+        })?;
+        let mut layers = Vec::with_capacity(refs.len());
+        for layer in refs {
+            let payload = self
+                .blob(
+                    &client,
+                    &sig_ref,
+                    &layer.digest,
+                    layer.size,
+                    signature::MAX_PAYLOAD_BYTES,
+                    "signature payload",
+                )
+                .await?;
+            layers.push(SignatureLayer {
+                digest: layer.digest,
+                payload,
+                signature: layer.signature,
+            });
+        }
+        Ok(Some(Signatures {
+            manifest_digest: Digest::of(&bytes),
+            manifest: bytes.to_vec(),
+            layers,
+        }))
+    }
+
+    /// Add `layer` to the signatures of plugin `manifest` (kept: the ones
+    /// already there, as cosign appends); returns the signature manifest's
+    /// digest.
+    pub async fn push_signature(
+        &self,
+        reference: &OciRef,
+        manifest: &Digest,
+        layer: SignatureLayer,
+    ) -> Result<Digest, OciError> {
+        let sig_ref = signature_reference(reference, manifest)?;
+        let mut refs: Vec<LayerRef> = match self.pull_signatures(reference, manifest).await? {
+            Some(existing) => existing
+                .layers
+                .into_iter()
+                .map(|l| LayerRef {
+                    size: l.payload.len() as u64,
+                    digest: l.digest,
+                    signature: l.signature,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let auth = Self::login(&sig_ref)?;
+        let client = self.client(sig_ref.registry());
+        client.store_auth_if_needed(sig_ref.registry(), &auth).await;
+        let map = |e| map_error(&sig_ref, e);
+        let new = LayerRef {
+            digest: layer.digest.clone(),
+            size: layer.payload.len() as u64,
+            signature: layer.signature.clone(),
+        };
+        if !refs.contains(&new) {
+            client
+                .push_blob(sig_ref.reference(), layer.payload, layer.digest.as_str())
+                .await
+                .map_err(map)?;
+            refs.push(new);
+        }
+        let (config, config_digest, bytes) = signature::build_manifest(&refs);
+        client
+            .push_blob(sig_ref.reference(), config, config_digest.as_str())
+            .await
+            .map_err(map)?;
+        let content_type =
+            artifact::MANIFEST_MEDIA_TYPE
+                .parse()
+                .map_err(|_| OciError::Registry {
+                    registry: reference.registry().into(),
+                    detail: "bad manifest media type".into(),
+                })?;
+        let digest = Digest::of(&bytes);
+        client
+            .push_manifest_raw(sig_ref.reference(), bytes, content_type)
+            .await
+            .map_err(map)?;
+        Ok(digest)
+    }
+
     /// One blob, at most `cap` bytes whatever the manifest or the server
     /// claims, verified against `digest`.
     async fn blob(
@@ -272,6 +387,16 @@ impl RegistryClient {
         }
         Ok(bytes)
     }
+}
+
+/// Where the signatures of `manifest` live: its repository, tag `sha256-HEX.sig`.
+fn signature_reference(reference: &OciRef, manifest: &Digest) -> Result<OciRef, OciError> {
+    OciRef::parse(&format!(
+        "{}/{}:{}",
+        reference.registry(),
+        reference.repository(),
+        signature::tag(manifest)
+    ))
 }
 
 /// oci-client's errors, said in terms of what to do.

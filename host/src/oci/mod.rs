@@ -14,14 +14,18 @@
 //!   bundles (a store plus precompiled artifacts, for CI images).
 //! - [`lockfile`]: `runner.lock`, each reference pinned to its digest and
 //!   the imports its component uses.
+//! - [`signature`], [`keys`]: cosign-compatible signatures (simple signing
+//!   with ECDSA P-256 keys), checked against the operator's trusted keys.
 //! - [`resolve`]: from an `oci://` reference to verified bytes, through the
 //!   lock, the bundles, the store and (only then) the registry.
 
 pub mod artifact;
 pub mod auth;
 mod client;
+pub mod keys;
 pub mod lockfile;
 pub mod resolve;
+pub mod signature;
 pub mod store;
 
 pub use client::{Pulled, Pushed, RegistryClient};
@@ -308,6 +312,10 @@ pub enum OciError {
     File { path: PathBuf, detail: String },
     #[error("{0}")]
     Locked(String),
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error("{plugin} is not signed by a trusted key: {detail}")]
+    Unsigned { plugin: String, detail: String },
     #[error("cannot read docker credentials from {}: {detail}", path.display())]
     Credentials { path: PathBuf, detail: String },
 }

@@ -2,7 +2,9 @@
 //! the reference itself or `runner.lock`, the blobs from a bundle on the
 //! plugin path or the store, and the registry only for what neither has.
 
+use super::keys::TrustedKey;
 use super::lockfile::{LockEntry, LockFile};
+use super::signature::{self, Signatures};
 use super::store::{Bundle, PluginStore, Precompiled};
 use super::{Digest, OciError, OciRef, RegistryClient, artifact};
 use std::collections::BTreeMap;
@@ -35,6 +37,13 @@ pub struct Settings {
     /// The store [default: [`PluginStore::default_dir`]].
     pub store: Option<PathBuf>,
     pub max_plugin_bytes: u64,
+    /// The operator's trusted keys (`--trust-key`, `RUNNER_TRUST_KEYS`):
+    /// when given, they replace a file's `[trust] keys`, which come from
+    /// the checkout.
+    pub trust_keys: Vec<TrustedKey>,
+    /// `--require-signature`: every plugin must be a registry plugin signed
+    /// by a trusted key (and some key must be trusted).
+    pub require_signature: bool,
 }
 
 /// A resolved registry plugin, bytes verified.
@@ -74,6 +83,8 @@ pub struct Resolver {
     lock: Mutex<Option<Option<LockFile>>>,
     bundles: Mutex<BTreeMap<PathBuf, Option<Arc<Bundle>>>>,
     resolved: Mutex<BTreeMap<String, LockEntry>>,
+    /// A pipeline or runner file's `[trust] keys`.
+    file_keys: Mutex<Vec<TrustedKey>>,
     client: RegistryClient,
 }
 
@@ -86,8 +97,107 @@ impl Resolver {
             lock: Mutex::new(None),
             bundles: Mutex::new(BTreeMap::new()),
             resolved: Mutex::new(BTreeMap::new()),
+            file_keys: Mutex::new(Vec::new()),
             client,
         }
+    }
+
+    /// The keys of a file's `[trust]` table (used when the operator gave none).
+    pub fn set_file_keys(&self, keys: Vec<TrustedKey>) {
+        *self.file_keys.lock().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+
+    /// The keys signatures are checked against: the operator's, else the file's.
+    pub fn trusted_keys(&self) -> Vec<TrustedKey> {
+        if !self.settings.trust_keys.is_empty() {
+            return self.settings.trust_keys.clone();
+        }
+        self.file_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Under `--require-signature` a plugin file cannot run: nothing signs it.
+    pub fn check_file(&self, path: &Path) -> Result<(), OciError> {
+        if !self.settings.require_signature {
+            return Ok(());
+        }
+        Err(OciError::Unsigned {
+            plugin: path.display().to_string(),
+            detail: "it is a file, and --require-signature runs only registry plugins signed \
+                     by a trusted key; push it (`runner plugin push`), sign it (`runner plugin \
+                     sign`) and name it oci://REGISTRY/REPO@sha256:DIGEST"
+                .into(),
+        })
+    }
+
+    /// Check that plugin `manifest` of `reference` is signed by a trusted
+    /// key: with signatures kept in a bundle or the store, else fetched
+    /// from the registry (and kept).
+    fn check_signature(
+        &self,
+        reference: &OciRef,
+        manifest: &Digest,
+        keys: &[TrustedKey],
+        bundles: &[Arc<Bundle>],
+        store: &PluginStore,
+    ) -> Result<(), OciError> {
+        let plugin = reference.pinned(manifest).to_string();
+        if keys.is_empty() {
+            return Err(OciError::Unsigned {
+                plugin,
+                detail: "--require-signature is set but no key is trusted; give the signers' \
+                         public keys with --trust-key FILE (RUNNER_TRUST_KEYS) or [trust] keys"
+                    .into(),
+            });
+        }
+        let mut kept: Vec<Signatures> = Vec::new();
+        for blobs in bundles.iter().map(|b| b.store()).chain([store.clone()]) {
+            kept.extend(blobs.signatures(manifest)?);
+        }
+        let verified = |signatures: &Signatures| {
+            signature::verify(keys, manifest, &signatures.layers).map(|key| {
+                tracing::info!(
+                    "{plugin}: signature verified, key {} ({})",
+                    key.path.display(),
+                    key.short()
+                );
+            })
+        };
+        let mut failures = Vec::new();
+        for signatures in &kept {
+            match verified(signatures) {
+                Ok(()) => return Ok(()),
+                Err(unverified) => failures.push(unverified),
+            }
+        }
+        // None kept, or none by a trusted key: the registry may have newer ones.
+        let fetched = block_on(self.client.pull_signatures(reference, manifest))?;
+        let detail = match fetched {
+            Ok(Some(signatures)) => {
+                store.put_signatures(manifest, &signatures)?;
+                match verified(&signatures) {
+                    Ok(()) => return Ok(()),
+                    Err(unverified) => describe_failures(&[unverified], keys),
+                }
+            }
+            Ok(None) if failures.is_empty() => format!(
+                "it has no signature (no tag {} in its repository); sign it with \
+                 `runner plugin sign --key KEY {plugin}`",
+                signature::tag(manifest)
+            ),
+            Ok(None) => describe_failures(&failures, keys),
+            Err(e @ (OciError::Unreachable { .. } | OciError::Auth { .. })) => {
+                if failures.is_empty() {
+                    format!("no signature is kept for it, and its registry cannot be asked ({e})")
+                } else {
+                    describe_failures(&failures, keys)
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        Err(OciError::Unsigned { plugin, detail })
     }
 
     pub fn settings(&self) -> &Settings {
@@ -199,6 +309,11 @@ impl Resolver {
             pulled_now = Some(pulled);
             digest
         };
+
+        let keys = self.trusted_keys();
+        if !keys.is_empty() || self.settings.require_signature {
+            self.check_signature(reference, &manifest, &keys, &bundles, &store)?;
+        }
 
         let cap = self.settings.max_plugin_bytes;
         // Bundles first (read-only, maybe precompiled), then the store.
@@ -354,6 +469,30 @@ impl Resolver {
     pub fn client(&self) -> &RegistryClient {
         &self.client
     }
+}
+
+/// What was wrong with the signatures found, and the fix.
+pub(crate) fn describe_failures(failures: &[signature::Unverified], keys: &[TrustedKey]) -> String {
+    let mut reasons: Vec<&str> = failures
+        .iter()
+        .flat_map(|f| f.reasons.iter().map(String::as_str))
+        .collect();
+    reasons.sort_unstable();
+    reasons.dedup();
+    let count: usize = failures.iter().map(|f| f.signatures).max().unwrap_or(0);
+    format!(
+        "it has {count} signature(s), none by a trusted key for this digest ({}); trusted: {}. \
+         Sign it with one of those keys, or trust its signer's public key (--trust-key)",
+        if reasons.is_empty() {
+            "no readable signature".to_string()
+        } else {
+            reasons.join("; ")
+        },
+        keys.iter()
+            .map(|k| format!("{} ({})", k.path.display(), k.short()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// Run `future` to completion from synchronous code, whether or not a

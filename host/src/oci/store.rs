@@ -9,6 +9,7 @@
 //! artifact precompiled for one runner build) and `compiled/`.
 
 use super::artifact::{self, PluginManifest};
+use super::signature::{self, SignatureLayer, Signatures};
 use super::{Digest, OciError};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
@@ -108,6 +109,67 @@ impl PluginStore {
             layer: pulled.plugin.layer_digest.clone(),
             size: pulled.plugin.layer_size,
         })
+    }
+
+    fn signature_pointer(&self, plugin: &Digest) -> PathBuf {
+        self.dir.join("signatures").join(plugin.hex())
+    }
+
+    /// Keep the signatures of plugin manifest `plugin`: the signature
+    /// manifest and payloads as blobs, and `signatures/<hex>` naming the
+    /// manifest (replaced atomically: the newest fetch wins).
+    pub fn put_signatures(&self, plugin: &Digest, signatures: &Signatures) -> Result<(), OciError> {
+        self.put(&signatures.manifest_digest, &signatures.manifest)?;
+        for layer in &signatures.layers {
+            self.put(&layer.digest, &layer.payload)?;
+        }
+        let path = self.signature_pointer(plugin);
+        let dir = path.parent().unwrap_or(&self.dir).to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(self.io(&dir))?;
+        let temp = tempfile::NamedTempFile::new_in(&dir).map_err(self.io(&dir))?;
+        std::fs::write(temp.path(), signatures.manifest_digest.as_str())
+            .map_err(self.io(temp.path()))?;
+        temp.persist(&path).map_err(|e| self.io(&path)(e.error))?;
+        Ok(())
+    }
+
+    /// The signatures kept for plugin manifest `plugin`, every blob
+    /// verified; `Ok(None)` when none are kept.
+    pub fn signatures(&self, plugin: &Digest) -> Result<Option<Signatures>, OciError> {
+        let path = self.signature_pointer(plugin);
+        let pointer = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+        {
+            Ok(file) => read_capped(file, 128).map_err(self.io(&path))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(&path)(e)),
+        };
+        let manifest_digest = Digest::parse(String::from_utf8_lossy(&pointer).trim())?;
+        let Some(manifest) = self.read(&manifest_digest, artifact::MAX_METADATA_BYTES)? else {
+            return Ok(None);
+        };
+        let refs = signature::parse_manifest(&manifest).map_err(|detail| OciError::File {
+            path: self.blob_path(&manifest_digest),
+            detail,
+        })?;
+        let mut layers = Vec::with_capacity(refs.len());
+        for layer in refs {
+            let Some(payload) = self.read(&layer.digest, signature::MAX_PAYLOAD_BYTES)? else {
+                continue;
+            };
+            layers.push(SignatureLayer {
+                digest: layer.digest,
+                payload,
+                signature: layer.signature,
+            });
+        }
+        Ok(Some(Signatures {
+            manifest_digest,
+            manifest,
+            layers,
+        }))
     }
 
     fn index_path(&self) -> PathBuf {

@@ -185,6 +185,20 @@ impl Pipeline {
                 )],
             })?;
         let plugin_path = PluginPath::new(sources, base);
+        // Trust first: every registry plugin below is checked against it.
+        match spec.trusted_keys(base) {
+            Ok(keys) => sources.registry.set_file_keys(keys),
+            Err(e) => {
+                let line = spec
+                    .trust
+                    .as_ref()
+                    .map(|t| line_of(&text, t.span().start))
+                    .unwrap_or(1);
+                return Err(PipelineError::Invalid {
+                    problems: vec![problem(line, format!("[trust]: {e}"))],
+                });
+            }
+        }
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
 

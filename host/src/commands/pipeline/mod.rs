@@ -48,7 +48,7 @@ pub(super) fn load(
         Some(file),
         options.locked,
         Default::default(),
-    );
+    )?;
     let pipeline = Pipeline::load(file, &sources, Some(&runtime))?;
     for warning in &pipeline.warnings {
         tracing::warn!("{warning}");

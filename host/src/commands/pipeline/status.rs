@@ -23,7 +23,7 @@ pub(crate) async fn status(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandE
             Some(&args.file),
             args.options.locked,
             Default::default(),
-        );
+        )?;
         let pipeline = Pipeline::load(&args.file, &sources, None)?;
         check_service(&pipeline, &args.service)?;
         Some(pipeline)

@@ -14,7 +14,7 @@ pub(crate) fn validate(cli: &Cli, args: &ValidateArgs) -> Result<(), CommandErro
         Some(&args.file),
         args.locked,
         Default::default(),
-    );
+    )?;
     let pipeline = Pipeline::load(&args.file, &sources, Some(&runtime))?;
     let mut err = std::io::stderr().lock();
     for warning in &pipeline.warnings {

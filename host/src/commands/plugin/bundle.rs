@@ -87,6 +87,15 @@ pub(crate) async fn bundle(
             }
         };
         target.put(&layer, &bytes).map_err(registry_error)?;
+        bundle_signatures(
+            cli,
+            &client,
+            &user_store,
+            &target,
+            reference,
+            &manifest_digest,
+        )
+        .await?;
         let fetched = started.elapsed();
         let label = PathBuf::from(reference.pinned(&manifest_digest).to_string());
         let (component, _) = runtime.compile(&label, &bytes)?;
@@ -131,6 +140,57 @@ pub(crate) async fn bundle(
         manifest.plugins.len(),
         env!("CARGO_PKG_VERSION")
     );
+    Ok(())
+}
+
+/// The plugin's signatures, so runs from the bundle verify them offline:
+/// from the user's store, else the registry. With trusted keys, a plugin
+/// no trusted key signed is not bundled.
+async fn bundle_signatures(
+    cli: &Cli,
+    client: &crate::oci::RegistryClient,
+    user_store: &PluginStore,
+    target: &PluginStore,
+    reference: &OciRef,
+    manifest: &Digest,
+) -> Result<(), CommandError> {
+    let keys = crate::commands::host::trusted_keys(cli)?;
+    let kept = user_store.signatures(manifest).map_err(registry_error)?;
+    let verifies = |s: &crate::oci::signature::Signatures| {
+        crate::oci::signature::verify(&keys, manifest, &s.layers).is_ok()
+    };
+    let signatures = match kept {
+        Some(kept) if keys.is_empty() || verifies(&kept) => Some(kept),
+        _ => match client.pull_signatures(reference, manifest).await {
+            Ok(found) => found,
+            Err(e) if keys.is_empty() && !cli.require_signature => {
+                tracing::warn!("{reference}: its signatures were not bundled: {e}");
+                None
+            }
+            Err(e) => return Err(registry_error(e)),
+        },
+    };
+    if !keys.is_empty() || cli.require_signature {
+        let layers = signatures
+            .as_ref()
+            .map(|s| s.layers.as_slice())
+            .unwrap_or_default();
+        if let Err(unverified) = crate::oci::signature::verify(&keys, manifest, layers) {
+            return Err(registry_error(crate::oci::OciError::Unsigned {
+                plugin: reference.pinned(manifest).to_string(),
+                detail: if keys.is_empty() {
+                    "--require-signature is set but no key is trusted (--trust-key FILE)".into()
+                } else {
+                    crate::oci::resolve::describe_failures(&[unverified], &keys)
+                },
+            }));
+        }
+    }
+    if let Some(signatures) = signatures {
+        target
+            .put_signatures(manifest, &signatures)
+            .map_err(registry_error)?;
+    }
     Ok(())
 }
 

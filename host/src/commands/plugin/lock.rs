@@ -18,7 +18,7 @@ fn resolve(
     plugin_path: &[PathBuf],
     mode: Mode,
 ) -> Result<BTreeMap<String, LockEntry>, CommandError> {
-    let sources = sources(cli, plugin_path, Some(file), false, mode);
+    let sources = sources(cli, plugin_path, Some(file), false, mode)?;
     Pipeline::load(file, &sources, None)?;
     Ok(sources.registry.resolved())
 }

@@ -1,14 +1,16 @@
 //! `runner plugin inspect|new|list`, and (in the submodules) the registry
 //! commands: `push|pull|login` (publish.rs), `lock|update` (lock.rs),
-//! `bundle` (bundle.rs).
+//! `bundle` (bundle.rs), `sign|verify` (sign.rs).
 
 mod bundle;
 mod lock;
 mod publish;
+mod sign;
 
 pub(super) use bundle::bundle;
 pub(super) use lock::{lock, update};
 pub(super) use publish::{login, pull, push};
+pub(super) use sign::{sign, verify};
 
 use super::CommandError;
 use super::host::runtime;
@@ -103,7 +105,7 @@ fn describe_report(described: Option<&crate::describe::Description>) -> String {
 
 /// What is on the plugin path (files, bundles) and in the store.
 pub(super) fn list(cli: &Cli, plugin_path: &[PathBuf]) -> Result<(), CommandError> {
-    let sources = super::host::sources(cli, plugin_path, None, false, Default::default());
+    let sources = super::host::sources(cli, plugin_path, None, false, Default::default())?;
     let path = crate::plugin_ref::PluginPath::new(&sources, Path::new("."));
     let mut out = std::io::stdout().lock();
     writeln!(
