@@ -2,8 +2,9 @@
 //! plugin pushed to a real registry, pinned in runner.lock, bundled and
 //! precompiled by the static runner that goes into the image; then, with
 //! the registry stopped and the container on `--network none`, the locked
-//! pipeline runs: every plugin found in the bundle, verified, and started
-//! from its precompiled artifact (nothing compiled in the container).
+//! pipeline runs with `--require-signature`: every plugin found in the
+//! bundle, its digest and its team's signature verified, and started from
+//! its precompiled artifact (nothing compiled in the container).
 //!
 //! Needs the musl build of runner (scripts/test builds it:
 //! `cargo build --release --target x86_64-unknown-linux-musl --bin runner`).
@@ -53,6 +54,20 @@ fn a_ci_image_runs_a_locked_pipeline_offline_from_its_bundle() {
     let mut cmd = env.runner();
     cmd.current_dir(&checkout).args(["plugin", "lock"]);
     run(&mut cmd).success();
+    // The plugin's team signs it; the CI operator trusts that team's key.
+    let keys = env.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (team_key, team_pub) = crate::signatures::openssl_key_pair(&keys, "team");
+    let mut cmd = env.runner();
+    cmd.args([
+        "plugin",
+        "sign",
+        "--key",
+        team_key.to_str().unwrap(),
+        &reference,
+    ]);
+    run(&mut cmd).success();
+    std::fs::remove_file(&team_key).unwrap();
 
     // examples/ci-image/build.sh, step by step (its cargo build is the
     // musl binary this test was given).
@@ -69,6 +84,8 @@ fn a_ci_image_runs_a_locked_pipeline_offline_from_its_bundle() {
         .arg(checkout.join("runner.lock"))
         .arg("--out")
         .arg(context.join("bundle"))
+        .arg("--trust-key")
+        .arg(&team_pub)
         .env("RUNNER_CACHE_DIR", env.path().join("bundle-cache"))
         .env("RUNNER_PLUGIN_STORE", env.path().join("bundle-store"))
         .output()
@@ -94,12 +111,21 @@ fn a_ci_image_runs_a_locked_pipeline_offline_from_its_bundle() {
         String::from_utf8_lossy(&built.stderr)
     );
 
-    // CI: no registry, no network; the checkout mounted at /work.
+    // CI: no registry, no network; the checkout mounted at /work, the
+    // operator's trusted key beside it (not in the checkout), signatures required.
     registry.stop();
     let ran = Command::new("docker")
         .args(["run", "--rm", "--network", "none", "--label", &label])
         .arg("-v")
         .arg(format!("{}:/work", checkout.display()))
+        .arg("-v")
+        .arg(format!("{}:/keys:ro", keys.display()))
+        .args([
+            "-e",
+            "RUNNER_TRUST_KEYS=/keys/team.pub",
+            "-e",
+            "RUNNER_REQUIRE_SIGNATURE=true",
+        ])
         .args([&image, "run", "--locked", "--json", "-v"])
         .output()
         .unwrap();
@@ -111,6 +137,7 @@ fn a_ci_image_runs_a_locked_pipeline_offline_from_its_bundle() {
         stderr.contains("loaded the bundle's precompiled artifact"),
         "{stderr}"
     );
+    assert!(stderr.contains("signature verified"), "{stderr}");
     assert!(!stderr.contains("compiling"), "{stderr}");
     // Nothing was compiled or pulled into the checkout's caches.
     let compiled = std::fs::read_dir(checkout.join(".cache/runner/components"))

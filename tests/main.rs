@@ -16,6 +16,7 @@ mod ci_image;
 mod consul;
 mod contract_version;
 mod describe;
+mod engines;
 mod faults;
 mod hostile;
 mod images;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// An ECDSA P-256 key pair made by openssl: (private PKCS#8 PEM, public PEM).
-fn openssl_key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn openssl_key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let private = dir.join(format!("{name}.pem"));
     let public = dir.join(format!("{name}.pub"));
     let sh = format!(

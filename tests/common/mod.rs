@@ -7,6 +7,7 @@
 pub mod consul;
 pub mod deployment;
 pub mod docker;
+pub mod engines;
 pub mod exec;
 pub mod hostile;
 pub mod oci_registry;
