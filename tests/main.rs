@@ -27,6 +27,7 @@ mod plugins;
 mod reconcile;
 mod recovery;
 mod registry;
+mod replicas;
 mod sandbox;
 mod scaffold;
 mod signatures;

@@ -3,8 +3,9 @@
 
 use crate::journal::{self, Intent, Undo, back_to, finish, undo_candidate};
 use crate::steps::{
-    host_port, info, logs, read_color, remove, run_hook, stop, switch_proxy, wait_healthy,
-    with_context, write_color,
+    color_containers, color_report, ensure_running, host_port, info, join_ports, read_color,
+    remove_color, replica_names, run_hook, stop_color, switch_proxy, wait_healthy, with_context,
+    write_color,
 };
 use crate::{Settings, other};
 use runner_sdk::journal::Phase;
@@ -34,11 +35,11 @@ pub(crate) fn deploy(s: &Settings) -> Result<Outcome, Error> {
     // is replaced, so there is nothing to roll back to until this one passes.
     intent.write(Phase::BeforeSwitch, "prepare")?;
     kv::delete(&s.previous_key())?;
-    remove(&name)?;
+    remove_color(s, next)?;
     intent.write(Phase::BeforeSwitch, "start")?;
-    let (port, times) = match start_candidate(s, &intent, &name, started) {
+    let (ports, times) = match start_candidate(s, &intent, started) {
         Ok(started) => started,
-        Err(e) => return Err(fail_before_switch(s, &name, e)),
+        Err(e) => return Err(fail_before_switch(s, next, e)),
     };
     if s.manual_promotion {
         kv::put(&s.promotion_key(), next.as_bytes())?;
@@ -58,62 +59,60 @@ pub(crate) fn deploy(s: &Settings) -> Result<Outcome, Error> {
         .with_output("paused", format!("{name} awaits promotion"))
         .with_output("color", current.clone())
         .with_output("candidate", next)
-        .with_output("container", name.clone())
-        .with_output("port", port.to_string()));
+        .with_output("container", replica_names(s, next).join(","))
+        .with_output("port", ports[0].to_string())
+        .with_output("ports", join_ports(&ports)));
     }
-    switch_to(s, &intent, index, port, started, times)
+    switch_to(s, &intent, index, &ports, started, times)
 }
 
-/// Run the candidate, wait for its health, run the pre-integration tests.
+/// Run the candidate's replicas (all started first, so they come up
+/// together), wait for each one's health, then run the pre-integration
+/// tests against each: the new color is complete and tested before any
+/// traffic moves.
 fn start_candidate(
     s: &Settings,
     intent: &Intent,
-    name: &str,
     started: Instant,
-) -> Result<(u16, [Duration; 3]), Error> {
-    let container = docker::run(&docker::RunSpec {
-        name: name.to_string(),
-        image: intent.image.clone(),
-        env: s.env.clone(),
-        labels: [("bluegreen.color".to_string(), intent.candidate.clone())]
-            .into_iter()
-            .chain(s.labels.clone())
-            .collect(),
-        command: None,
-        ports: vec![s.container_port],
-        restart: s.restart,
-        service: Some(name.to_string()),
-        tags: vec![intent.image.clone()],
-    })?;
-    let port = host_port(s, &container)?;
+) -> Result<(Vec<u16>, [Duration; 3]), Error> {
+    let names = replica_names(s, &intent.candidate);
+    let mut ports = Vec::with_capacity(names.len());
+    for name in &names {
+        let container = docker::run(&docker::RunSpec {
+            name: name.clone(),
+            image: intent.image.clone(),
+            env: s.env.clone(),
+            labels: [("bluegreen.color".to_string(), intent.candidate.clone())]
+                .into_iter()
+                .chain(s.labels.clone())
+                .collect(),
+            command: None,
+            ports: vec![s.container_port],
+            restart: s.restart,
+            // Every replica is an instance of the color's service.
+            service: Some(s.container(&intent.candidate)),
+            tags: vec![intent.image.clone()],
+        })?;
+        ports.push(host_port(s, &container)?);
+    }
     let t_start = started.elapsed();
     intent.write(Phase::BeforeSwitch, "health")?;
-    wait_healthy(s, name, port)?;
+    for (name, port) in names.iter().zip(&ports) {
+        wait_healthy(s, name, *port)?;
+    }
     let t_healthy = started.elapsed();
     intent.write(Phase::BeforeSwitch, "pre-tests")?;
-    run_hook(&s.pre_hook, &format!("http://127.0.0.1:{port}"))?;
-    Ok((port, [t_start, t_healthy, started.elapsed()]))
-}
-
-/// How a failed candidate ended, for the error: its exit code if it exited.
-fn exit_note(name: &str) -> String {
-    match docker::inspect(name) {
-        Ok(c) if !c.running => format!(
-            " ({} with exit code {})",
-            c.state,
-            c.exit_code
-                .map(|code| code.to_string())
-                .unwrap_or_else(|| "none".into())
-        ),
-        _ => String::new(),
+    for port in &ports {
+        run_hook(&s.pre_hook, &format!("http://127.0.0.1:{port}"))?;
     }
+    Ok((ports, [t_start, t_healthy, started.elapsed()]))
 }
 
 /// The candidate failed before any traffic moved: remove it.
-fn fail_before_switch(s: &Settings, name: &str, e: Error) -> Error {
-    let logs = logs(s, name);
-    let exit = exit_note(name);
-    let undone = match remove(name).and_then(|_| journal::clear()) {
+fn fail_before_switch(s: &Settings, color: &str, e: Error) -> Error {
+    let name = s.container(color);
+    let report = color_report(s, color);
+    let undone = match remove_color(s, color).and_then(|_| journal::clear()) {
         Ok(()) => format!("{name} removed"),
         Err(u) => format!(
             "removing {name} failed too ({}); the next run of this stage (or `runner recover {}`) removes it",
@@ -123,9 +122,7 @@ fn fail_before_switch(s: &Settings, name: &str, e: Error) -> Error {
     };
     with_context(
         e,
-        &format!(
-            "{name} failed before the switch{exit}; proxy and color untouched, {undone}. Last log lines of {name}:\n{logs}"
-        ),
+        &format!("{name} failed before the switch; proxy and color untouched, {undone}. {report}"),
     )
 }
 
@@ -139,7 +136,7 @@ fn fail_after_switch(
     live_since: Option<Instant>,
 ) -> Error {
     let name = s.container(&intent.candidate);
-    let logs = logs(s, &name);
+    let report = color_report(s, &intent.candidate);
     let serving = if intent.known_good.is_empty() {
         "nothing (first deploy)".to_string()
     } else {
@@ -161,7 +158,7 @@ fn fail_after_switch(
         .unwrap_or_default();
     let context = match undone {
         Ok(()) => format!(
-            "{what}; switched back to {serving}{served}, color restored, {name} {fate}. Last log lines of {name}:\n{logs}"
+            "{what}; switched back to {serving}{served}, color restored, {name} {fate}. {report}"
         ),
         Err(u) => format!(
             "{what}; switching back to {serving} failed too ({}): the journal keeps this deploy, and `runner recover {}` (or the next run of this stage) switches back",
@@ -179,7 +176,7 @@ fn switch_to(
     s: &Settings,
     intent: &Intent,
     index: u64,
-    port: u16,
+    ports: &[u16],
     started: Instant,
     before: [Duration; 3],
 ) -> Result<Outcome, Error> {
@@ -188,7 +185,7 @@ fn switch_to(
     let name = s.container(next);
     let [t_start, t_healthy, t_tested] = before;
     intent.write(Phase::Switching, "switch")?;
-    if let Err(e) = switch_proxy(s, next, port) {
+    if let Err(e) = switch_proxy(s, next, ports) {
         let what = format!("switching the proxy to {name} failed");
         return Err(fail_after_switch(s, intent, e, &what, None));
     }
@@ -260,14 +257,29 @@ fn switch_to(
     .collect::<Vec<_>>()
     .join(", ");
     let image = &intent.image;
+    let replicas = match ports.len() {
+        1 => String::new(),
+        n => format!(", {n} replicas"),
+    };
     Ok(runner_sdk::outcome(format!(
-        "{} now serves {image} from {name} ({timings})",
+        "{} now serves {image} from {name}{replicas} ({timings})",
         s.service
     ))
     .with_output("color", next)
     .with_output("previous", current)
-    .with_output("container", name)
-    .with_output("port", port.to_string())
+    .with_output(
+        "container",
+        color_containers(s, next)
+            .map(|c| {
+                c.iter()
+                    .map(|c| c.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or(name),
+    )
+    .with_output("port", ports.first().copied().unwrap_or(0).to_string())
+    .with_output("ports", join_ports(ports))
     .with_output("start_ms", t_start.as_millis().to_string())
     .with_output("healthy_ms", (t_healthy - t_start).as_millis().to_string())
     .with_output(
@@ -311,17 +323,26 @@ pub(crate) fn promote(s: &Settings) -> Result<Outcome, Error> {
         )));
     }
     let name = s.container(next);
-    let container = docker::inspect(&name)?;
-    let port = host_port(s, &container)
-        .map_err(|e| with_context(e, &format!("{name} cannot be promoted; deploy again")))?;
+    let containers = color_containers(s, next)?;
+    let cannot = |e| with_context(e, &format!("{name} cannot be promoted; deploy again"));
+    if containers.is_empty() {
+        return Err(cannot(Error::NotFound(format!(
+            "no container of {name} exists"
+        ))));
+    }
+    let ports = containers
+        .iter()
+        .map(|c| host_port(s, c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(cannot)?;
     let intent = Intent {
         action: "promote",
         known_good: current,
         candidate: next.to_string(),
-        image: container.image.clone(),
+        image: containers[0].image.clone(),
         undo: Undo::Remove,
     };
-    let outcome = switch_to(s, &intent, index, port, started, [Duration::ZERO; 3]);
+    let outcome = switch_to(s, &intent, index, &ports, started, [Duration::ZERO; 3]);
     // Promoted or undone: either way nothing waits any more.
     if let Err(e) = kv::delete(&s.promotion_key()) {
         runner_sdk::warn(&format!(
@@ -385,38 +406,34 @@ pub(crate) fn rollback(s: &Settings) -> Result<Outcome, Error> {
         undo: Undo::Stop,
     };
     intent.write(Phase::BeforeSwitch, "start")?;
-    let port = match docker::start(&name).and_then(|c| {
-        let port = host_port(s, &c)?;
-        wait_healthy(s, &name, port)?;
-        Ok(port)
-    }) {
-        Ok(port) => port,
+    let ports = match ensure_running(s, previous) {
+        Ok(ports) => ports,
         Err(e) => {
-            let logs = logs(s, &name);
-            let undone = stop(s, &name).and_then(|_| journal::clear());
+            let report = color_report(s, previous);
+            let undone = stop_color(s, previous).and_then(|_| journal::clear());
             let note = match undone {
                 Ok(()) => String::new(),
                 Err(u) => format!(" (stopping it again failed: {})", runner_sdk::describe(&u)),
             };
             return Err(with_context(
                 e,
-                &format!(
-                    "{name} did not come back healthy; nothing switched{note}. Last log lines of {name}:\n{logs}"
-                ),
+                &format!("{name} did not come back healthy; nothing switched{note}. {report}"),
             ));
         }
     };
-    let outcome = switch_to(s, &intent, index, port, started, [Duration::ZERO; 3])?;
+    let outcome = switch_to(s, &intent, index, &ports, started, [Duration::ZERO; 3])?;
     Ok(
         runner_sdk::outcome(format!("{} rolled back to {previous} ({name})", s.service))
             .with_output("color", previous)
             .with_output("previous", current)
+            .with_output("port", ports[0].to_string())
+            .with_output("ports", join_ports(&ports))
             .with_output(
-                "port",
+                "container",
                 outcome
                     .outputs
                     .iter()
-                    .find(|(k, _)| k == "port")
+                    .find(|(k, _)| k == "container")
                     .map(|(_, v)| v.clone())
                     .unwrap_or_default(),
             ),

@@ -2,7 +2,7 @@
 //! deploy that died was doing, and finishing or undoing it.
 
 use crate::Settings;
-use crate::steps::{ensure_running, info, put_or_delete, remove, stop, switch_proxy};
+use crate::steps::{ensure_running, info, put_or_delete, remove_color, stop_color, switch_proxy};
 use runner_sdk::journal::{self, Phase};
 use runner_sdk::{Error, kv};
 
@@ -69,10 +69,9 @@ fn color_detail(entry: &journal::Entry, key: &str, may_be_empty: bool) -> Result
 /// The candidate of a deploy that did not make it: removed or stopped, and
 /// no longer waiting for promotion.
 pub(crate) fn undo_candidate(s: &Settings, candidate: &str, undo: Undo) -> Result<(), Error> {
-    let name = s.container(candidate);
     match undo {
-        Undo::Remove => remove(&name)?,
-        Undo::Stop => stop(s, &name)?,
+        Undo::Remove => remove_color(s, candidate)?,
+        Undo::Stop => stop_color(s, candidate)?,
     }
     if let Some(pending) = kv::get(&s.promotion_key())?
         && pending.value == candidate.as_bytes()
@@ -90,8 +89,8 @@ pub(crate) fn back_to(
     undo: Undo,
 ) -> Result<(), Error> {
     if !known_good.is_empty() {
-        let port = ensure_running(s, known_good)?;
-        switch_proxy(s, known_good, port)?;
+        let ports = ensure_running(s, known_good)?;
+        switch_proxy(s, known_good, &ports)?;
     }
     put_or_delete(&s.color_key(), known_good)?;
     undo_candidate(s, candidate, undo)
@@ -101,7 +100,7 @@ pub(crate) fn back_to(
 pub(crate) fn finish(s: &Settings, old: &str, new: &str) -> Result<(), Error> {
     put_or_delete(&s.color_key(), new)?;
     if !old.is_empty() {
-        stop(s, &s.container(old))?;
+        stop_color(s, old)?;
         info(&format!("stopped {} (kept for rollback)", s.container(old)));
     }
     put_or_delete(&s.previous_key(), old)

@@ -41,7 +41,10 @@
 //! is replaced; default: the seed's upstream template), `proxy_url` (base
 //! URL through the proxy, for the post hook), `pre_hook` / `post_hook` (hook
 //! names, default `pre-integration` / `post-integration`; `none` skips),
-//! `logs_tail` (20).
+//! `logs_tail` (20), `replicas` (1: containers per color; more are
+//! `<service>-<color>-1..N`, started together, each healthy and tested
+//! before the switch, all behind the proxy after it, all stopped after the
+//! next switch and all started again by a rollback).
 //!
 //! Grants: `--allow-kv <service>/`, `--allow-service '<service>-*'`,
 //! `--allow-container '<service>-*'`, `--allow-image ...`, `--allow-http
@@ -85,7 +88,14 @@ pub(crate) struct Settings {
     pub(crate) logs_tail: u32,
     /// `promotion=manual`: stop after the pre-integration tests until promoted.
     pub(crate) manual_promotion: bool,
+    /// Containers per color (`replicas`): one is `<service>-<color>`, more
+    /// are `<service>-<color>-1` .. `-N`, all registered as `<service>-<color>`.
+    pub(crate) replicas: u32,
 }
+
+/// Most replicas per color one stage runs (each is started, health-checked
+/// and tested in turn by this plugin).
+pub(crate) const MAX_REPLICAS: u64 = 32;
 
 fn hook_setting(cfg: &Config<'_>, key: &str, default: &str) -> Option<String> {
     match cfg.get_or(key, default) {
@@ -114,6 +124,12 @@ impl Settings {
             }
         };
         let port = cfg.u64("container_port", 8080)?;
+        let replicas = cfg.u64("replicas", 1)?;
+        if !(1..=MAX_REPLICAS).contains(&replicas) {
+            return Err(Error::InvalidConfig(format!(
+                "setting `replicas` must be 1 to {MAX_REPLICAS}, got {replicas}"
+            )));
+        }
         Ok(Settings {
             service: ctx.service.clone(),
             image: cfg.get("image").map(str::to_string),
@@ -154,6 +170,7 @@ impl Settings {
                     )));
                 }
             },
+            replicas: replicas as u32,
         })
     }
 
@@ -199,11 +216,13 @@ impl Guest for BlueGreen {
             .setting(runner_sdk::setting("pre_hook", runner_sdk::SettingKind::Text, "the hook that tests the new color before the switch (none: no hook)").default("pre-integration"))
             .setting(runner_sdk::setting("post_hook", runner_sdk::SettingKind::Text, "the hook that tests through the proxy after the switch (none: no hook)").default("post-integration"))
             .setting(runner_sdk::setting("logs_tail", runner_sdk::SettingKind::Integer, "log lines of a failed container shown in the error").default("20"))
+            .setting(runner_sdk::setting("replicas", runner_sdk::SettingKind::Integer, "containers per color, all healthy and tested before the switch, all behind the proxy after it").default("1"))
             .setting(runner_sdk::setting("promotion", runner_sdk::SettingKind::Text, "auto, or manual: stop after the pre-switch tests until `runner promote`").default("auto"))
             .output("color", "the color now serving")
             .output("previous", "the color kept for rollback")
-            .output("container", "the new color's container")
-            .output("port", "the new color's published port")
+            .output("container", "the new color's containers (comma-separated)")
+            .output("port", "the new color's (first) published port")
+            .output("ports", "the new color's published ports (comma-separated)")
             .output("candidate", "the color waiting for promotion (promotion=manual)")
             .output("paused", "true when the deploy stopped at its promotion gate")
             .output("recovered", "true when an interrupted deploy was finished or undone")

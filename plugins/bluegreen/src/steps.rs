@@ -124,9 +124,86 @@ fn upstream_source(s: &Settings, color: &str) -> template::Source {
     }
 }
 
-/// Point the proxy at `color`, served on `port`: one atomic, verified
+/// The containers a deploy of `color` runs: `<service>-<color>` alone, or
+/// `<service>-<color>-1` .. `-N`.
+pub(crate) fn replica_names(s: &Settings, color: &str) -> Vec<String> {
+    let base = s.container(color);
+    if s.replicas == 1 {
+        return vec![base];
+    }
+    (1..=s.replicas).map(|i| format!("{base}-{i}")).collect()
+}
+
+/// Where a container name stands among its color's: 0 for `<base>`, N for `<base>-N`.
+fn replica_index(base: &str, name: &str) -> Option<u32> {
+    if name == base {
+        return Some(0);
+    }
+    let n = name.strip_prefix(base)?.strip_prefix('-')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// `color`'s containers as they are, whatever replica count deployed them,
+/// in replica order.
+pub(crate) fn color_containers(s: &Settings, color: &str) -> Result<Vec<docker::Container>, Error> {
+    let base = s.container(color);
+    let mut found: Vec<(u32, docker::Container)> = docker::list(Some(&format!("{base}*")), None)?
+        .into_iter()
+        .filter_map(|c| replica_index(&base, &c.name).map(|i| (i, c)))
+        .collect();
+    found.sort_by_key(|(i, _)| *i);
+    Ok(found.into_iter().map(|(_, c)| c).collect())
+}
+
+/// Remove every container of `color`.
+pub(crate) fn remove_color(s: &Settings, color: &str) -> Result<(), Error> {
+    for c in color_containers(s, color)? {
+        remove(&c.name)?;
+    }
+    Ok(())
+}
+
+/// Stop every container of `color` (kept, for a rollback).
+pub(crate) fn stop_color(s: &Settings, color: &str) -> Result<(), Error> {
+    for c in color_containers(s, color)? {
+        stop(s, &c.name)?;
+    }
+    Ok(())
+}
+
+/// Exit codes and last log lines of `color`'s containers, for an error.
+pub(crate) fn color_report(s: &Settings, color: &str) -> String {
+    let containers = match color_containers(s, color) {
+        Ok(c) if !c.is_empty() => c,
+        Ok(_) => return format!("(no container of {} left)", s.container(color)),
+        Err(e) => return format!("(logs unavailable: {})", runner_sdk::describe(&e)),
+    };
+    containers
+        .iter()
+        .map(|c| {
+            let exit = if c.running {
+                String::new()
+            } else {
+                format!(
+                    " ({} with exit code {})",
+                    c.state,
+                    c.exit_code
+                        .map(|code| code.to_string())
+                        .unwrap_or_else(|| "none".into())
+                )
+            };
+            format!("Last log lines of {}{exit}:\n{}", c.name, logs(s, &c.name))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Point the proxy at `color`, served on `ports`: one atomic, verified
 /// switch (the proxy reloads when it must, always after a new file).
-pub(crate) fn switch_proxy(s: &Settings, color: &str, port: u16) -> Result<(), Error> {
+pub(crate) fn switch_proxy(s: &Settings, color: &str, ports: &[u16]) -> Result<(), Error> {
     let file = s
         .upstream_file
         .clone()
@@ -135,10 +212,13 @@ pub(crate) fn switch_proxy(s: &Settings, color: &str, port: u16) -> Result<(), E
         &s.proxy,
         &proxy::Upstream {
             name: s.upstream.clone(),
-            servers: vec![proxy::Server {
-                address: "127.0.0.1".into(),
-                port,
-            }],
+            servers: ports
+                .iter()
+                .map(|&port| proxy::Server {
+                    address: "127.0.0.1".into(),
+                    port,
+                })
+                .collect(),
             file: Some(proxy::UpstreamFile {
                 name: file,
                 template: upstream_source(s, color),
@@ -152,18 +232,41 @@ pub(crate) fn switch_proxy(s: &Settings, color: &str, port: u16) -> Result<(), E
     Ok(())
 }
 
-/// The published port of `color`'s container, starting it (and waiting for
-/// its health) if it is stopped.
-pub(crate) fn ensure_running(s: &Settings, color: &str) -> Result<u16, Error> {
-    let name = s.container(color);
-    let container = docker::inspect(&name)?;
-    if container.running {
-        return host_port(s, &container);
+/// The published ports of `color`'s containers, starting the stopped ones
+/// (all first, then waiting for their health, so they come up together).
+pub(crate) fn ensure_running(s: &Settings, color: &str) -> Result<Vec<u16>, Error> {
+    let containers = color_containers(s, color)?;
+    if containers.is_empty() {
+        return Err(Error::NotFound(format!(
+            "no container of {} exists",
+            s.container(color)
+        )));
     }
-    let container = docker::start(&name)?;
-    let port = host_port(s, &container)?;
-    wait_healthy(s, &name, port)?;
-    Ok(port)
+    let mut ports = Vec::with_capacity(containers.len());
+    let mut started = Vec::new();
+    for c in containers {
+        if c.running {
+            ports.push(host_port(s, &c)?);
+        } else {
+            let c = docker::start(&c.name)?;
+            let port = host_port(s, &c)?;
+            started.push((c.name.clone(), port));
+            ports.push(port);
+        }
+    }
+    for (name, port) in &started {
+        wait_healthy(s, name, *port)?;
+    }
+    Ok(ports)
+}
+
+/// `ports` as an output: comma-separated.
+pub(crate) fn join_ports(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub(crate) fn run_hook(name: &Option<String>, base_url: &str) -> Result<Option<String>, Error> {
