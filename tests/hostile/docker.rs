@@ -215,6 +215,55 @@ fn bad_names(f: &Fixture) -> Vec<(String, bool)> {
 }
 
 #[test]
+fn run_all_checks_every_spec_and_bounds_its_list() {
+    require_docker!();
+    let f = Fixture::start();
+    let env = Env::new();
+    let (ok, victim) = (f.granted("ra"), f.victim());
+    let bad = format!("{}/../{victim}", f.granted("rb"));
+    let app = f.app();
+    let names = format!("{ok},{victim},{bad}");
+    let many = f.granted("rc");
+    let calls = Calls::new()
+        .call(
+            "mixed",
+            "docker.run-all",
+            &[("names", &names), ("image", &app), ("labels", &f.label)],
+        )
+        .call(
+            "too-many",
+            "docker.run-all",
+            &[
+                ("names", &many),
+                ("image", &app),
+                ("labels", &f.label),
+                ("repeat", "33"),
+            ],
+        );
+    let out = run(&mut f.exec(&env, &calls)).expect_code(0);
+    let mut v = Verdict::new(&out);
+    // Each spec is checked on its own: the granted one runs, the victim's
+    // name is denied, an escaping name is invalid; 33 specs are one refusal.
+    let mixed = out.answer("mixed.results");
+    v.check(
+        mixed == "ok,denied,invalid-config",
+        format!("run-all results: {mixed}"),
+    );
+    let too_many = out.answer("too-many.results");
+    v.check(
+        too_many == "invalid-config",
+        format!("33 specs: {too_many}"),
+    );
+    let created = f.granted_containers();
+    v.check(
+        created.trim() == ok,
+        format!("containers created: {created}"),
+    );
+    f.check_victim(&mut v);
+    v.finish();
+}
+
+#[test]
 fn container_names_outside_dockers_rule_are_invalid_config() {
     require_docker!();
     let f = Fixture::start();

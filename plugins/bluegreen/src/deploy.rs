@@ -76,9 +76,9 @@ fn start_candidate(
     started: Instant,
 ) -> Result<(Vec<u16>, [Duration; 3]), Error> {
     let names = replica_names(s, &intent.candidate);
-    let mut ports = Vec::with_capacity(names.len());
-    for name in &names {
-        let container = docker::run(&docker::RunSpec {
+    let specs: Vec<docker::RunSpec> = names
+        .iter()
+        .map(|name| docker::RunSpec {
             name: name.clone(),
             image: intent.image.clone(),
             env: s.env.clone(),
@@ -92,8 +92,20 @@ fn start_candidate(
             // Every replica is an instance of the color's service.
             service: Some(s.container(&intent.candidate)),
             tags: vec![intent.image.clone()],
-        })?;
-        ports.push(host_port(s, &container)?);
+        })
+        .collect();
+    // Started side by side by the host; any failure fails the candidate
+    // (the caller removes every replica).
+    let mut ports = Vec::with_capacity(names.len());
+    for started in docker::run_all(&specs) {
+        ports.push(host_port(s, &started?)?);
+    }
+    if ports.len() != names.len() {
+        return Err(Error::Failed(format!(
+            "the engine started {} of {} replicas",
+            ports.len(),
+            names.len()
+        )));
     }
     let t_start = started.elapsed();
     intent.write(Phase::BeforeSwitch, "health")?;

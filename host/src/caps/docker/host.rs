@@ -47,6 +47,79 @@ fn split_tag(image: &str) -> (String, Option<String>) {
     }
 }
 
+/// Most specs one `run-all` takes, and how many of them start at once.
+const MAX_RUN_ALL: usize = 32;
+const RUN_ALL_AT_ONCE: usize = 8;
+
+impl DockerCap {
+    /// `run`: the grant checks, then create, start, inspect and register.
+    async fn run_one(&self, spec: docker::RunSpec) -> Result<docker::Container, PluginError> {
+        self.grant.container("run", &spec.name)?;
+        self.grant.image("run", &spec.image)?;
+        if let Some(service) = &spec.service {
+            self.services.check("register", service)?;
+            if spec.ports.is_empty() {
+                return Err(PluginError::InvalidConfig(format!(
+                    "docker run {}: registering it as service \"{service}\" needs a published port in `ports`",
+                    spec.name
+                )));
+            }
+        }
+        if let Some((key, _)) = spec
+            .labels
+            .iter()
+            .find(|(k, _)| k.to_ascii_lowercase().starts_with(RESERVED_LABELS))
+        {
+            return Err(PluginError::InvalidConfig(format!(
+                "docker run {}: label \"{key}\" is reserved: labels starting with \"{RESERVED_LABELS}\" are set by runner alone \
+                 (registration follows them); register through `service` instead",
+                spec.name
+            )));
+        }
+        let mut labels: HashMap<String, String> = spec.labels.into_iter().collect();
+        let service = spec.service.as_deref().zip(spec.ports.first().copied());
+        labels.extend(runner_labels(service, &spec.tags, self.registry.identity()));
+        let limits = self.grant.limits;
+        let create = ContainerSpec {
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            env: spec.env,
+            command: spec.command,
+            labels,
+            // Published on loopback only, on a random host port each.
+            ports: spec.ports,
+            publish_ip: PUBLISH_IP.to_string(),
+            memory_bytes: limits.memory_bytes,
+            pids: limits.pids,
+            nano_cpus: limits.nano_cpus,
+            restart: match spec.restart {
+                docker::RestartPolicy::No => Restart::No,
+                docker::RestartPolicy::OnFailure => Restart::OnFailure,
+                docker::RestartPolicy::UnlessStopped => Restart::UnlessStopped,
+                docker::RestartPolicy::Always => Restart::Always,
+            },
+        };
+        let name = spec.name;
+        self.connect("run", &name).await?;
+        let info = bounded("docker.run", self.timeout, async {
+            self.resolve_image("run", &spec.image).await?;
+            let id = self
+                .engine
+                .create(create)
+                .await
+                .map_err(Self::err("create", &name))?;
+            self.engine
+                .start(&id)
+                .await
+                .map_err(Self::err("start", &name))?;
+            self.inspect_raw(&id).await
+        })
+        .await?;
+        self.register(&info).await?;
+        Ok(to_wit(&info))
+    }
+}
+
 impl docker::Host for DockerCap {
     async fn pull(&mut self, image: String) -> Result<(), PluginError> {
         self.grant.image("pull", &image)?;
@@ -153,69 +226,28 @@ impl docker::Host for DockerCap {
     }
 
     async fn run(&mut self, spec: docker::RunSpec) -> Result<docker::Container, PluginError> {
-        self.grant.container("run", &spec.name)?;
-        self.grant.image("run", &spec.image)?;
-        if let Some(service) = &spec.service {
-            self.services.check("register", service)?;
-            if spec.ports.is_empty() {
-                return Err(PluginError::InvalidConfig(format!(
-                    "docker run {}: registering it as service \"{service}\" needs a published port in `ports`",
-                    spec.name
-                )));
-            }
+        self.run_one(spec).await
+    }
+
+    async fn run_all(
+        &mut self,
+        specs: Vec<docker::RunSpec>,
+    ) -> Vec<Result<docker::Container, PluginError>> {
+        if specs.len() > MAX_RUN_ALL {
+            let refused = PluginError::InvalidConfig(format!(
+                "docker run-all: {} specs, at most {MAX_RUN_ALL} in one call",
+                specs.len()
+            ));
+            // One result, not one per spec: a refused call allocates nothing per entry.
+            return vec![Err(refused)];
         }
-        if let Some((key, _)) = spec
-            .labels
-            .iter()
-            .find(|(k, _)| k.to_ascii_lowercase().starts_with(RESERVED_LABELS))
-        {
-            return Err(PluginError::InvalidConfig(format!(
-                "docker run {}: label \"{key}\" is reserved: labels starting with \"{RESERVED_LABELS}\" are set by runner alone \
-                 (registration follows them); register through `service` instead",
-                spec.name
-            )));
-        }
-        let mut labels: HashMap<String, String> = spec.labels.into_iter().collect();
-        let service = spec.service.as_deref().zip(spec.ports.first().copied());
-        labels.extend(runner_labels(service, &spec.tags, self.registry.identity()));
-        let limits = self.grant.limits;
-        let create = ContainerSpec {
-            name: spec.name.clone(),
-            image: spec.image.clone(),
-            env: spec.env,
-            command: spec.command,
-            labels,
-            // Published on loopback only, on a random host port each.
-            ports: spec.ports,
-            publish_ip: PUBLISH_IP.to_string(),
-            memory_bytes: limits.memory_bytes,
-            pids: limits.pids,
-            nano_cpus: limits.nano_cpus,
-            restart: match spec.restart {
-                docker::RestartPolicy::No => Restart::No,
-                docker::RestartPolicy::OnFailure => Restart::OnFailure,
-                docker::RestartPolicy::UnlessStopped => Restart::UnlessStopped,
-                docker::RestartPolicy::Always => Restart::Always,
-            },
-        };
-        let name = spec.name;
-        self.connect("run", &name).await?;
-        let info = bounded("docker.run", self.timeout, async {
-            self.resolve_image("run", &spec.image).await?;
-            let id = self
-                .engine
-                .create(create)
-                .await
-                .map_err(Self::err("create", &name))?;
-            self.engine
-                .start(&id)
-                .await
-                .map_err(Self::err("start", &name))?;
-            self.inspect_raw(&id).await
-        })
-        .await?;
-        self.register(&info).await?;
-        Ok(to_wit(&info))
+        use futures_util::StreamExt;
+        let this = &*self;
+        futures_util::stream::iter(specs)
+            .map(|spec| this.run_one(spec))
+            .buffered(RUN_ALL_AT_ONCE)
+            .collect()
+            .await
     }
 
     async fn start(&mut self, name: String) -> Result<docker::Container, PluginError> {

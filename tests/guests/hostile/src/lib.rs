@@ -17,6 +17,7 @@
 //! `docker.inspect|logs|start name`, `docker.kill name [signal]`,
 //! `docker.remove name [force]`, `docker.stop|wait name [timeout]`,
 //! `docker.run name image [labels k=v,k=v] [service] [command a b]`,
+//! `docker.run-all names image [labels] [repeat]`,
 //! `docker.tag source target`, `docker.pull|push image`,
 //! `docker.build context tag`, `docker.list [pattern] [label]`;
 //! `hooks.run name [config k=v,k=v]`; `log.huge bytes`, `log.lines n`, `print.lines n`;
@@ -218,6 +219,32 @@ fn call(op: &str, a: &Args) -> Result<Extra, Error> {
                 tags: vec![],
             };
             container_extra(docker::run(&spec)?)
+        }
+        "docker.run-all" => {
+            // `names` comma-separated, the whole list `repeat` times.
+            let names: Vec<String> = a.get("names").split(',').map(str::to_string).collect();
+            let specs: Vec<docker::RunSpec> = (0..a.num("repeat", 1))
+                .flat_map(|_| names.clone())
+                .map(|name| docker::RunSpec {
+                    name,
+                    image: a.get("image"),
+                    env: vec![],
+                    labels: a.pairs("labels"),
+                    command: None,
+                    ports: vec![],
+                    restart: docker::RestartPolicy::No,
+                    service: None,
+                    tags: vec![],
+                })
+                .collect();
+            let results: Vec<String> = docker::run_all(&specs)
+                .iter()
+                .map(|r| match r {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => kind(e).split(':').next().unwrap_or_default().to_string(),
+                })
+                .collect();
+            vec![("results", results.join(","))]
         }
         "docker.tag" => {
             docker::tag(&a.get("source"), &a.get("target"))?;
