@@ -224,6 +224,22 @@ fn only_plugins_a_trusted_key_signed_run() {
         "{}",
         out.stderr
     );
+    let mut cmd = env.runner();
+    cmd.args(["exec", "--require-signature", "--trust-key"])
+        .arg(&team_pub)
+        .arg("--plugin")
+        .arg(plugin("sandbox-probe"))
+        .args(["-c", "mode=echo"]);
+    let out = run(&mut cmd).expect_code(2);
+    assert!(
+        out.stderr
+            .contains("--require-signature runs only registry plugins"),
+        "exec ran an unsigned file: {}",
+        out.stderr
+    );
+    // Under --require-signature only the operator's keys count, not the file's.
+    let out = runner(&env, &["run", file_arg, "--require-signature"]).expect_code(2);
+    assert!(out.stderr.contains("no key is trusted"), "{}", out.stderr);
     let bare = pipeline_in(&local, &reference);
     let out = runner(
         &env,
@@ -378,6 +394,28 @@ fn a_bundle_carries_signatures_and_refuses_unsigned_plugins() {
         out.stdout
     );
     assert!(out.stderr.contains("signature verified"), "{}", out.stderr);
+
+    // The bundle's index edited to run another layer under the signed
+    // digest: the entry is not used (and offline nothing else can serve it).
+    let index_path = bundle.join("runner-bundle.json");
+    let index = std::fs::read_to_string(&index_path).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&index).unwrap();
+    let layer = doc["plugins"][0]["layer"].as_str().unwrap().to_string();
+    let evil = std::fs::read(plugin("hostile")).unwrap();
+    let evil_digest = format!("sha256:{}", sha256_hex(&evil));
+    std::fs::write(bundle.join("blobs/sha256").join(&evil_digest[7..]), &evil).unwrap();
+    std::fs::write(&index_path, index.replace(&layer, &evil_digest)).unwrap();
+    let mut cmd = env.runner();
+    cmd.args(["run", file_arg, "--locked", "--require-signature"])
+        .env("RUNNER_TRUST_KEYS", &team_pub)
+        .env("RUNNER_PLUGIN_PATH", &bundle);
+    let out = run(&mut cmd).expect_code(2);
+    assert!(
+        out.stderr.contains("the entry is not used"),
+        "{}",
+        out.stderr
+    );
+    std::fs::write(&index_path, index).unwrap();
 
     // The bundle's signature removed: offline, nothing can vouch for it.
     std::fs::remove_dir_all(bundle.join("signatures")).unwrap();

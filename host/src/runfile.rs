@@ -309,10 +309,12 @@ impl RunnerFile {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        registry.set_file_keys(
-            spec.trusted_keys(base)
-                .map_err(|e| invalid(path, e.to_string()))?,
-        );
+        if registry.uses_file_keys() {
+            registry.set_file_keys(
+                spec.trusted_keys(base)
+                    .map_err(|e| invalid(path, e.to_string()))?,
+            );
+        }
         Self::from_spec_with(spec, base, &|plugin| {
             plugin_ref::resolve_in(plugin, base, registry)
         })

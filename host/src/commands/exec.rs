@@ -5,7 +5,7 @@ use super::host::{Host, Open, Targets, runtime, shutdown_signal};
 use crate::bindings::Context as StageContext;
 use crate::caps::{Capabilities, RunContext};
 use crate::cli::{Cli, ExecArgs};
-use crate::plugin_ref::{PluginPath, PluginRef, PluginSource};
+use crate::plugin_ref::{PluginPath, PluginRef, PluginRefError, PluginSource};
 use crate::runfile::RunnerFile;
 use crate::runtime::Limits;
 use crate::stage::Hooks;
@@ -45,10 +45,13 @@ pub(super) async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError>
     let runtime = runtime(cli)?;
     let source = PluginPath::new(&sources, Path::new("."))
         .resolve(&args.plugin, Path::new(""))
-        .or_else(|e| match &args.plugin {
-            // A missing file is the runtime's to report (with its exit code).
-            PluginRef::File(path) => Ok(PluginSource::File(path.clone())),
-            PluginRef::Named(_) | PluginRef::Oci(_) => Err(CommandError::Usage(e.to_string())),
+        .or_else(|e| match (&args.plugin, &e) {
+            // A missing file is the runtime's to report (with its exit code);
+            // any other refusal (an unsigned file under --require-signature) stands.
+            (PluginRef::File(path), PluginRefError::MissingFile { .. }) => {
+                Ok(PluginSource::File(path.clone()))
+            }
+            _ => Err(CommandError::Usage(e.to_string())),
         })?;
     let plugin = runtime.load_source(&source)?;
     tracing::debug!(plugin = plugin.name(), cache = ?plugin.cache_outcome(), "plugin loaded");

@@ -134,17 +134,7 @@ impl RegistryClient {
             .push_blob(image, built.config.clone(), built.config_digest.as_str())
             .await
             .map_err(map)?;
-        let content_type =
-            artifact::MANIFEST_MEDIA_TYPE
-                .parse()
-                .map_err(|_| OciError::Registry {
-                    registry: reference.registry().into(),
-                    detail: "bad manifest media type".into(),
-                })?;
-        client
-            .push_manifest_raw(image, built.manifest.clone(), content_type)
-            .await
-            .map_err(map)?;
+        push_manifest(&client, reference, built.manifest.clone()).await?;
         Ok(Pushed {
             manifest: built.manifest_digest,
             layer: built.layer_digest,
@@ -316,18 +306,8 @@ impl RegistryClient {
             .push_blob(sig_ref.reference(), config, config_digest.as_str())
             .await
             .map_err(map)?;
-        let content_type =
-            artifact::MANIFEST_MEDIA_TYPE
-                .parse()
-                .map_err(|_| OciError::Registry {
-                    registry: reference.registry().into(),
-                    detail: "bad manifest media type".into(),
-                })?;
         let digest = Digest::of(&bytes);
-        client
-            .push_manifest_raw(sig_ref.reference(), bytes, content_type)
-            .await
-            .map_err(map)?;
+        push_manifest(&client, &sig_ref, bytes).await?;
         Ok(digest)
     }
 
@@ -387,6 +367,25 @@ impl RegistryClient {
         }
         Ok(bytes)
     }
+}
+
+/// Put `manifest` (an OCI image manifest, as runner writes them) at `reference`.
+async fn push_manifest(
+    client: &oci_client::Client,
+    reference: &OciRef,
+    manifest: Vec<u8>,
+) -> Result<(), OciError> {
+    let content_type = artifact::MANIFEST_MEDIA_TYPE
+        .parse()
+        .map_err(|_| OciError::Registry {
+            registry: reference.registry().into(),
+            detail: "bad manifest media type".into(),
+        })?;
+    client
+        .push_manifest_raw(reference.reference(), manifest, content_type)
+        .await
+        .map(|_| ())
+        .map_err(|e| map_error(reference, e))
 }
 
 /// Where the signatures of `manifest` live: its repository, tag `sha256-HEX.sig`.

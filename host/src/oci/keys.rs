@@ -139,7 +139,16 @@ fn read_key_file(path: &Path) -> Result<String, KeyError> {
         path: path.into(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(read)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // A FIFO or device named as a key must not block or stream forever.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(read)?;
+    if !file.metadata().map_err(read)?.is_file() {
+        return Err(KeyError::NotPem { path: path.into() });
+    }
     let bytes = super::store::read_capped(file, MAX_KEY_FILE_BYTES).map_err(read)?;
     if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
         return Err(KeyError::NotPem { path: path.into() });

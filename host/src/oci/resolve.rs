@@ -107,9 +107,16 @@ impl Resolver {
         *self.file_keys.lock().unwrap_or_else(|p| p.into_inner()) = keys;
     }
 
+    /// Whether a file's `[trust] keys` count: only when the operator gave
+    /// no keys and does not require signatures (under `--require-signature`
+    /// only the operator's keys count: a file's are the checkout's word).
+    pub fn uses_file_keys(&self) -> bool {
+        self.settings.trust_keys.is_empty() && !self.settings.require_signature
+    }
+
     /// The keys signatures are checked against: the operator's, else the file's.
     pub fn trusted_keys(&self) -> Vec<TrustedKey> {
-        if !self.settings.trust_keys.is_empty() {
+        if !self.uses_file_keys() {
             return self.settings.trust_keys.clone();
         }
         self.file_keys
@@ -148,7 +155,8 @@ impl Resolver {
             return Err(OciError::Unsigned {
                 plugin,
                 detail: "--require-signature is set but no key is trusted; give the signers' \
-                         public keys with --trust-key FILE (RUNNER_TRUST_KEYS) or [trust] keys"
+                         public keys with --trust-key FILE (RUNNER_TRUST_KEYS): under \
+                         --require-signature a file's [trust] keys do not count"
                     .into(),
             });
         }
@@ -175,13 +183,15 @@ impl Resolver {
         // None kept, or none by a trusted key: the registry may have newer ones.
         let fetched = block_on(self.client.pull_signatures(reference, manifest))?;
         let detail = match fetched {
-            Ok(Some(signatures)) => {
-                store.put_signatures(manifest, &signatures)?;
-                match verified(&signatures) {
-                    Ok(()) => return Ok(()),
-                    Err(unverified) => describe_failures(&[unverified], keys),
+            // Kept only when they verify: junk pushed to the tag must not
+            // replace the signatures an offline run relies on.
+            Ok(Some(signatures)) => match verified(&signatures) {
+                Ok(()) => {
+                    store.put_signatures(manifest, &signatures)?;
+                    return Ok(());
                 }
-            }
+                Err(unverified) => describe_failures(&[unverified], keys),
+            },
             Ok(None) if failures.is_empty() => format!(
                 "it has no signature (no tag {} in its repository); sign it with \
                  `runner plugin sign --key KEY {plugin}`",
@@ -323,6 +333,21 @@ impl Resolver {
                 continue;
             };
             let blobs = bundle.store();
+            // What runs is bound to the pinned (and signed) manifest: its own
+            // blob, verified, must name the layer the bundle's index gives.
+            match blobs.plugin_manifest(&manifest)? {
+                Some(pinned) if pinned.layer_digest == entry.layer => {}
+                _ => {
+                    tracing::warn!(
+                        "bundle {}: its entry for {} names layer {}, which the manifest does not; \
+                         the entry is not used",
+                        bundle.dir.display(),
+                        manifest.short(),
+                        entry.layer.short()
+                    );
+                    continue;
+                }
+            }
             let precompiled = entry
                 .precompiled
                 .as_ref()

@@ -26,6 +26,13 @@ pub(crate) async fn sign(cli: &Cli, key: &Path, reference: &str) -> Result<(), C
         .await
         .map_err(registry_error)?;
     let manifest = pulled.manifest_digest;
+    if reference.digest().is_none() {
+        tracing::warn!(
+            "signing what {reference} points at now: {manifest} (layer {}); a tag can move \
+             between a review and a signature: sign by digest (@sha256:...) to sign what was reviewed",
+            pulled.plugin.layer_digest
+        );
+    }
     let repository = format!("{}/{}", reference.registry(), reference.repository());
     let payload = signature::payload(&repository, &manifest);
     let layer = SignatureLayer::new(payload.clone(), &key.sign(&payload));
