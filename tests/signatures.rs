@@ -405,11 +405,14 @@ fn a_bundle_carries_signatures_and_refuses_unsigned_plugins() {
     let evil_digest = format!("sha256:{}", sha256_hex(&evil));
     std::fs::write(bundle.join("blobs/sha256").join(&evil_digest[7..]), &evil).unwrap();
     std::fs::write(&index_path, index.replace(&layer, &evil_digest)).unwrap();
-    let mut cmd = env.runner();
-    cmd.args(["run", file_arg, "--locked", "--require-signature"])
-        .env("RUNNER_TRUST_KEYS", &team_pub)
-        .env("RUNNER_PLUGIN_PATH", &bundle);
-    let out = run(&mut cmd).expect_code(2);
+    let offline_refused = || {
+        let mut cmd = env.runner();
+        cmd.args(["run", file_arg, "--locked", "--require-signature"])
+            .env("RUNNER_TRUST_KEYS", &team_pub)
+            .env("RUNNER_PLUGIN_PATH", &bundle);
+        run(&mut cmd).expect_code(2)
+    };
+    let out = offline_refused();
     assert!(
         out.stderr.contains("the entry is not used"),
         "{}",
@@ -419,11 +422,7 @@ fn a_bundle_carries_signatures_and_refuses_unsigned_plugins() {
 
     // The bundle's signature removed: offline, nothing can vouch for it.
     std::fs::remove_dir_all(bundle.join("signatures")).unwrap();
-    let mut cmd = env.runner();
-    cmd.args(["run", file_arg, "--locked", "--require-signature"])
-        .env("RUNNER_TRUST_KEYS", &team_pub)
-        .env("RUNNER_PLUGIN_PATH", &bundle);
-    let out = run(&mut cmd).expect_code(2);
+    let out = offline_refused();
     assert!(
         out.stderr.contains("its registry cannot be asked"),
         "{}",

@@ -23,23 +23,20 @@ pub fn available() -> bool {
 /// terminal) when it should return because no engine answers. Panics under
 /// CI instead of skipping. Use through [`require_docker!`].
 pub fn require() -> bool {
-    if available() {
-        return true;
-    }
+    available() || skip("no Docker engine answers (set DOCKER_HOST)")
+}
+
+/// Skip the calling test, saying `why` on the terminal, and return false;
+/// under CI, which must run every test, fail it instead.
+pub fn skip(why: &str) -> bool {
     let test = std::thread::current()
         .name()
-        .unwrap_or("a Docker test")
+        .unwrap_or("a test")
         .to_string();
     let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
-    assert!(
-        !ci,
-        "{test}: no Docker engine answers (set DOCKER_HOST), and CI runs every test"
-    );
+    assert!(!ci, "{test}: {why}, and CI runs every test");
     // Straight to the terminal: libtest captures `eprintln!` of passing tests.
-    let _ = writeln!(
-        std::io::stderr(),
-        "{test}: skipped: no Docker engine answers (set DOCKER_HOST); CI has one"
-    );
+    let _ = writeln!(std::io::stderr(), "{test}: skipped: {why}");
     false
 }
 
