@@ -148,6 +148,29 @@ impl ArtifactCache {
         Some(dir.join(artifact_name(engine, bytes)))
     }
 
+    /// Whether this cache recorded ([`Self::vouch`]) that the file `meta`
+    /// describes, unchanged since, hashed to `blake3`: a bundle's
+    /// precompiled artifact verified by an earlier start. The record's name
+    /// is keyed with the cache's key, so only this runner user can have made
+    /// it, and any write to the file changes its ctime (a new file, its inode).
+    pub fn vouched(&self, meta: &std::fs::Metadata, blake3: &str) -> bool {
+        let Some(ready) = self.ready() else {
+            return false;
+        };
+        std::fs::symlink_metadata(ready.dir.join(vouch_name(&ready.key, meta, blake3)))
+            .is_ok_and(|m| m.is_file())
+    }
+
+    /// Record that the file `meta` describes hashed to `blake3`.
+    pub fn vouch(&self, meta: &std::fs::Metadata, blake3: &str) {
+        if let Some(ready) = self.ready() {
+            let path = ready.dir.join(vouch_name(&ready.key, meta, blake3));
+            if let Err(e) = std::fs::write(&path, b"") {
+                tracing::debug!("recording a verified artifact in {}: {e}", path.display());
+            }
+        }
+    }
+
     /// The index entry's name for a file's identity under this engine.
     fn identity_name(engine: &Engine, meta: &std::fs::Metadata) -> String {
         let identity = [
@@ -621,9 +644,49 @@ fn load_or_create_key(path: &Path) -> Result<[u8; blake3::KEY_LEN], CacheRefused
     Ok(key)
 }
 
+/// The name of a [`ArtifactCache::vouch`] record: the file's identity and
+/// its expected BLAKE3, hashed with the cache's key.
+fn vouch_name(key: &[u8; blake3::KEY_LEN], meta: &std::fs::Metadata, blake3: &str) -> String {
+    let mut hasher = blake3::Hasher::new_keyed(key);
+    for part in [
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime() as u64,
+        meta.mtime_nsec() as u64,
+        meta.ctime() as u64,
+        meta.ctime_nsec() as u64,
+    ] {
+        hasher.update(&part.to_le_bytes());
+    }
+    hasher.update(blake3.as_bytes());
+    format!("{}.verified", hasher.finalize().to_hex())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vouch_holds_only_for_the_unchanged_file_and_its_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(Some(dir.path().join("cache")));
+        let file = dir.path().join("artifact.cwasm");
+        std::fs::write(&file, b"native code").unwrap();
+        let meta = std::fs::metadata(&file).unwrap();
+        assert!(!cache.vouched(&meta, "abc"));
+        cache.vouch(&meta, "abc");
+        assert!(cache.vouched(&meta, "abc"));
+        assert!(!cache.vouched(&meta, "abd"), "another expected hash");
+        // Any write changes the identity: the record no longer holds.
+        std::fs::write(&file, b"other, longer native code").unwrap();
+        assert!(!cache.vouched(&std::fs::metadata(&file).unwrap(), "abc"));
+        // Another key (another user's cache) made no record.
+        let other = ArtifactCache::new(Some(dir.path().join("other")));
+        assert!(!other.vouched(&meta, "abc"));
+        // No cache, no records.
+        assert!(!ArtifactCache::new(None).vouched(&meta, "abc"));
+    }
 
     fn component(engine: &Engine) -> Component {
         Component::new(engine, "(component)").expect("empty component")
