@@ -173,20 +173,11 @@ impl ArtifactCache {
 
     /// The index entry's name for a file's identity under this engine.
     fn identity_name(engine: &Engine, meta: &std::fs::Metadata) -> String {
-        let identity = [
-            meta.dev(),
-            meta.ino(),
-            meta.size(),
-            meta.mtime() as u64,
-            meta.mtime_nsec() as u64,
-            meta.ctime() as u64,
-            meta.ctime_nsec() as u64,
-            engine_hash(engine),
-        ];
         let mut hasher = blake3::Hasher::new();
-        for part in identity {
+        for part in identity_parts(meta) {
             hasher.update(&part.to_le_bytes());
         }
+        hasher.update(&engine_hash(engine).to_le_bytes());
         format!("{}.entry", hasher.finalize().to_hex())
     }
 
@@ -644,11 +635,10 @@ fn load_or_create_key(path: &Path) -> Result<[u8; blake3::KEY_LEN], CacheRefused
     Ok(key)
 }
 
-/// The name of a [`ArtifactCache::vouch`] record: the file's identity and
-/// its expected BLAKE3, hashed with the cache's key.
-fn vouch_name(key: &[u8; blake3::KEY_LEN], meta: &std::fs::Metadata, blake3: &str) -> String {
-    let mut hasher = blake3::Hasher::new_keyed(key);
-    for part in [
+/// What changes when a file is written or replaced: device, inode, size,
+/// modification and change times.
+fn identity_parts(meta: &std::fs::Metadata) -> [u64; 7] {
+    [
         meta.dev(),
         meta.ino(),
         meta.size(),
@@ -656,7 +646,14 @@ fn vouch_name(key: &[u8; blake3::KEY_LEN], meta: &std::fs::Metadata, blake3: &st
         meta.mtime_nsec() as u64,
         meta.ctime() as u64,
         meta.ctime_nsec() as u64,
-    ] {
+    ]
+}
+
+/// The name of a [`ArtifactCache::vouch`] record: the file's identity and
+/// its expected BLAKE3, hashed with the cache's key.
+fn vouch_name(key: &[u8; blake3::KEY_LEN], meta: &std::fs::Metadata, blake3: &str) -> String {
+    let mut hasher = blake3::Hasher::new_keyed(key);
+    for part in identity_parts(meta) {
         hasher.update(&part.to_le_bytes());
     }
     hasher.update(blake3.as_bytes());
