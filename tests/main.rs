@@ -18,6 +18,7 @@ mod contract_version;
 mod describe;
 mod engines;
 mod faults;
+mod fleet;
 mod hostile;
 mod images;
 mod locks;

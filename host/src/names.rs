@@ -38,6 +38,7 @@ pub enum NameKind {
     Label,
     UpstreamFile,
     Backend,
+    Host,
 }
 
 impl std::fmt::Display for NameKind {
@@ -52,6 +53,7 @@ impl std::fmt::Display for NameKind {
             NameKind::Label => "label",
             NameKind::UpstreamFile => "upstream file",
             NameKind::Backend => "HAProxy backend",
+            NameKind::Host => "host name",
         })
     }
 }
@@ -198,6 +200,13 @@ pub fn upstream_file(name: &str) -> Result<&str, InvalidName> {
 /// no space, `;` or newline, which would start another runtime-API command.
 pub fn proxy_backend(name: &str) -> Result<&str, InvalidName> {
     ascii_id(NameKind::Backend, name, 128, &['.', '_', '-', ':'])
+}
+
+/// A fleet host's name (`[hosts.NAME]`): `[a-zA-Z0-9][a-zA-Z0-9._-]*`,
+/// at most 63 bytes (a DNS label's length: host names end up in messages,
+/// status columns and grants, not in URLs).
+pub fn host_name(name: &str) -> Result<&str, InvalidName> {
+    ascii_id(NameKind::Host, name, 63, &['.', '_', '-'])
 }
 
 fn ascii_id<'a>(

@@ -19,6 +19,7 @@
 //! limits = { deadline = "2m" }
 //! ```
 
+use crate::caps::docker::{DockerHost, HostSpec, HostSpecError, validate_hosts};
 use crate::caps::proxy::{ProxyConfig, ProxySpec, ProxySpecError};
 use crate::caps::{Grants, GrantsSpec};
 use crate::grants::GrantError;
@@ -55,6 +56,9 @@ pub struct RunnerFileSpec {
     /// Who may sign the registry plugins it runs.
     #[serde(default)]
     pub trust: Option<Spanned<TrustSpec>>,
+    /// `[hosts.NAME]`: the Docker hosts containers are placed on.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, Spanned<HostSpec>>,
 }
 
 /// `[trust]`: the public keys (PEM, relative to the file) whose cosign
@@ -178,6 +182,8 @@ impl HookDef {
 pub struct RunnerFile {
     /// `[grants]`, paths already relative to the file.
     pub grants: GrantsSpec,
+    /// `[hosts.*]`, in the file's order: empty for a single engine.
+    pub hosts: Vec<DockerHost>,
     pub proxies: Vec<ProxyConfig>,
     pub hooks: Vec<HookDef>,
     /// Problems that do not stop a run, e.g. a proxy config directory a
@@ -214,6 +220,15 @@ pub enum LimitsError {
 /// locates the table in the file.
 #[derive(Debug, thiserror::Error)]
 pub enum RunfileError {
+    #[error("{source}")]
+    Host {
+        span: Range<usize>,
+        source: HostSpecError,
+    },
+    #[error(
+        "[targets] docker and [hosts.*] both name engines: keep [hosts.*] (a single engine is one [hosts.NAME])"
+    )]
+    TargetsAndHosts { span: Range<usize> },
     #[error("[proxies.{name}]: {source}")]
     Proxy {
         name: String,
@@ -245,6 +260,8 @@ impl RunfileError {
     pub fn span(&self) -> Range<usize> {
         match self {
             RunfileError::Proxy { span, .. }
+            | RunfileError::Host { span, .. }
+            | RunfileError::TargetsAndHosts { span }
             | RunfileError::HookGrants { span, .. }
             | RunfileError::HookPlugin { span, .. }
             | RunfileError::HookLimits { span, .. } => span.clone(),
@@ -327,6 +344,17 @@ impl RunnerFile {
         base: &Path,
         resolve_plugin: &dyn Fn(&PluginRef) -> Result<PluginSource, PluginRefError>,
     ) -> Result<Self, RunfileError> {
+        let mut ordered: Vec<_> = spec.hosts.iter().collect();
+        ordered.sort_by_key(|(_, h)| h.span().start);
+        let hosts = validate_hosts(ordered.iter().map(|(n, h)| (*n, h.get_ref())), base).map_err(
+            |source| RunfileError::Host {
+                span: spec.hosts.get(&source.name).map_or(0..0, Spanned::span),
+                source,
+            },
+        )?;
+        if let (Some(first), Some(_)) = (spec.hosts.values().next(), &spec.targets.docker) {
+            return Err(RunfileError::TargetsAndHosts { span: first.span() });
+        }
         let mut proxies = Vec::new();
         let mut warnings = Vec::new();
         for (name, p) in &spec.proxies {
@@ -406,6 +434,7 @@ impl RunnerFile {
         grants.rebase(base);
         Ok(Self {
             grants,
+            hosts,
             proxies,
             hooks,
             warnings,

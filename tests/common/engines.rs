@@ -225,8 +225,29 @@ impl PrivateEngine {
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
+    /// Freeze the daemon (SIGSTOP): its API stops answering while its
+    /// containers (and their port proxies) go on serving, as when a host's
+    /// engine hangs or its network to runner is cut.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaw a [`pause`](Self::pause)d daemon.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(daemon) = &self.daemon {
+            // SAFETY: signalling a child this test started and has not reaped.
+            unsafe { libc::kill(daemon.id() as i32, signal) };
+        }
+    }
+
     /// Stop the daemon (by its pid), waiting for it to exit.
     fn stop(&mut self) {
+        // A paused daemon would hold SIGTERM until thawed.
+        self.resume();
         let Some(mut daemon) = self.daemon.take() else {
             return;
         };

@@ -8,7 +8,8 @@
 //! `/health` answer 500, `BROKEN=books` makes `/api/v1/books` answer 500, and
 //! `BROKEN=proxied` makes `/api/v1/books` answer 500 only when reached through
 //! a proxy (a `Host` other than an address): it passes tests against its own
-//! address and fails behind nginx.
+//! address and fails behind nginx. `HEALTHY_AFTER_MS=N` makes `/health`
+//! answer 503 for the first N ms (a slow start).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -29,6 +30,8 @@ struct Book {
 struct App {
     version: String,
     broken: String,
+    /// `/health` answers 503 until then.
+    healthy_at: std::time::Instant,
     books: Mutex<BTreeMap<String, Book>>,
 }
 
@@ -51,6 +54,11 @@ impl App {
                 500,
                 v,
                 serde_json::json!({"status": "broken", "version": v}),
+            ),
+            (Method::Get, "/health") if std::time::Instant::now() < self.healthy_at => json(
+                503,
+                v,
+                serde_json::json!({"status": "starting", "version": v}),
             ),
             (Method::Get, "/health") => {
                 json(200, v, serde_json::json!({"status": "ok", "version": v}))
@@ -113,6 +121,13 @@ fn main() {
     let app = App {
         version: std::env::var("VERSION").unwrap_or_else(|_| "dev".into()),
         broken: std::env::var("BROKEN").unwrap_or_default(),
+        healthy_at: std::time::Instant::now()
+            + std::time::Duration::from_millis(
+                std::env::var("HEALTHY_AFTER_MS")
+                    .ok()
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(0),
+            ),
         books: Mutex::new(BTreeMap::new()),
     };
     if app.broken == "exit" {
@@ -163,6 +178,7 @@ mod tests {
         let app = App {
             version: "test".into(),
             broken: broken.into(),
+            healthy_at: std::time::Instant::now(),
             books: Mutex::new(BTreeMap::new()),
         };
         std::thread::spawn(move || {

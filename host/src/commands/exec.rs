@@ -63,6 +63,7 @@ pub(super) async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError>
     let targets = Targets {
         consul: None,
         docker: args.docker_host.clone(),
+        hosts: runfile.hosts.clone(),
     };
     let host = Host::connect(cli, &targets, limits.host_call_timeout, Open::Lazy)?;
     // The deploy lock comes first: reconciling the catalog and everything

@@ -20,6 +20,8 @@ use std::time::Duration;
 pub struct Targets {
     pub consul: Option<String>,
     pub docker: Option<String>,
+    /// The runner file's `[hosts.*]`: a fleet instead of one engine.
+    pub hosts: Vec<crate::caps::docker::DockerHost>,
 }
 
 /// How to open the embedded registry: `Lazy` (on first use; stages that never
@@ -58,10 +60,23 @@ impl Host {
             }
             None => Arc::new(EmbeddedRegistry::open(&cli.state_dir, timeout)?),
         };
-        Ok(Self {
-            registry,
-            docker: DockerEngine::new(targets.docker.clone()),
-        })
+        let docker = match (&targets.docker, targets.hosts.as_slice()) {
+            (None, []) => DockerEngine::new(None),
+            (Some(one), []) => DockerEngine::new(Some(one.clone())),
+            (None, hosts) => crate::caps::docker::fleet(hosts),
+            (Some(one), hosts) => {
+                return Err(CommandError::Usage(format!(
+                    "the runner file places containers on its hosts ({}), but --docker-host (or DOCKER_HOST) names the one engine {one}: \
+                     unset DOCKER_HOST / drop --docker-host, or remove [hosts.*] from the file",
+                    hosts
+                        .iter()
+                        .map(|h| h.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        };
+        Ok(Self { registry, docker })
     }
 
     /// The registry alone, for the commands that need nothing else.

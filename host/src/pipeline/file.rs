@@ -220,7 +220,12 @@ impl Pipeline {
             ));
         }
         let stage_specs = std::mem::take(&mut spec.stages);
-        let (deploy_stage, targets) = (spec.deploy_stage.take(), std::mem::take(&mut spec.targets));
+        let deploy_stage = spec.deploy_stage.take();
+        // The runner file checks [targets] against [hosts.*]; the pipeline keeps them.
+        let targets = TargetsSpec {
+            consul: spec.targets.consul.take(),
+            docker: spec.targets.docker.clone(),
+        };
         let runfile =
             match RunnerFile::from_spec_with(spec, base, &|p| plugin_path.resolve(p, base)) {
                 Ok(r) => r,

@@ -3,9 +3,9 @@
 
 use crate::journal::{self, Intent, Undo, back_to, finish, undo_candidate};
 use crate::steps::{
-    color_containers, color_report, ensure_running, host_port, info, join_ports, read_color,
-    remove_color, replica_names, run_hook, stop_color, switch_proxy, wait_healthy, with_context,
-    write_color,
+    Endpoint, color_containers, color_report, endpoint, ensure_running, info, join_addresses,
+    join_ports, read_color, remove_color, replica_names, run_hook, stop_color, switch_proxy,
+    wait_healthy, with_context, write_color,
 };
 use crate::{Settings, other};
 use runner_sdk::journal::Phase;
@@ -37,7 +37,7 @@ pub(crate) fn deploy(s: &Settings) -> Result<Outcome, Error> {
     kv::delete(&s.previous_key())?;
     remove_color(s, next)?;
     intent.write(Phase::BeforeSwitch, "start")?;
-    let (ports, times) = match start_candidate(s, &intent, started) {
+    let (endpoints, times) = match start_candidate(s, &intent, started) {
         Ok(started) => started,
         Err(e) => return Err(fail_before_switch(s, next, e)),
     };
@@ -60,71 +60,86 @@ pub(crate) fn deploy(s: &Settings) -> Result<Outcome, Error> {
         .with_output("color", current.clone())
         .with_output("candidate", next)
         .with_output("container", replica_names(s, next).join(","))
-        .with_output("port", ports[0].to_string())
-        .with_output("ports", join_ports(&ports)));
+        .with_output("port", endpoints[0].port.to_string())
+        .with_output("ports", join_ports(&endpoints))
+        .with_output("addresses", join_addresses(&endpoints)));
     }
-    switch_to(s, &intent, index, &ports, started, times)
+    switch_to(s, &intent, index, &endpoints, started, times)
 }
 
 /// Run the candidate's replicas (all started first, so they come up
-/// together), wait for each one's health, then run the pre-integration
-/// tests against each: the new color is complete and tested before any
-/// traffic moves.
+/// together; on named hosts spread over them, or over `hosts`), wait for
+/// each one's health, then run the pre-integration tests against each: the
+/// new color is complete and tested before any traffic moves.
 fn start_candidate(
     s: &Settings,
     intent: &Intent,
     started: Instant,
-) -> Result<(Vec<u16>, [Duration; 3]), Error> {
+) -> Result<(Vec<Endpoint>, [Duration; 3]), Error> {
     let names = replica_names(s, &intent.candidate);
-    let specs: Vec<docker::RunSpec> = names
+    let specs: Vec<(Option<String>, docker::RunSpec)> = names
         .iter()
-        .map(|name| docker::RunSpec {
-            name: name.clone(),
-            image: intent.image.clone(),
-            env: s.env.clone(),
-            labels: [("bluegreen.color".to_string(), intent.candidate.clone())]
-                .into_iter()
-                .chain(s.labels.clone())
-                .collect(),
-            command: None,
-            ports: vec![s.container_port],
-            restart: s.restart,
-            // Every replica is an instance of the color's service.
-            service: Some(s.container(&intent.candidate)),
-            tags: vec![intent.image.clone()],
+        .enumerate()
+        .map(|(i, name)| {
+            let spec = docker::RunSpec {
+                name: name.clone(),
+                image: intent.image.clone(),
+                env: s.env.clone(),
+                labels: [("bluegreen.color".to_string(), intent.candidate.clone())]
+                    .into_iter()
+                    .chain(s.labels.clone())
+                    .collect(),
+                command: None,
+                ports: vec![s.container_port],
+                restart: s.restart,
+                // Every replica is an instance of the color's service.
+                service: Some(s.container(&intent.candidate)),
+                tags: vec![intent.image.clone()],
+            };
+            // `hosts` pins the replicas round-robin; else the host spreads them.
+            let host = (!s.hosts.is_empty()).then(|| s.hosts[i % s.hosts.len()].clone());
+            (host, spec)
         })
         .collect();
     // Started side by side by the host; any failure fails the candidate
     // (the caller removes every replica).
-    let mut ports = Vec::with_capacity(names.len());
-    for started in docker::run_all(&specs) {
-        ports.push(host_port(s, &started?)?);
+    let mut endpoints = Vec::with_capacity(names.len());
+    let mut placed = Vec::with_capacity(names.len());
+    for started in docker::run_placed(&specs) {
+        let started = started?;
+        endpoints.push(endpoint(s, &started.container)?);
+        if !started.host.is_empty() {
+            placed.push(format!("{} on {}", started.container.name, started.host));
+        }
     }
-    if ports.len() != names.len() {
+    if endpoints.len() != names.len() {
         return Err(Error::Failed(format!(
             "the engine started {} of {} replicas",
-            ports.len(),
+            endpoints.len(),
             names.len()
         )));
     }
+    if !placed.is_empty() {
+        info(&format!("started {}", placed.join(", ")));
+    }
     let t_start = started.elapsed();
     intent.write(Phase::BeforeSwitch, "health")?;
-    for (name, port) in names.iter().zip(&ports) {
-        wait_healthy(s, name, *port)?;
+    for (name, at) in names.iter().zip(&endpoints) {
+        wait_healthy(s, name, at)?;
     }
     let t_healthy = started.elapsed();
     intent.write(Phase::BeforeSwitch, "pre-tests")?;
-    for port in &ports {
-        run_hook(&s.pre_hook, &format!("http://127.0.0.1:{port}"))?;
+    for at in &endpoints {
+        run_hook(&s.pre_hook, &at.url())?;
     }
-    Ok((ports, [t_start, t_healthy, started.elapsed()]))
+    Ok((endpoints, [t_start, t_healthy, started.elapsed()]))
 }
 
 /// The candidate failed before any traffic moved: remove it.
 fn fail_before_switch(s: &Settings, color: &str, e: Error) -> Error {
     let name = s.container(color);
     let report = color_report(s, color);
-    let undone = match remove_color(s, color).and_then(|_| journal::clear()) {
+    let undone = match remove_candidate(s, color).and_then(|_| journal::clear()) {
         Ok(()) => format!("{name} removed"),
         Err(u) => format!(
             "removing {name} failed too ({}); the next run of this stage (or `runner recover {}`) removes it",
@@ -136,6 +151,22 @@ fn fail_before_switch(s: &Settings, color: &str, e: Error) -> Error {
         e,
         &format!("{name} failed before the switch; proxy and color untouched, {undone}. {report}"),
     )
+}
+
+/// Remove every replica this deploy started, each on its own (a host that
+/// does not answer keeps only its own), then any other container of the
+/// color; the first failure, if any.
+fn remove_candidate(s: &Settings, color: &str) -> Result<(), Error> {
+    let mut first_error = None;
+    for name in replica_names(s, color) {
+        if let Err(e) = crate::steps::remove(&name) {
+            first_error.get_or_insert(with_context(e, &format!("removing {name}")));
+        }
+    }
+    if first_error.is_none() {
+        remove_color(s, color)?;
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Something failed after the proxy may have moved: back to the known-good
@@ -188,7 +219,7 @@ fn switch_to(
     s: &Settings,
     intent: &Intent,
     index: u64,
-    ports: &[u16],
+    endpoints: &[Endpoint],
     started: Instant,
     before: [Duration; 3],
 ) -> Result<Outcome, Error> {
@@ -197,7 +228,7 @@ fn switch_to(
     let name = s.container(next);
     let [t_start, t_healthy, t_tested] = before;
     intent.write(Phase::Switching, "switch")?;
-    if let Err(e) = switch_proxy(s, next, ports) {
+    if let Err(e) = switch_proxy(s, next, endpoints) {
         let what = format!("switching the proxy to {name} failed");
         return Err(fail_after_switch(s, intent, e, &what, None));
     }
@@ -269,7 +300,7 @@ fn switch_to(
     .collect::<Vec<_>>()
     .join(", ");
     let image = &intent.image;
-    let replicas = match ports.len() {
+    let replicas = match endpoints.len() {
         1 => String::new(),
         n => format!(", {n} replicas"),
     };
@@ -290,8 +321,12 @@ fn switch_to(
             })
             .unwrap_or(name),
     )
-    .with_output("port", ports.first().copied().unwrap_or(0).to_string())
-    .with_output("ports", join_ports(ports))
+    .with_output(
+        "port",
+        endpoints.first().map(|e| e.port).unwrap_or(0).to_string(),
+    )
+    .with_output("ports", join_ports(endpoints))
+    .with_output("addresses", join_addresses(endpoints))
     .with_output("start_ms", t_start.as_millis().to_string())
     .with_output("healthy_ms", (t_healthy - t_start).as_millis().to_string())
     .with_output(
@@ -342,9 +377,9 @@ pub(crate) fn promote(s: &Settings) -> Result<Outcome, Error> {
             "no container of {name} exists"
         ))));
     }
-    let ports = containers
+    let endpoints = containers
         .iter()
-        .map(|c| host_port(s, c))
+        .map(|c| endpoint(s, c))
         .collect::<Result<Vec<_>, _>>()
         .map_err(cannot)?;
     let intent = Intent {
@@ -354,7 +389,7 @@ pub(crate) fn promote(s: &Settings) -> Result<Outcome, Error> {
         image: containers[0].image.clone(),
         undo: Undo::Remove,
     };
-    let outcome = switch_to(s, &intent, index, &ports, started, [Duration::ZERO; 3]);
+    let outcome = switch_to(s, &intent, index, &endpoints, started, [Duration::ZERO; 3]);
     // Promoted or undone: either way nothing waits any more.
     if let Err(e) = kv::delete(&s.promotion_key()) {
         runner_sdk::warn(&format!(
@@ -418,8 +453,8 @@ pub(crate) fn rollback(s: &Settings) -> Result<Outcome, Error> {
         undo: Undo::Stop,
     };
     intent.write(Phase::BeforeSwitch, "start")?;
-    let ports = match ensure_running(s, previous) {
-        Ok(ports) => ports,
+    let endpoints = match ensure_running(s, previous) {
+        Ok(endpoints) => endpoints,
         Err(e) => {
             let report = color_report(s, previous);
             let undone = stop_color(s, previous).and_then(|_| journal::clear());
@@ -433,13 +468,14 @@ pub(crate) fn rollback(s: &Settings) -> Result<Outcome, Error> {
             ));
         }
     };
-    let outcome = switch_to(s, &intent, index, &ports, started, [Duration::ZERO; 3])?;
+    let outcome = switch_to(s, &intent, index, &endpoints, started, [Duration::ZERO; 3])?;
     Ok(
         runner_sdk::outcome(format!("{} rolled back to {previous} ({name})", s.service))
             .with_output("color", previous)
             .with_output("previous", current)
-            .with_output("port", ports[0].to_string())
-            .with_output("ports", join_ports(&ports))
+            .with_output("port", endpoints[0].port.to_string())
+            .with_output("ports", join_ports(&endpoints))
+            .with_output("addresses", join_addresses(&endpoints))
             .with_output(
                 "container",
                 outcome

@@ -44,7 +44,11 @@
 //! `logs_tail` (20), `replicas` (1: containers per color; more are
 //! `<service>-<color>-1..N`, started together, each healthy and tested
 //! before the switch, all behind the proxy after it, all stopped after the
-//! next switch and all started again by a rollback).
+//! next switch and all started again by a rollback), `hosts` (on a runner
+//! file's named hosts: the hosts to place the replicas on, round-robin,
+//! comma-separated; default: runner spreads them over the granted hosts).
+//! A replica is reached at its host's address: health checks, tests and the
+//! upstream use it (127.0.0.1 on a single engine).
 //!
 //! Grants: `--allow-kv <service>/`, `--allow-service '<service>-*'`,
 //! `--allow-container '<service>-*'`, `--allow-image ...`, `--allow-http
@@ -91,6 +95,9 @@ pub(crate) struct Settings {
     /// Containers per color (`replicas`): one is `<service>-<color>`, more
     /// are `<service>-<color>-1` .. `-N`, all registered as `<service>-<color>`.
     pub(crate) replicas: u32,
+    /// `hosts`: the named hosts to pin the replicas to, round-robin; empty:
+    /// placed by the host.
+    pub(crate) hosts: Vec<String>,
 }
 
 /// Most replicas per color one stage runs (each is started, health-checked
@@ -171,6 +178,13 @@ impl Settings {
                 }
             },
             replicas: replicas as u32,
+            hosts: cfg
+                .get_or("hosts", "")
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_string)
+                .collect(),
         })
     }
 
@@ -217,12 +231,14 @@ impl Guest for BlueGreen {
             .setting(runner_sdk::setting("post_hook", runner_sdk::SettingKind::Text, "the hook that tests through the proxy after the switch (none: no hook)").default("post-integration"))
             .setting(runner_sdk::setting("logs_tail", runner_sdk::SettingKind::Integer, "log lines of a failed container shown in the error").default("20"))
             .setting(runner_sdk::setting("replicas", runner_sdk::SettingKind::Integer, "containers per color, all healthy and tested before the switch, all behind the proxy after it").default("1"))
+            .setting(runner_sdk::setting("hosts", runner_sdk::SettingKind::Text, "named hosts to place the replicas on, round-robin (comma-separated) [default: spread by runner]"))
             .setting(runner_sdk::setting("promotion", runner_sdk::SettingKind::Text, "auto, or manual: stop after the pre-switch tests until `runner promote`").default("auto"))
             .output("color", "the color now serving")
             .output("previous", "the color kept for rollback")
             .output("container", "the new color's containers (comma-separated)")
             .output("port", "the new color's (first) published port")
             .output("ports", "the new color's published ports (comma-separated)")
+            .output("addresses", "the new color's ADDRESS:PORTs (comma-separated)")
             .output("candidate", "the color waiting for promotion (promotion=manual)")
             .output("paused", "true when the deploy stopped at its promotion gate")
             .output("recovered", "true when an interrupted deploy was finished or undone")

@@ -49,7 +49,25 @@ pub(crate) fn put_or_delete(key: &str, value: &str) -> Result<(), Error> {
     }
 }
 
-pub(crate) fn host_port(s: &Settings, c: &docker::Container) -> Result<u16, Error> {
+/// Where a replica's service port is reached: its host's address (127.0.0.1
+/// on a single engine) and the published port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub(crate) address: String,
+    pub(crate) port: u16,
+}
+
+impl Endpoint {
+    pub(crate) fn url(&self) -> String {
+        if self.address.contains(':') {
+            format!("http://[{}]:{}", self.address, self.port)
+        } else {
+            format!("http://{}:{}", self.address, self.port)
+        }
+    }
+}
+
+pub(crate) fn endpoint(s: &Settings, c: &docker::Container) -> Result<Endpoint, Error> {
     if !c.running {
         return Err(Error::Failed(format!(
             "{} is not running ({}, exit code {})",
@@ -60,16 +78,25 @@ pub(crate) fn host_port(s: &Settings, c: &docker::Container) -> Result<u16, Erro
                 .unwrap_or_else(|| "none".into())
         )));
     }
-    c.ports
+    let binding = c
+        .ports
         .iter()
         .find(|p| p.container_port == s.container_port)
-        .map(|p| p.host_port)
         .ok_or_else(|| {
             Error::Failed(format!(
                 "container {} publishes no port {}",
                 c.name, s.container_port
             ))
-        })
+        })?;
+    // An engine that publishes on every interface is reached on loopback.
+    let address = match binding.host_ip.as_str() {
+        "" | "0.0.0.0" | "::" => "127.0.0.1".to_string(),
+        ip => ip.to_string(),
+    };
+    Ok(Endpoint {
+        address,
+        port: binding.host_port,
+    })
 }
 
 pub(crate) fn logs(s: &Settings, name: &str) -> String {
@@ -81,9 +108,9 @@ pub(crate) fn logs(s: &Settings, name: &str) -> String {
 }
 
 /// Poll the health path until it answers 200; fail early if the container exits.
-pub(crate) fn wait_healthy(s: &Settings, name: &str, port: u16) -> Result<Duration, Error> {
+pub(crate) fn wait_healthy(s: &Settings, name: &str, at: &Endpoint) -> Result<Duration, Error> {
     let started = Instant::now();
-    let url = format!("http://127.0.0.1:{port}{}", s.health_path);
+    let url = format!("{}{}", at.url(), s.health_path);
     let mut last = String::from("no answer yet");
     while started.elapsed() < s.health_timeout {
         let response = http::send(&http::Request {
@@ -201,9 +228,9 @@ pub(crate) fn color_report(s: &Settings, color: &str) -> String {
         .join("\n")
 }
 
-/// Point the proxy at `color`, served on `ports`: one atomic, verified
+/// Point the proxy at `color`, served at `endpoints`: one atomic, verified
 /// switch (the proxy reloads when it must, always after a new file).
-pub(crate) fn switch_proxy(s: &Settings, color: &str, ports: &[u16]) -> Result<(), Error> {
+pub(crate) fn switch_proxy(s: &Settings, color: &str, endpoints: &[Endpoint]) -> Result<(), Error> {
     let file = s
         .upstream_file
         .clone()
@@ -212,11 +239,11 @@ pub(crate) fn switch_proxy(s: &Settings, color: &str, ports: &[u16]) -> Result<(
         &s.proxy,
         &proxy::Upstream {
             name: s.upstream.clone(),
-            servers: ports
+            servers: endpoints
                 .iter()
-                .map(|&port| proxy::Server {
-                    address: "127.0.0.1".into(),
-                    port,
+                .map(|e| proxy::Server {
+                    address: e.address.clone(),
+                    port: e.port,
                 })
                 .collect(),
             file: Some(proxy::UpstreamFile {
@@ -232,9 +259,9 @@ pub(crate) fn switch_proxy(s: &Settings, color: &str, ports: &[u16]) -> Result<(
     Ok(())
 }
 
-/// The published ports of `color`'s containers, starting the stopped ones
-/// (all first, then waiting for their health, so they come up together).
-pub(crate) fn ensure_running(s: &Settings, color: &str) -> Result<Vec<u16>, Error> {
+/// Where `color`'s containers serve, starting the stopped ones (all
+/// first, then waiting for their health, so they come up together).
+pub(crate) fn ensure_running(s: &Settings, color: &str) -> Result<Vec<Endpoint>, Error> {
     let containers = color_containers(s, color)?;
     if containers.is_empty() {
         return Err(Error::NotFound(format!(
@@ -242,29 +269,38 @@ pub(crate) fn ensure_running(s: &Settings, color: &str) -> Result<Vec<u16>, Erro
             s.container(color)
         )));
     }
-    let mut ports = Vec::with_capacity(containers.len());
+    let mut endpoints = Vec::with_capacity(containers.len());
     let mut started = Vec::new();
     for c in containers {
         if c.running {
-            ports.push(host_port(s, &c)?);
+            endpoints.push(endpoint(s, &c)?);
         } else {
             let c = docker::start(&c.name)?;
-            let port = host_port(s, &c)?;
-            started.push((c.name.clone(), port));
-            ports.push(port);
+            let at = endpoint(s, &c)?;
+            started.push((c.name.clone(), at.clone()));
+            endpoints.push(at);
         }
     }
-    for (name, port) in &started {
-        wait_healthy(s, name, *port)?;
+    for (name, at) in &started {
+        wait_healthy(s, name, at)?;
     }
-    Ok(ports)
+    Ok(endpoints)
 }
 
-/// `ports` as an output: comma-separated.
-pub(crate) fn join_ports(ports: &[u16]) -> String {
-    ports
+/// The endpoints' ports as an output: comma-separated.
+pub(crate) fn join_ports(endpoints: &[Endpoint]) -> String {
+    endpoints
         .iter()
-        .map(u16::to_string)
+        .map(|e| e.port.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The endpoints as an output: `ADDRESS:PORT`, comma-separated.
+pub(crate) fn join_addresses(endpoints: &[Endpoint]) -> String {
+    endpoints
+        .iter()
+        .map(|e| e.url().trim_start_matches("http://").to_string())
         .collect::<Vec<_>>()
         .join(",")
 }

@@ -20,6 +20,9 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use std::collections::HashMap;
 
+/// bollard's own default request timeout (`connect_with_host`'s), for TLS too.
+const CONNECT_TIMEOUT_SECS: u64 = 120;
+
 /// Most build output kept for a failed build's error.
 const MAX_BUILD_LOG: usize = 64 * 1024;
 
@@ -28,6 +31,9 @@ const MAX_BUILD_LOG: usize = 64 * 1024;
 pub struct BollardEngine {
     host: String,
     address: AddressPolicy,
+    /// A directory holding `ca.pem`, `cert.pem` and `key.pem`, as Docker's
+    /// `DOCKER_CERT_PATH`: speak TLS to `tcp://` and verify the engine.
+    tls: Option<std::path::PathBuf>,
     client: tokio::sync::OnceCell<Docker>,
 }
 
@@ -40,8 +46,16 @@ impl BollardEngine {
         Self {
             host,
             address: AddressPolicy::default(),
+            tls: None,
             client: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Speak TLS with the client certificate in `cert_dir` (`ca.pem`,
+    /// `cert.pem`, `key.pem`) and verify the engine against its `ca.pem`.
+    pub fn with_tls(mut self, cert_dir: std::path::PathBuf) -> Self {
+        self.tls = Some(cert_dir);
+        self
     }
 
     /// Register this engine's containers at another address than loopback
@@ -60,7 +74,18 @@ impl BollardEngine {
                     endpoint: self.host.clone(),
                     reason: e.to_string(),
                 };
-                let docker = Docker::connect_with_host(&self.host).map_err(unreachable)?;
+                let docker = match &self.tls {
+                    Some(dir) => Docker::connect_with_ssl(
+                        &self.host,
+                        &dir.join("key.pem"),
+                        &dir.join("cert.pem"),
+                        &dir.join("ca.pem"),
+                        CONNECT_TIMEOUT_SECS,
+                        bollard::API_DEFAULT_VERSION,
+                    ),
+                    None => Docker::connect_with_host(&self.host),
+                }
+                .map_err(unreachable)?;
                 docker.negotiate_version().await.map_err(unreachable)
             })
             .await
@@ -141,6 +166,7 @@ fn container_info(info: ContainerInspectResponse) -> ContainerInfo {
     let state = info.state.as_ref();
     let config = info.config.as_ref();
     ContainerInfo {
+        host: String::new(),
         id: info.id.clone().unwrap_or_default(),
         name: info
             .name
@@ -398,6 +424,13 @@ impl ContainerEngine for BollardEngine {
         Ok(summaries
             .into_iter()
             .map(|c| ContainerSummary {
+                host: String::new(),
+                service: c
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(super::registration::LABEL_SERVICE))
+                    .cloned()
+                    .unwrap_or_default(),
                 id: c.id.unwrap_or_default(),
                 name: c
                     .names

@@ -1,8 +1,8 @@
 //! The container engine as the host uses it: a trait in runner's own small
 //! types, so the WIT impl, registration, `status`, `reconcile` and the
 //! proxy's signal reload never see an engine client's types. `bollard.rs`
-//! implements it for one Docker engine; a second engine (several hosts,
-//! Swarm) is one more implementation.
+//! implements it for one Docker engine, `fleet.rs` for several named hosts
+//! (each one such engine).
 
 use super::registration::AddressPolicy;
 use crate::bindings::PluginError;
@@ -33,11 +33,28 @@ pub enum EngineError {
     /// The engine refused or failed the request (its message).
     #[error("{0}")]
     Failed(String),
+    /// One host of a fleet failed with `source`.
+    #[error("host {host}: {source}")]
+    OnHost {
+        host: String,
+        source: Box<EngineError>,
+    },
 }
 
 impl EngineError {
     /// The WIT error for `docker {op} {target}` failing with this.
     pub fn to_plugin_error(&self, op: &str, target: &str) -> PluginError {
+        if let Self::OnHost { source, .. } = self {
+            // The kind is the host's error's; the message names the host.
+            let message = format!("docker {op} {target}: {self}");
+            return match source.to_plugin_error(op, target) {
+                PluginError::NotFound(_) => PluginError::NotFound(message),
+                PluginError::Conflict(_) => PluginError::Conflict(message),
+                PluginError::Unavailable(_) => PluginError::Unavailable(message),
+                PluginError::Timeout(_) => PluginError::Timeout(message),
+                _ => PluginError::Failed(message),
+            };
+        }
         match self {
             // Not tied to one request: the engine is not there at all.
             Self::Unreachable { .. } => PluginError::Unavailable(format!("docker: {self}")),
@@ -47,7 +64,9 @@ impl EngineError {
                 PluginError::Unavailable(format!("docker {op} {target}: {self}"))
             }
             Self::Timeout => PluginError::Timeout(format!("docker {op} {target}: {self}")),
-            Self::Failed(_) => PluginError::Failed(format!("docker {op} {target}: {self}")),
+            Self::Failed(_) | Self::OnHost { .. } => {
+                PluginError::Failed(format!("docker {op} {target}: {self}"))
+            }
         }
     }
 }
@@ -61,9 +80,20 @@ pub struct PublishedPort {
     pub host_port: u16,
 }
 
+/// A named host of a fleet: where containers can be placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostInfo {
+    /// The host's name in the runner file (`prod-1`).
+    pub name: String,
+    /// Where the proxy and the stage reach the ports its containers publish.
+    pub address: String,
+}
+
 /// One container as the engine describes it (inspect).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerInfo {
+    /// The fleet host it runs on; empty for a lone engine.
+    pub host: String,
     pub id: String,
     /// Without the engine's leading `/`.
     pub name: String,
@@ -84,6 +114,8 @@ pub struct ContainerInfo {
 /// One container as a listing shows it (no inspect).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerSummary {
+    /// The fleet host it runs on; empty for a lone engine.
+    pub host: String,
     pub id: String,
     /// The first name, without the leading `/`; empty when it has none.
     pub name: String,
@@ -91,6 +123,9 @@ pub struct ContainerSummary {
     pub state: String,
     /// Published ports as `IP:PORT`.
     pub ports: Vec<String>,
+    /// The value of its `runner.service` label ("" when none): a fleet
+    /// spreads a service's replicas by it.
+    pub service: String,
 }
 
 /// Which containers [`ContainerEngine::list`] returns.
@@ -133,7 +168,7 @@ pub struct ContainerSpec {
     pub command: Option<Vec<String>>,
     pub labels: HashMap<String, String>,
     /// TCP container ports, each published on `publish_ip` at a host port
-    /// the engine picks.
+    /// the engine picks (a fleet publishes on the chosen host's own IP).
     pub ports: Vec<u16>,
     pub publish_ip: String,
     pub memory_bytes: u64,
@@ -141,6 +176,10 @@ pub struct ContainerSpec {
     /// CPUs in billionths; `None`: no CPU limit.
     pub nano_cpus: Option<u64>,
     pub restart: Restart,
+    /// The fleet hosts it may be placed on (granted, and the one a stage
+    /// pinned it to when it did), in the runner file's order; empty for a
+    /// lone engine.
+    pub hosts: Vec<String>,
 }
 
 /// An image to build from a packed context.
@@ -171,6 +210,18 @@ pub trait ContainerEngine: Send + Sync {
     /// (and only there), or the catalog names an address nothing serves.
     fn address_policy(&self) -> AddressPolicy {
         AddressPolicy::Loopback
+    }
+
+    /// The named hosts containers are placed on; empty for a lone engine
+    /// (which needs no host grant: the operator named it).
+    fn hosts(&self) -> Vec<HostInfo> {
+        Vec::new()
+    }
+
+    /// Each named host's own engine, for a report per host (`status`);
+    /// empty for a lone engine.
+    fn members(&self) -> Vec<(HostInfo, Arc<dyn ContainerEngine>)> {
+        Vec::new()
     }
 
     /// Connect now if not connected yet; a no-op afterwards. Callers

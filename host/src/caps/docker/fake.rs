@@ -37,6 +37,9 @@ struct State {
 pub struct FakeEngine {
     state: Mutex<State>,
     address: AddressPolicy,
+    /// The first 16 hex digits of every ID, so fakes in one fleet give
+    /// different IDs, as real engines do.
+    id_base: u64,
 }
 
 impl FakeEngine {
@@ -46,6 +49,12 @@ impl FakeEngine {
 
     pub fn with_address_policy(mut self, address: AddressPolicy) -> Self {
         self.address = address;
+        self
+    }
+
+    /// IDs starting with `base` (16 hex digits): one base per fake of a fleet.
+    pub fn with_id_base(mut self, base: u64) -> Self {
+        self.id_base = base;
         self
     }
 
@@ -107,14 +116,20 @@ fn add_image(state: &mut State, reference: &str) -> String {
     if let Some(image) = state.images.iter().find(|i| i.repo_tags.contains(&name)) {
         return image.id.clone().unwrap_or_default();
     }
-    state.next_id += 1;
-    let id = format!("sha256:{:064x}", state.next_id);
+    // From the name, as one image loaded on several engines has one ID.
+    let id = format!("sha256:{:064x}", fnv1a(&name));
     state.images.push(ImageInfo {
         id: Some(id.clone()),
         repo_tags: vec![name],
         repo_digests: Vec::new(),
     });
     id
+}
+
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Like the engine: an ID, a name, or a unique ID prefix.
@@ -230,7 +245,7 @@ impl ContainerEngine for FakeEngine {
             )));
         }
         state.next_id += 1;
-        let id = format!("{:064x}", state.next_id);
+        let id = format!("{:016x}{:048x}", self.id_base, state.next_id);
         let container = Container {
             info: ContainerInfo {
                 id: id.clone(),
@@ -338,6 +353,12 @@ impl ContainerEngine for FakeEngine {
                     .is_none_or(|p| info.name.starts_with(p))
             })
             .map(|info| ContainerSummary {
+                host: String::new(),
+                service: info
+                    .labels
+                    .get(super::registration::LABEL_SERVICE)
+                    .cloned()
+                    .unwrap_or_default(),
                 id: info.id.clone(),
                 name: info.name.clone(),
                 image: info.image.clone(),

@@ -19,6 +19,8 @@ pub struct DockerGrant {
     pub push: bool,
     /// Applied to every container the plugin runs.
     pub limits: ContainerLimits,
+    /// The runner file's hosts it may place on and act on (`--allow-docker-host`).
+    pub hosts: Globs,
 }
 
 /// Resource limits of a container a plugin runs. A plugin's container is
@@ -104,7 +106,27 @@ impl DockerGrant {
             build,
             push,
             limits: ContainerLimits::default(),
+            hosts: Globs::default(),
         })
+    }
+
+    pub fn with_hosts(mut self, hosts: Globs) -> Self {
+        self.hosts = hosts;
+        self
+    }
+
+    /// Validate the host's name, then check the grant.
+    pub(crate) fn host(&self, op: &str, host: &str) -> Result<(), PluginError> {
+        names::host_name(host).map_err(|e| e.to_plugin_error("docker"))?;
+        if self.hosts.matches(host) {
+            Ok(())
+        } else {
+            Err(denied(
+                "docker",
+                format_args!("{op} on host \"{host}\" is not granted"),
+                format_args!("--allow-docker-host {host}"),
+            ))
+        }
     }
 
     pub fn with_limits(mut self, limits: ContainerLimits) -> Self {

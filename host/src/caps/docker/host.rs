@@ -52,10 +52,16 @@ const MAX_RUN_ALL: usize = 32;
 const RUN_ALL_AT_ONCE: usize = 8;
 
 impl DockerCap {
-    /// `run`: the grant checks, then create, start, inspect and register.
-    async fn run_one(&self, spec: docker::RunSpec) -> Result<docker::Container, PluginError> {
+    /// `run`: the grant checks, then create (on `pinned`, or a host the
+    /// fleet picks), start, inspect and register.
+    async fn run_one(
+        &self,
+        pinned: Option<String>,
+        spec: docker::RunSpec,
+    ) -> Result<ContainerInfo, PluginError> {
         self.grant.container("run", &spec.name)?;
         self.grant.image("run", &spec.image)?;
+        let hosts = self.placement(&spec.name, pinned.as_deref())?;
         if let Some(service) = &spec.service {
             self.services.check("register", service)?;
             if spec.ports.is_empty() {
@@ -98,6 +104,7 @@ impl DockerCap {
                 docker::RestartPolicy::UnlessStopped => Restart::UnlessStopped,
                 docker::RestartPolicy::Always => Restart::Always,
             },
+            hosts,
         };
         let name = spec.name;
         self.connect("run", &name).await?;
@@ -116,7 +123,29 @@ impl DockerCap {
         })
         .await?;
         self.register(&info).await?;
-        Ok(to_wit(&info))
+        Ok(info)
+    }
+
+    /// `run-all` and `run-placed`: side by side, a few at a time, bounded.
+    async fn run_many(
+        &self,
+        op: &str,
+        specs: Vec<(Option<String>, docker::RunSpec)>,
+    ) -> Vec<Result<ContainerInfo, PluginError>> {
+        if specs.len() > MAX_RUN_ALL {
+            let refused = PluginError::InvalidConfig(format!(
+                "docker {op}: {} specs, at most {MAX_RUN_ALL} in one call",
+                specs.len()
+            ));
+            // One result, not one per spec: a refused call allocates nothing per entry.
+            return vec![Err(refused)];
+        }
+        use futures_util::StreamExt;
+        futures_util::stream::iter(specs)
+            .map(|(host, spec)| self.run_one(host, spec))
+            .buffered(RUN_ALL_AT_ONCE)
+            .collect()
+            .await
     }
 }
 
@@ -226,28 +255,48 @@ impl docker::Host for DockerCap {
     }
 
     async fn run(&mut self, spec: docker::RunSpec) -> Result<docker::Container, PluginError> {
-        self.run_one(spec).await
+        self.run_one(None, spec).await.map(|info| to_wit(&info))
     }
 
     async fn run_all(
         &mut self,
         specs: Vec<docker::RunSpec>,
     ) -> Vec<Result<docker::Container, PluginError>> {
-        if specs.len() > MAX_RUN_ALL {
-            let refused = PluginError::InvalidConfig(format!(
-                "docker run-all: {} specs, at most {MAX_RUN_ALL} in one call",
-                specs.len()
-            ));
-            // One result, not one per spec: a refused call allocates nothing per entry.
-            return vec![Err(refused)];
-        }
-        use futures_util::StreamExt;
-        let this = &*self;
-        futures_util::stream::iter(specs)
-            .map(|spec| this.run_one(spec))
-            .buffered(RUN_ALL_AT_ONCE)
+        let specs = specs.into_iter().map(|spec| (None, spec)).collect();
+        let started = self.run_many("run-all", specs).await;
+        started
+            .into_iter()
+            .map(|r| r.map(|info| to_wit(&info)))
             .collect()
-            .await
+    }
+
+    async fn hosts(&mut self) -> Result<Vec<docker::HostInfo>, PluginError> {
+        Ok(self
+            .engine
+            .hosts()
+            .into_iter()
+            .filter(|h| self.grant.hosts.matches(&h.name))
+            .map(|h| docker::HostInfo {
+                name: h.name,
+                address: h.address,
+            })
+            .collect())
+    }
+
+    async fn run_placed(
+        &mut self,
+        specs: Vec<(Option<String>, docker::RunSpec)>,
+    ) -> Vec<Result<docker::Placed, PluginError>> {
+        let started = self.run_many("run-placed", specs).await;
+        started
+            .into_iter()
+            .map(|r| {
+                r.map(|info| docker::Placed {
+                    host: info.host.clone(),
+                    container: to_wit(&info),
+                })
+            })
+            .collect()
     }
 
     async fn start(&mut self, name: String) -> Result<docker::Container, PluginError> {
@@ -354,7 +403,8 @@ impl docker::Host for DockerCap {
                 if summary.name.is_empty() || summary.id.is_empty() {
                     continue;
                 }
-                let wanted = pattern.as_ref().is_none_or(|p| p.is_match(&summary.name));
+                let wanted = pattern.as_ref().is_none_or(|p| p.is_match(&summary.name))
+                    && (summary.host.is_empty() || self.grant.hosts.matches(&summary.host));
                 if wanted && self.grant.containers.matches(&summary.name) {
                     match self.inspect_raw(&summary.id).await {
                         Ok(info) => containers.push(to_wit(&info)),

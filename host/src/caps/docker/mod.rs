@@ -7,6 +7,9 @@
 //!   [`EngineError`] (mapped to the WIT error in one place) and the shared
 //!   [`DockerEngine`] handle;
 //! - `bollard.rs`: the Docker engine through bollard (the only bollard user);
+//! - `hosts.rs`: a runner file's `[hosts.NAME]`, validated, made a fleet;
+//! - `fleet.rs`: several named hosts as one engine (placement, where each
+//!   container runs, one image everywhere, bounded calls naming the host);
 //! - `registration.rs`: labels, registration and ownership;
 //! - `status.rs`: `runner status`'s container list and [`reconcile`];
 //! - `build_context.rs`: a build context packed from a granted directory;
@@ -19,15 +22,17 @@
 //! through runner. [`reconcile`] at the start of a run drops instances whose
 //! container stopped behind runner's back.
 //!
-//! A second engine (several hosts, Swarm) implements [`ContainerEngine`] in
-//! one new file and is handed to [`DockerEngine::from_engine`].
+//! Another engine implements [`ContainerEngine`] in one new file and is
+//! handed to [`DockerEngine::from_engine`], as [`FleetEngine`] is.
 
 mod bollard;
 mod build_context;
 mod engine;
 pub mod fake;
+mod fleet;
 mod grant;
 mod host;
+mod hosts;
 mod registration;
 mod spec;
 mod status;
@@ -37,13 +42,17 @@ mod tests;
 pub use self::bollard::BollardEngine;
 pub use engine::{
     BuildSpec, ContainerEngine, ContainerInfo, ContainerSpec, ContainerSummary, DockerEngine,
-    EngineError, ImageInfo, ListFilter, PublishedPort, Restart,
+    EngineError, HostInfo, ImageInfo, ListFilter, PublishedPort, Restart,
 };
+pub use fleet::{FleetEngine, FleetHost};
 pub use grant::{ContainerLimits, DockerGrant};
+pub use hosts::{DockerHost, HostSpec, HostSpecError, fleet, validate_hosts};
 pub use registration::{AddressPolicy, LABEL_MANAGED, LABEL_REGISTRY};
 pub(crate) use registration::{REGISTRATION_PREFIX, is_host_instance_id};
 pub use spec::DockerSpec;
-pub use status::{ContainerStatus, Reconciled, containers_named, reconcile};
+pub use status::{
+    ContainerStatus, HostContainers, Reconciled, containers_by_host, containers_named, reconcile,
+};
 
 use super::denied;
 use super::template::{FileError, GrantedDir, open_dir_inside};
@@ -120,6 +129,16 @@ impl DockerCap {
                 format_args!("--allow-service {service}"),
             ));
         }
+        if !info.host.is_empty() && !self.grant.hosts.matches(&info.host) {
+            return Err(denied(
+                "docker",
+                format_args!(
+                    "{op} of container \"{name}\" acts on host \"{}\", which is not granted",
+                    info.host
+                ),
+                format_args!("--allow-docker-host {}", info.host),
+            ));
+        }
         if info.id.is_empty() {
             return Err(PluginError::Failed(format!(
                 "docker {op} {name}: the engine gave no container ID"
@@ -129,6 +148,50 @@ impl DockerCap {
             id: info.id.clone(),
             info,
         })
+    }
+
+    /// The hosts container `name` may be placed on: `pinned` (validated,
+    /// known, granted), else every granted host; none for a single engine.
+    fn placement(&self, name: &str, pinned: Option<&str>) -> Result<Vec<String>, PluginError> {
+        let hosts = self.engine.hosts();
+        if let Some(host) = pinned {
+            crate::names::host_name(host).map_err(|e| e.to_plugin_error("docker"))?;
+            if hosts.is_empty() {
+                return Err(PluginError::InvalidConfig(format!(
+                    "docker run {name}: placed on host \"{host}\", but runner drives a single engine here \
+                     (no [hosts] in the runner file): place it without a host"
+                )));
+            }
+            self.grant.host("run", host)?;
+            if !hosts.iter().any(|h| h.name == host) {
+                let known: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+                return Err(PluginError::NotFound(format!(
+                    "docker run {name}: no host is named \"{host}\" (the hosts are {})",
+                    known.join(", ")
+                )));
+            }
+            return Ok(vec![host.to_string()]);
+        }
+        if hosts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let granted: Vec<String> = hosts
+            .iter()
+            .filter(|h| self.grant.hosts.matches(&h.name))
+            .map(|h| h.name.clone())
+            .collect();
+        if granted.is_empty() {
+            let known: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+            return Err(denied(
+                "docker",
+                format_args!(
+                    "run of container \"{name}\": no host is granted (the hosts are {})",
+                    known.join(", ")
+                ),
+                format_args!("--allow-docker-host {}", known[0]),
+            ));
+        }
+        Ok(granted)
     }
 
     /// Register the container if it was run for a service.

@@ -2,7 +2,7 @@
 //! container it runs for a service, the catalog instance they describe, and
 //! whose catalog a container belongs to.
 
-use super::engine::ContainerInfo;
+use super::engine::{ContainerInfo, PublishedPort};
 use crate::bindings::PluginError;
 use crate::caps::catalog::ServiceGrant;
 use crate::caps::registry_error;
@@ -41,13 +41,18 @@ pub enum AddressPolicy {
     Loopback,
     /// A fixed address, e.g. the engine host's for an engine elsewhere.
     Fixed(String),
+    /// The address the engine reports the port published at: a fleet
+    /// reports each container's at its own host's address.
+    Published,
 }
 
 impl AddressPolicy {
-    pub fn address(&self) -> &str {
+    /// The address of a container whose port is published at `binding`.
+    pub fn address<'a>(&'a self, binding: &'a PublishedPort) -> &'a str {
         match self {
             Self::Loopback => "127.0.0.1",
             Self::Fixed(address) => address,
+            Self::Published => &binding.host_ip,
         }
     }
 }
@@ -103,7 +108,7 @@ pub(super) fn registration(info: &ContainerInfo, policy: &AddressPolicy) -> Opti
     info.running.then(|| Instance {
         id: registration_id(&info.name, port),
         name: service.clone(),
-        address: policy.address().to_string(),
+        address: policy.address(binding).to_string(),
         port: binding.host_port,
         tags: info
             .labels
@@ -202,7 +207,6 @@ pub(super) fn same_registration(registered: &Instance, current: &Instance) -> bo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::caps::docker::engine::PublishedPort;
 
     #[test]
     fn ownership_follows_the_registry_label() {

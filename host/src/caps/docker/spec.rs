@@ -29,6 +29,13 @@ pub struct DockerSpec {
     #[serde(default)]
     pub push: bool,
 
+    /// Allow placing and managing containers on the runner file's hosts whose
+    /// names match PATTERN (`prod-*`); needed when the runner file names
+    /// `[hosts.*]`, and only then.
+    #[arg(long = "allow-docker-host", value_name = "PATTERN")]
+    #[serde(default)]
+    pub docker_hosts: Vec<String>,
+
     /// Limits of the containers the plugin runs, raising or lowering the
     /// defaults (memory=1GiB,pids=1024, no CPU limit): `memory=4GiB,pids=4096,cpus=2`.
     #[arg(long = "container-limits", value_name = "LIMITS")]
@@ -40,6 +47,7 @@ impl GrantSpec for DockerSpec {
     fn merge(&mut self, other: Self) {
         self.containers.extend(other.containers);
         self.images.extend(other.images);
+        self.docker_hosts.extend(other.docker_hosts);
         self.build |= other.build;
         self.push |= other.push;
         if other.container_limits.is_some() {
@@ -65,8 +73,11 @@ impl Capability for DockerCap {
                 .map_err(|r| GrantError::invalid("--container-limits", text, r))?,
             None => ContainerLimits::default(),
         };
+        let hosts = crate::caps::globs::Globs::parse(&spec.docker_hosts).map_err(|r| {
+            GrantError::invalid("--allow-docker-host", spec.docker_hosts.join(","), r)
+        })?;
         DockerGrant::parse(&spec.containers, &spec.images, spec.build, spec.push)
-            .map(|g| g.with_limits(limits))
+            .map(|g| g.with_limits(limits).with_hosts(hosts))
             .map_err(|r| {
                 GrantError::invalid(
                     "--allow-container/--allow-image",

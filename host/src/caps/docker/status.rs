@@ -1,7 +1,7 @@
 //! The engine as the commands see it: the containers `runner status` lists,
 //! and [`reconcile`], which makes the catalog true to the engine.
 
-use super::engine::{ContainerEngine, ListFilter};
+use super::engine::{ContainerEngine, HostInfo, ListFilter};
 use super::registration::{
     LABEL_REGISTRY, LABEL_SERVICE, Owner, is_host_instance_id, owner, registration,
     same_registration,
@@ -47,6 +47,68 @@ pub async fn containers_named(
     list.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(list)
 }
+
+/// One host's containers, as `runner status` shows them.
+#[derive(Debug, Clone)]
+pub struct HostContainers {
+    /// `None` for a lone engine.
+    pub host: Option<HostInfo>,
+    /// Where its engine listens.
+    pub engine: String,
+    /// Its containers, or why it did not answer.
+    pub containers: Result<Vec<ContainerStatus>, PluginError>,
+}
+
+/// [`containers_named`] on each named host on its own (a host that does
+/// not answer is reported, not fatal), or on the lone engine.
+pub async fn containers_by_host(engine: &dyn ContainerEngine, prefix: &str) -> Vec<HostContainers> {
+    let members = engine.members();
+    if members.is_empty() {
+        return vec![HostContainers {
+            host: None,
+            engine: engine.host().to_string(),
+            containers: containers_named(engine, prefix).await,
+        }];
+    }
+    let per_host = members.into_iter().map(|(host, member)| async move {
+        let answered = tokio::time::timeout(STATUS_HOST_TIMEOUT, async {
+            member
+                .connect()
+                .await
+                .map_err(|e| e.to_plugin_error("list", "containers"))?;
+            containers_named(&*member, prefix).await
+        })
+        .await;
+        let containers = answered.unwrap_or_else(|_| {
+            Err(PluginError::Timeout(format!(
+                "no answer within {}",
+                humantime::format_duration(STATUS_HOST_TIMEOUT)
+            )))
+        });
+        let containers = containers.map(|list| {
+            // Reached at the host's address, as the fleet reports them.
+            list.into_iter()
+                .map(|mut c| {
+                    for port in &mut c.ports {
+                        if let Some((_, number)) = port.rsplit_once(':') {
+                            *port = format!("{}:{number}", host.address);
+                        }
+                    }
+                    c
+                })
+                .collect()
+        });
+        HostContainers {
+            engine: member.host().to_string(),
+            host: Some(host),
+            containers,
+        }
+    });
+    futures_util::future::join_all(per_host).await
+}
+
+/// How long `status` waits for one host.
+const STATUS_HOST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What [`reconcile`] changed in the catalog.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -210,3 +210,206 @@ async fn a_name_resolves_exactly_never_by_id_prefix() {
     assert!(msg.contains("no container has that name"), "{msg}");
     assert!(s.engine.containers()[0].running);
 }
+
+/// Hosts `a` and `b` as a fleet of fakes, the stage granted `granted`.
+fn fleet_setup(granted: &[&str]) -> (DockerCap, Vec<Arc<FakeEngine>>, Arc<dyn Registry>) {
+    let mut host = TestHost::new();
+    let members: Vec<Arc<FakeEngine>> = (1..=2)
+        .map(|i| {
+            let engine = FakeEngine::new().with_id_base(i);
+            engine.add_image("books-ms:v1");
+            Arc::new(engine)
+        })
+        .collect();
+    let hosts = ["a", "b"]
+        .iter()
+        .zip(&members)
+        .enumerate()
+        .map(|(i, (name, engine))| FleetHost {
+            name: name.to_string(),
+            address: format!("10.0.0.{}", i + 1),
+            publish_ip: format!("10.0.0.{}", i + 1),
+            timeout: std::time::Duration::from_secs(5),
+            engine: engine.clone(),
+        })
+        .collect();
+    host.services.docker = DockerEngine::from_engine(Arc::new(FleetEngine::new(hosts)));
+    let mut grants = books_ms();
+    grants.docker = grants.docker.with_hosts(
+        crate::caps::globs::Globs::parse(
+            &granted.iter().map(|g| g.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap(),
+    );
+    (host.prepare(&grants), members, host.registry.clone())
+}
+
+#[tokio::test]
+async fn placement_stays_on_granted_hosts_and_registers_the_hosts_address() {
+    let (mut cap, members, registry) = fleet_setup(&["a", "b"]);
+    let specs = (1..=3)
+        .map(|i| {
+            (
+                None,
+                run_spec(&format!("books-ms-blue-{i}"), Some("books-ms")),
+            )
+        })
+        .collect();
+    let placed = cap.run_placed(specs).await;
+    let hosts: Vec<String> = placed
+        .iter()
+        .map(|p| p.as_ref().unwrap().host.clone())
+        .collect();
+    assert_eq!(hosts.iter().filter(|h| *h == "a").count(), 2, "{hosts:?}");
+    assert_eq!(hosts.iter().filter(|h| *h == "b").count(), 1, "{hosts:?}");
+    // Each instance at its own host's address; the stage sees the same.
+    let mut addresses: Vec<String> = registry
+        .instances("books-ms")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.address)
+        .collect();
+    addresses.sort();
+    assert_eq!(addresses, ["10.0.0.1", "10.0.0.1", "10.0.0.2"]);
+    for p in placed.into_iter().map(Result::unwrap) {
+        let want = if p.host == "a" {
+            "10.0.0.1"
+        } else {
+            "10.0.0.2"
+        };
+        assert_eq!(p.container.ports[0].host_ip, want);
+    }
+    let listed = cap.hosts().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(
+        (listed[1].name.as_str(), listed[1].address.as_str()),
+        ("b", "10.0.0.2")
+    );
+    assert_eq!(
+        members[0].containers().len() + members[1].containers().len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn hostile_host_names_and_ungranted_hosts_are_refused_before_the_engine() {
+    let (mut cap, members, _) = fleet_setup(&["a"]);
+    let pinned = |host: &str, name: &str| (Some(host.to_string()), run_spec(name, None));
+    let results = cap
+        .run_placed(vec![
+            pinned("b", "books-ms-1"),
+            pinned("../a", "books-ms-2"),
+            pinned("a b", "books-ms-3"),
+            pinned(&"a".repeat(64), "books-ms-4"),
+            pinned("a%2f", "books-ms-5"),
+            pinned("", "books-ms-6"),
+            pinned("c", "books-ms-7"),
+        ])
+        .await;
+    let kinds: Vec<&str> = results
+        .iter()
+        .map(|r| match r {
+            Err(PluginError::Denied(_)) => "denied",
+            Err(PluginError::InvalidConfig(_)) => "invalid",
+            Err(PluginError::NotFound(_)) => "not-found",
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // "c" is validated and not granted: denied before it is looked up.
+    assert_eq!(
+        kinds,
+        [
+            "denied", "invalid", "invalid", "invalid", "invalid", "invalid", "denied"
+        ]
+    );
+    // 33 specs: one refusal, nothing run.
+    let many = (0..33).map(|i| (None, run_spec(&format!("books-ms-{i}"), None)));
+    assert_eq!(cap.run_placed(many.collect()).await.len(), 1);
+    for m in &members {
+        assert!(
+            m.calls().iter().all(|c| !c.starts_with("create")),
+            "{:?}",
+            m.calls()
+        );
+    }
+    // Spread places only on the granted host.
+    let spread = cap
+        .run_placed(vec![
+            (None, run_spec("books-ms-blue", None)),
+            (None, run_spec("books-ms-green", None)),
+        ])
+        .await;
+    assert!(spread.iter().all(|r| r.as_ref().unwrap().host == "a"));
+    assert!(members[1].containers().is_empty());
+    // A container on an ungranted host: hidden from the list, refused by name.
+    let id = members[1]
+        .create(ContainerSpec {
+            hosts: vec![],
+            ..spec_for_fake("books-ms-other")
+        })
+        .await
+        .unwrap();
+    members[1].start(&id).await.unwrap();
+    let listed = cap.list(None, None).await.unwrap();
+    assert!(
+        listed.iter().all(|c| c.name != "books-ms-other"),
+        "{listed:?}"
+    );
+    let Err(PluginError::Denied(msg)) = cap.stop("books-ms-other".into(), 1).await else {
+        panic!("acting on an ungranted host's container")
+    };
+    assert!(msg.contains("--allow-docker-host b"), "{msg}");
+    assert!(members[1].containers()[0].running);
+}
+
+#[tokio::test]
+async fn with_no_host_granted_nothing_is_placed_and_the_fix_is_named() {
+    let (mut cap, _, _) = fleet_setup(&[]);
+    let Err(PluginError::Denied(msg)) = cap.run(run_spec("books-ms-blue", None)).await else {
+        panic!("placed without a host grant")
+    };
+    assert!(
+        msg.contains("no host is granted (the hosts are a, b)"),
+        "{msg}"
+    );
+    assert!(msg.contains("--allow-docker-host a"), "{msg}");
+    assert!(cap.hosts().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_single_engine_takes_no_host() {
+    let mut s = setup(books_ms(), FakeEngine::new());
+    s.engine.add_image("books-ms:v1");
+    let results = s
+        .cap
+        .run_placed(vec![
+            (Some("a".into()), run_spec("books-ms-1", None)),
+            (None, run_spec("books-ms-2", None)),
+        ])
+        .await;
+    assert!(
+        matches!(&results[0], Err(PluginError::InvalidConfig(m)) if m.contains("single engine")),
+        "{:?}",
+        results[0]
+    );
+    assert_eq!(results[1].as_ref().unwrap().host, "");
+    assert!(s.cap.hosts().await.unwrap().is_empty());
+}
+
+fn spec_for_fake(name: &str) -> ContainerSpec {
+    ContainerSpec {
+        name: name.into(),
+        image: "books-ms:v1".into(),
+        env: vec![],
+        command: None,
+        labels: HashMap::new(),
+        ports: vec![8080],
+        publish_ip: "10.0.0.2".into(),
+        memory_bytes: 1 << 30,
+        pids: 1024,
+        nano_cpus: None,
+        restart: Restart::No,
+        hosts: vec![],
+    }
+}

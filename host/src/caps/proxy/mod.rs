@@ -555,6 +555,7 @@ mod tests {
                 pids: 1024,
                 nano_cpus: None,
                 restart: Restart::No,
+                hosts: vec![],
             })
             .await
             .unwrap();

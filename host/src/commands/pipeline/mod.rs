@@ -70,6 +70,9 @@ pub(super) fn connect(
             .docker_host
             .clone()
             .or_else(|| pipeline.and_then(|p| p.docker_host.clone())),
+        hosts: pipeline
+            .map(|p| p.runfile.hosts.clone())
+            .unwrap_or_default(),
     };
     Host::connect(cli, &targets, timeout, open)
 }

@@ -54,22 +54,33 @@ pub(crate) async fn status(cli: &Cli, args: &ServiceArgs) -> Result<(), CommandE
     ));
     let docker = host.docker.clone();
     out.push_str("containers\n");
-    match crate::caps::docker::containers_named(&*docker, &conventions::container_prefix(service))
-        .await
-    {
-        Ok(list) if list.is_empty() => out.push_str("  none\n"),
-        Ok(list) => {
-            for c in list {
+    let prefix = conventions::container_prefix(service);
+    for report in crate::caps::docker::containers_by_host(&*docker, &prefix).await {
+        let indent = match &report.host {
+            None => "  ",
+            Some(h) => {
                 out.push_str(&format!(
-                    "  {:24}  {:8}  {:40}  {}\n",
-                    c.name,
-                    c.state,
-                    c.image,
-                    c.ports.join(" ")
+                    "  host {} (at {}, engine {})\n",
+                    h.name, h.address, report.engine
                 ));
+                "    "
             }
+        };
+        match report.containers {
+            Ok(list) if list.is_empty() => out.push_str(&format!("{indent}none\n")),
+            Ok(list) => {
+                for c in list {
+                    out.push_str(&format!(
+                        "{indent}{:24}  {:8}  {:40}  {}\n",
+                        c.name,
+                        c.state,
+                        c.image,
+                        c.ports.join(" ")
+                    ));
+                }
+            }
+            Err(e) => out.push_str(&format!("{indent}unknown: {}\n", describe(&e))),
         }
-        Err(e) => out.push_str(&format!("  unknown: {}\n", describe(&e))),
     }
     let proxies = pipeline
         .as_ref()
