@@ -267,6 +267,9 @@ impl PrivateEngine {
 
 impl Drop for PrivateEngine {
     fn drop(&mut self) {
+        // A paused daemon (a test that failed before resuming it) would
+        // hang every call below.
+        self.resume();
         if self.daemon.is_some() {
             let _ = self
                 .docker()

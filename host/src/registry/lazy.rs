@@ -50,18 +50,27 @@ impl LazyRegistry {
     }
 }
 
+/// One debug line per write, target `runner::registry_writes`: what the
+/// scale benchmark counts.
+fn written(op: &'static str, what: &str) {
+    tracing::debug!(target: "runner::registry_writes", op, what, "registry write");
+}
+
 #[async_trait]
 impl KvStore for LazyRegistry {
     async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, RegistryError> {
         self.get().await?.kv_get(key).await
     }
     async fn kv_put(&self, key: &str, value: &[u8]) -> Result<u64, RegistryError> {
+        written("kv_put", key);
         self.get().await?.kv_put(key, value).await
     }
     async fn kv_cas(&self, key: &str, value: &[u8], expected: u64) -> Result<bool, RegistryError> {
+        written("kv_cas", key);
         self.get().await?.kv_cas(key, value, expected).await
     }
     async fn kv_delete(&self, key: &str) -> Result<bool, RegistryError> {
+        written("kv_delete", key);
         self.get().await?.kv_delete(key).await
     }
     async fn kv_list(&self, prefix: &str) -> Result<Vec<KvEntry>, RegistryError> {
@@ -81,9 +90,11 @@ impl Catalog for LazyRegistry {
         self.get().await?.service_summaries().await
     }
     async fn register(&self, instance: &Instance) -> Result<(), RegistryError> {
+        written("register", &instance.id);
         self.get().await?.register(instance).await
     }
     async fn deregister(&self, service: &str, id: &str) -> Result<bool, RegistryError> {
+        written("deregister", id);
         self.get().await?.deregister(service, id).await
     }
 }

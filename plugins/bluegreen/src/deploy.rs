@@ -155,18 +155,10 @@ fn fail_before_switch(s: &Settings, color: &str, e: Error) -> Error {
 
 /// Remove every replica this deploy started, each on its own (a host that
 /// does not answer keeps only its own), then any other container of the
-/// color; the first failure, if any.
+/// color.
 fn remove_candidate(s: &Settings, color: &str) -> Result<(), Error> {
-    let mut first_error = None;
-    for name in replica_names(s, color) {
-        if let Err(e) = crate::steps::remove(&name) {
-            first_error.get_or_insert(with_context(e, &format!("removing {name}")));
-        }
-    }
-    if first_error.is_none() {
-        remove_color(s, color)?;
-    }
-    first_error.map_or(Ok(()), Err)
+    crate::steps::remove_all(&replica_names(s, color))?;
+    remove_color(s, color)
 }
 
 /// Something failed after the proxy may have moved: back to the known-good

@@ -185,18 +185,36 @@ pub(crate) fn color_containers(s: &Settings, color: &str) -> Result<Vec<docker::
     Ok(found.into_iter().map(|(_, c)| c).collect())
 }
 
-/// Remove every container of `color`.
+/// Remove every container of `color` (side by side).
 pub(crate) fn remove_color(s: &Settings, color: &str) -> Result<(), Error> {
-    for c in color_containers(s, color)? {
-        remove(&c.name)?;
-    }
-    Ok(())
+    let names: Vec<String> = color_containers(s, color)?
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    remove_all(&names)
 }
 
-/// Stop every container of `color` (kept, for a rollback).
+/// Remove `names` side by side; one already gone is fine. Every removal is
+/// tried; the first failure, if any.
+pub(crate) fn remove_all(names: &[String]) -> Result<(), Error> {
+    first_failure(names, docker::remove_all(names, true))
+}
+
+/// Stop every container of `color` (kept, for a rollback), side by side.
 pub(crate) fn stop_color(s: &Settings, color: &str) -> Result<(), Error> {
-    for c in color_containers(s, color)? {
-        stop(s, &c.name)?;
+    let names: Vec<String> = color_containers(s, color)?
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    first_failure(&names, docker::stop_all(&names, s.stop_timeout))
+}
+
+fn first_failure(names: &[String], results: Vec<Result<(), Error>>) -> Result<(), Error> {
+    for (name, result) in names.iter().zip(results) {
+        match result {
+            Ok(()) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(with_context(e, &format!("(container {name})"))),
+        }
     }
     Ok(())
 }
@@ -310,22 +328,6 @@ pub(crate) fn run_hook(name: &Option<String>, base_url: &str) -> Result<Option<S
     info(&format!("running hook {hook} against {base_url}"));
     let outcome = hooks::run(hook, &[("base_url".to_string(), base_url.to_string())])?;
     Ok(Some(outcome.message))
-}
-
-/// Remove a failed candidate; a container already gone is fine.
-pub(crate) fn remove(name: &str) -> Result<(), Error> {
-    match docker::remove(name, true) {
-        Ok(()) | Err(Error::NotFound(_)) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Stop a container; one already gone is fine.
-pub(crate) fn stop(s: &Settings, name: &str) -> Result<(), Error> {
-    match docker::stop(name, s.stop_timeout) {
-        Ok(()) | Err(Error::NotFound(_)) => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// Keep the error's kind, add what this stage did about it.

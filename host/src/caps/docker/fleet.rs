@@ -149,13 +149,22 @@ impl FleetEngine {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `call` on host `i`, bounded by `limit` (the host's timeout when
-    /// `None`), its error naming the host.
-    async fn on<T, F>(&self, i: usize, limit: Option<Duration>, call: F) -> Result<T, EngineError>
+    /// `call` (engine operation `op`) on host `i`, bounded by `limit` (the
+    /// host's timeout when `None`), its error naming the host. Each is one
+    /// debug line of target `runner::engine_calls` (what the scale
+    /// benchmark counts).
+    async fn on<T, F>(
+        &self,
+        op: &'static str,
+        i: usize,
+        limit: Option<Duration>,
+        call: F,
+    ) -> Result<T, EngineError>
     where
         F: Future<Output = Result<T, EngineError>>,
     {
         let host = &self.hosts[i];
+        tracing::debug!(target: "runner::engine_calls", host = %host.name, op, "engine call");
         let limit = limit.unwrap_or(host.timeout);
         let result = match tokio::time::timeout(limit, call).await {
             Ok(result) => result,
@@ -179,7 +188,9 @@ impl FleetEngine {
         self.connected
             .get_or_try_init(|| async {
                 let connected = join_all((0..self.hosts.len()).map(|i| {
-                    self.on(i, None, async move { self.hosts[i].engine.connect().await })
+                    self.on("connect", i, None, async move {
+                        self.hosts[i].engine.connect().await
+                    })
                 }))
                 .await;
                 if let Some(e) = connected.into_iter().find_map(Result::err) {
@@ -222,11 +233,9 @@ impl FleetEngine {
     ) -> Result<Vec<Vec<ContainerSummary>>, EngineError> {
         let lists = join_all((0..self.hosts.len()).map(|i| {
             let filter = filter.clone();
-            self.on(
-                i,
-                None,
-                async move { self.hosts[i].engine.list(filter).await },
-            )
+            self.on("list", i, None, async move {
+                self.hosts[i].engine.list(filter).await
+            })
         }))
         .await;
         lists.into_iter().collect()
@@ -249,6 +258,7 @@ impl FleetEngine {
     /// has leaves the index.
     async fn at<T, F, Fut>(
         &self,
+        op: &'static str,
         key: &str,
         limit: Option<Duration>,
         call: F,
@@ -258,7 +268,9 @@ impl FleetEngine {
         Fut: Future<Output = Result<T, EngineError>>,
     {
         let i = self.locate(key).await?;
-        let result = self.on(i, limit, call(self.hosts[i].engine.clone())).await;
+        let result = self
+            .on(op, i, limit, call(self.hosts[i].engine.clone()))
+            .await;
         if let Err(EngineError::OnHost { source, .. }) = &result
             && matches!(**source, EngineError::NotFound(_))
         {
@@ -332,7 +344,7 @@ impl FleetEngine {
     /// under one ID.
     async fn image_everywhere(&self, reference: &str) -> Result<ImageInfo, EngineError> {
         let found = join_all((0..self.hosts.len()).map(|i| {
-            self.on(i, None, async move {
+            self.on("inspect_image", i, None, async move {
                 self.hosts[i].engine.inspect_image(reference).await
             })
         }))
@@ -360,14 +372,20 @@ impl FleetEngine {
     }
 
     /// `call` on every host side by side; the first error, if any.
-    async fn everywhere<F, Fut>(&self, limit: Option<Duration>, call: F) -> Result<(), EngineError>
+    async fn everywhere<F, Fut>(
+        &self,
+        op: &'static str,
+        limit: Option<Duration>,
+        call: F,
+    ) -> Result<(), EngineError>
     where
         F: Fn(Arc<dyn ContainerEngine>) -> Fut,
         Fut: Future<Output = Result<(), EngineError>>,
     {
         self.preflight().await?;
         let done = join_all(
-            (0..self.hosts.len()).map(|i| self.on(i, limit, call(self.hosts[i].engine.clone()))),
+            (0..self.hosts.len())
+                .map(|i| self.on(op, i, limit, call(self.hosts[i].engine.clone()))),
         )
         .await;
         done.into_iter().collect()
@@ -403,29 +421,38 @@ impl ContainerEngine for FleetEngine {
     }
 
     async fn pull(&self, image: &str) -> Result<(), EngineError> {
-        self.everywhere(UNBOUNDED, |e| async move { e.pull(image).await })
+        self.everywhere("pull", UNBOUNDED, |e| async move { e.pull(image).await })
             .await
     }
 
     async fn build(&self, spec: BuildSpec, context: Vec<u8>) -> Result<(), EngineError> {
         let (spec, context) = (&spec, &context);
-        self.everywhere(UNBOUNDED, |e| async move {
+        self.everywhere("build", UNBOUNDED, |e| async move {
             e.build(spec.clone(), context.clone()).await
         })
         .await
     }
 
     async fn tag(&self, source: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
-        self.everywhere(None, |e| async move { e.tag(source, repo, tag).await })
-            .await
+        self.everywhere(
+            "tag",
+            None,
+            |e| async move { e.tag(source, repo, tag).await },
+        )
+        .await
     }
 
     /// From the first host: the image is the same on all.
     async fn push(&self, name: &str, tag: Option<&str>) -> Result<(), EngineError> {
         self.preflight().await?;
         let engine = self.hosts[0].engine.clone();
-        self.on(0, UNBOUNDED, async move { engine.push(name, tag).await })
-            .await
+        self.on(
+            "push",
+            0,
+            UNBOUNDED,
+            async move { engine.push(name, tag).await },
+        )
+        .await
     }
 
     async fn inspect_image(&self, reference: &str) -> Result<ImageInfo, EngineError> {
@@ -440,7 +467,7 @@ impl ContainerEngine for FleetEngine {
         spec.publish_ip = self.hosts[i].publish_ip.clone();
         let engine = self.hosts[i].engine.clone();
         let created = self
-            .on(i, None, async move { engine.create(spec).await })
+            .on("create", i, None, async move { engine.create(spec).await })
             .await;
         let mut index = self.index();
         let (_, service) = index.pending.remove(&name).unwrap_or_default();
@@ -457,7 +484,7 @@ impl ContainerEngine for FleetEngine {
     }
 
     async fn start(&self, id: &str) -> Result<(), EngineError> {
-        self.at(id, None, |e| async move { e.start(id).await })
+        self.at("start", id, None, |e| async move { e.start(id).await })
             .await
     }
 
@@ -465,13 +492,20 @@ impl ContainerEngine for FleetEngine {
         let limit = Duration::from_secs(u64::from(timeout_secs) + 10);
         let i = self.locate(id).await?;
         let limit = Some(limit.max(self.hosts[i].timeout));
-        self.at(id, limit, |e| async move { e.stop(id, timeout_secs).await })
-            .await
+        self.at("stop", id, limit, |e| async move {
+            e.stop(id, timeout_secs).await
+        })
+        .await
     }
 
     async fn remove(&self, id: &str, force: bool) -> Result<(), EngineError> {
-        self.at(id, None, |e| async move { e.remove(id, force).await })
-            .await?;
+        self.at(
+            "remove",
+            id,
+            None,
+            |e| async move { e.remove(id, force).await },
+        )
+        .await?;
         let mut index = self.index();
         let id = index.by_name.get(id).cloned().unwrap_or(id.to_string());
         index.forget(&id);
@@ -479,14 +513,19 @@ impl ContainerEngine for FleetEngine {
     }
 
     async fn kill(&self, id: &str, signal: &str) -> Result<(), EngineError> {
-        self.at(id, None, |e| async move { e.kill(id, signal).await })
-            .await
+        self.at(
+            "kill",
+            id,
+            None,
+            |e| async move { e.kill(id, signal).await },
+        )
+        .await
     }
 
     async fn inspect(&self, id: &str) -> Result<ContainerInfo, EngineError> {
         let i = self.locate(id).await?;
         let info = self
-            .at(id, None, |e| async move { e.inspect(id).await })
+            .at("inspect", id, None, |e| async move { e.inspect(id).await })
             .await?;
         Ok(self.on_host(i, info))
     }
@@ -520,16 +559,14 @@ impl ContainerEngine for FleetEngine {
     }
 
     async fn wait(&self, id: &str) -> Result<Option<i64>, EngineError> {
-        self.at(id, UNBOUNDED, |e| async move { e.wait(id).await })
+        self.at("wait", id, UNBOUNDED, |e| async move { e.wait(id).await })
             .await
     }
 
     async fn logs(&self, id: &str, tail: u32, max_bytes: usize) -> Result<String, EngineError> {
-        self.at(
-            id,
-            None,
-            |e| async move { e.logs(id, tail, max_bytes).await },
-        )
+        self.at("logs", id, None, |e| async move {
+            e.logs(id, tail, max_bytes).await
+        })
         .await
     }
 }

@@ -47,6 +47,29 @@ fn split_tag(image: &str) -> (String, Option<String>) {
     }
 }
 
+/// `one` for each of `items`, side by side, a few at a time; at most
+/// [`MAX_RUN_ALL`] (more: one `invalid-config` result, nothing done).
+async fn bounded_all<T, O, F, Fut>(op: &str, items: Vec<T>, one: F) -> Vec<Result<O, PluginError>>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = Result<O, PluginError>>,
+{
+    if items.len() > MAX_RUN_ALL {
+        let refused = PluginError::InvalidConfig(format!(
+            "docker {op}: {} entries, at most {MAX_RUN_ALL} in one call",
+            items.len()
+        ));
+        // One result, not one per entry: a refused call allocates nothing per entry.
+        return vec![Err(refused)];
+    }
+    use futures_util::StreamExt;
+    futures_util::stream::iter(items)
+        .map(one)
+        .buffered(RUN_ALL_AT_ONCE)
+        .collect()
+        .await
+}
+
 /// Most specs one `run-all` takes, and how many of them start at once.
 const MAX_RUN_ALL: usize = 32;
 const RUN_ALL_AT_ONCE: usize = 8;
@@ -126,26 +149,46 @@ impl DockerCap {
         Ok(info)
     }
 
+    async fn stop_one(&self, name: String, timeout_secs: u32) -> Result<(), PluginError> {
+        self.grant.container("stop", &name)?;
+        self.connect("stop", &name).await?;
+        let limit = self
+            .timeout
+            .max(Duration::from_secs(u64::from(timeout_secs) + 10));
+        let info = bounded("docker.stop", limit, async {
+            let target = self.resolve("stop", &name).await?;
+            self.engine
+                .stop(&target.id, timeout_secs)
+                .await
+                .map_err(Self::err("stop", &name))?;
+            self.inspect_raw(&target.id).await
+        })
+        .await?;
+        self.deregister(&info).await
+    }
+
+    async fn remove_one(&self, name: String, force: bool) -> Result<(), PluginError> {
+        self.grant.container("remove", &name)?;
+        self.connect("remove", &name).await?;
+        let info = bounded("docker.remove", self.timeout, async {
+            let Resolved { id, info } = self.resolve("remove", &name).await?;
+            self.engine
+                .remove(&id, force)
+                .await
+                .map_err(Self::err("remove", &name))?;
+            Ok(info)
+        })
+        .await?;
+        self.deregister(&info).await
+    }
+
     /// `run-all` and `run-placed`: side by side, a few at a time, bounded.
     async fn run_many(
         &self,
         op: &str,
         specs: Vec<(Option<String>, docker::RunSpec)>,
     ) -> Vec<Result<ContainerInfo, PluginError>> {
-        if specs.len() > MAX_RUN_ALL {
-            let refused = PluginError::InvalidConfig(format!(
-                "docker {op}: {} specs, at most {MAX_RUN_ALL} in one call",
-                specs.len()
-            ));
-            // One result, not one per spec: a refused call allocates nothing per entry.
-            return vec![Err(refused)];
-        }
-        use futures_util::StreamExt;
-        futures_util::stream::iter(specs)
-            .map(|(host, spec)| self.run_one(host, spec))
-            .buffered(RUN_ALL_AT_ONCE)
-            .collect()
-            .await
+        bounded_all(op, specs, |(host, spec)| self.run_one(host, spec)).await
     }
 }
 
@@ -316,36 +359,29 @@ impl docker::Host for DockerCap {
     }
 
     async fn stop(&mut self, name: String, timeout_secs: u32) -> Result<(), PluginError> {
-        self.grant.container("stop", &name)?;
-        self.connect("stop", &name).await?;
-        let limit = self
-            .timeout
-            .max(Duration::from_secs(u64::from(timeout_secs) + 10));
-        let info = bounded("docker.stop", limit, async {
-            let target = self.resolve("stop", &name).await?;
-            self.engine
-                .stop(&target.id, timeout_secs)
-                .await
-                .map_err(Self::err("stop", &name))?;
-            self.inspect_raw(&target.id).await
-        })
-        .await?;
-        self.deregister(&info).await
+        self.stop_one(name, timeout_secs).await
     }
 
     async fn remove(&mut self, name: String, force: bool) -> Result<(), PluginError> {
-        self.grant.container("remove", &name)?;
-        self.connect("remove", &name).await?;
-        let info = bounded("docker.remove", self.timeout, async {
-            let Resolved { id, info } = self.resolve("remove", &name).await?;
-            self.engine
-                .remove(&id, force)
-                .await
-                .map_err(Self::err("remove", &name))?;
-            Ok(info)
-        })
-        .await?;
-        self.deregister(&info).await
+        self.remove_one(name, force).await
+    }
+
+    async fn stop_all(
+        &mut self,
+        names: Vec<String>,
+        timeout_secs: u32,
+    ) -> Vec<Result<(), PluginError>> {
+        let this = &*self;
+        bounded_all("stop-all", names, |name| this.stop_one(name, timeout_secs)).await
+    }
+
+    async fn remove_all(
+        &mut self,
+        names: Vec<String>,
+        force: bool,
+    ) -> Vec<Result<(), PluginError>> {
+        let this = &*self;
+        bounded_all("remove-all", names, |name| this.remove_one(name, force)).await
     }
 
     async fn kill(&mut self, name: String, signal: String) -> Result<(), PluginError> {

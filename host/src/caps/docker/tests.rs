@@ -413,3 +413,52 @@ fn spec_for_fake(name: &str) -> ContainerSpec {
         hosts: vec![],
     }
 }
+
+#[tokio::test]
+async fn stop_all_and_remove_all_check_every_name_and_bound_their_lists() {
+    let (mut cap, members, _) = fleet_setup(&["a", "b"]);
+    let specs = (1..=3)
+        .map(|i| {
+            (
+                None,
+                run_spec(&format!("books-ms-blue-{i}"), Some("books-ms")),
+            )
+        })
+        .collect();
+    assert!(cap.run_placed(specs).await.iter().all(Result::is_ok));
+    let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let stopped = cap
+        .stop_all(
+            names(&[
+                "books-ms-blue-1",
+                "payments",
+                "books-ms-blue-2/../x",
+                "books-ms-blue-2",
+            ]),
+            1,
+        )
+        .await;
+    let kinds: Vec<&str> = stopped
+        .iter()
+        .map(|r| match r {
+            Ok(()) => "ok",
+            Err(PluginError::Denied(_)) => "denied",
+            Err(PluginError::InvalidConfig(_)) => "invalid",
+            Err(e) => panic!("{e:?}"),
+        })
+        .collect();
+    assert_eq!(kinds, ["ok", "denied", "invalid", "ok"]);
+    let running = |m: &FakeEngine| m.containers().iter().filter(|c| c.running).count();
+    assert_eq!(running(&members[0]) + running(&members[1]), 1);
+    let many: Vec<String> = (0..33).map(|i| format!("books-ms-{i}")).collect();
+    assert_eq!(cap.stop_all(many.clone(), 1).await.len(), 1);
+    assert_eq!(cap.remove_all(many, true).await.len(), 1);
+    let removed = cap
+        .remove_all(
+            names(&["books-ms-blue-1", "books-ms-blue-2", "books-ms-blue-3"]),
+            true,
+        )
+        .await;
+    assert!(removed.iter().all(Result::is_ok), "{removed:?}");
+    assert!(members.iter().all(|m| m.containers().is_empty()));
+}
