@@ -81,6 +81,7 @@ impl DockerCap {
         &self,
         pinned: Option<String>,
         spec: docker::RunSpec,
+        images: Option<&HashMap<String, Result<(), PluginError>>>,
     ) -> Result<ContainerInfo, PluginError> {
         self.grant.container("run", &spec.name)?;
         self.grant.image("run", &spec.image)?;
@@ -132,7 +133,13 @@ impl DockerCap {
         let name = spec.name;
         self.connect("run", &name).await?;
         let info = bounded("docker.run", self.timeout, async {
-            self.resolve_image("run", &spec.image).await?;
+            // Checked once per image for a whole run-all (on every host of a fleet).
+            match images.and_then(|checked| checked.get(&spec.image)) {
+                Some(checked) => checked.clone()?,
+                None => {
+                    self.resolve_image("run", &spec.image).await?;
+                }
+            }
             let id = self
                 .engine
                 .create(create)
@@ -188,7 +195,32 @@ impl DockerCap {
         op: &str,
         specs: Vec<(Option<String>, docker::RunSpec)>,
     ) -> Vec<Result<ContainerInfo, PluginError>> {
-        bounded_all(op, specs, |(host, spec)| self.run_one(host, spec)).await
+        // Each granted image is checked once, up front; the starts then reach
+        // placement in order (spreading is deterministic).
+        let mut images: HashMap<String, Result<(), PluginError>> = HashMap::new();
+        if specs.len() <= MAX_RUN_ALL {
+            for (_, spec) in &specs {
+                if images.contains_key(&spec.image) || self.grant.image("run", &spec.image).is_err()
+                {
+                    continue;
+                }
+                let checked = match self.connect("run", &spec.name).await {
+                    Ok(()) => {
+                        bounded("docker.run", self.timeout, async {
+                            self.resolve_image("run", &spec.image).await.map(|_| ())
+                        })
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                images.insert(spec.image.clone(), checked);
+            }
+        }
+        let images = &images;
+        bounded_all(op, specs, |(host, spec)| {
+            self.run_one(host, spec, Some(images))
+        })
+        .await
     }
 }
 
@@ -298,7 +330,9 @@ impl docker::Host for DockerCap {
     }
 
     async fn run(&mut self, spec: docker::RunSpec) -> Result<docker::Container, PluginError> {
-        self.run_one(None, spec).await.map(|info| to_wit(&info))
+        self.run_one(None, spec, None)
+            .await
+            .map(|info| to_wit(&info))
     }
 
     async fn run_all(
