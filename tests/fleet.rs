@@ -50,22 +50,7 @@ fn load_images(d: &Deployment, engines: &[&PrivateEngine], tags: &[&str]) {
 
 /// `args` under a bounded load through nginx: the exit code; no failed request.
 fn under_load(d: &Deployment, args: &[&str], code: i32) -> crate::common::Output {
-    d.wait_serving(&d.serving());
-    let stop = AtomicBool::new(false);
-    let (out, (sent, failures, _)) = std::thread::scope(|scope| {
-        let load = scope.spawn(|| load(d.port, &stop, 500, 50_000));
-        let out = d.bluegreen(args);
-        stop.store(true, Ordering::SeqCst);
-        (out, load.join().unwrap())
-    });
-    let out = out.expect_code(code);
-    assert!(
-        failures.is_empty(),
-        "{} of {sent} requests failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
-    out
+    d.bluegreen_under_load(args, 500, code)
 }
 
 fn upstream_servers(d: &Deployment) -> usize {

@@ -5,9 +5,8 @@
 //! removes the whole candidate and the old color keeps serving; zero failed
 //! requests across the switches; a change of replica count between deploys.
 
-use crate::common::deployment::{Deployment, load};
+use crate::common::deployment::Deployment;
 use crate::common::require_docker;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 fn names(d: &Deployment, color: &str, n: u32) -> Vec<String> {
     (1..=n).map(|i| format!("{}-{i}", d.name(color))).collect()
@@ -19,21 +18,7 @@ fn servers(d: &Deployment) -> usize {
 
 /// `deploy` (or a rollback) under a bounded load through nginx: no failure.
 fn under_load(d: &Deployment, args: &[&str]) {
-    d.wait_serving(&d.serving());
-    let stop = AtomicBool::new(false);
-    let (out, (sent, failures, _)) = std::thread::scope(|scope| {
-        let load = scope.spawn(|| load(d.port, &stop, 1000, 50_000));
-        let out = d.bluegreen(args);
-        stop.store(true, Ordering::SeqCst);
-        (out, load.join().unwrap())
-    });
-    out.expect_code(0);
-    assert!(
-        failures.is_empty(),
-        "{} of {sent} requests failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    d.bluegreen_under_load(args, 1000, 0);
 }
 
 #[test]

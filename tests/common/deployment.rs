@@ -132,6 +132,28 @@ impl Deployment {
         exec.args(args).run()
     }
 
+    /// `bluegreen(args)` under a bounded load through the proxy (at least
+    /// `min` requests, each on a new connection): it must exit with `code`
+    /// and no request may fail.
+    pub fn bluegreen_under_load(&self, args: &[&str], min: usize, code: i32) -> Output {
+        self.wait_serving(&self.serving());
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (out, (sent, failures, _)) = std::thread::scope(|scope| {
+            let load = scope.spawn(|| load(self.port, &stop, min, 50_000));
+            let out = self.bluegreen(args);
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            (out, load.join().unwrap())
+        });
+        let out = out.expect_code(code);
+        assert!(
+            failures.is_empty(),
+            "{} of {sent} requests failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        out
+    }
+
     pub fn deploy(&self, tag: &str) -> Output {
         self.bluegreen(&[
             "-c",

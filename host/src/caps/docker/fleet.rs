@@ -392,6 +392,15 @@ impl FleetEngine {
     }
 }
 
+/// A listing's `IP:PORT`s as reached at the host's `address`.
+pub(super) fn at_address(ports: &mut [String], address: &str) {
+    for port in ports {
+        if let Some((_, number)) = port.rsplit_once(':') {
+            *port = format!("{address}:{number}");
+        }
+    }
+}
+
 /// Image transfers and builds take as long as they take (the capability bounds them).
 const UNBOUNDED: Option<Duration> = Some(Duration::from_secs(24 * 3600));
 
@@ -547,11 +556,7 @@ impl ContainerEngine for FleetEngine {
                     index.insert(c.id.clone(), placed);
                 }
                 c.host = host.name.clone();
-                for port in &mut c.ports {
-                    if let Some((_, number)) = port.rsplit_once(':') {
-                        *port = format!("{}:{number}", host.address);
-                    }
-                }
+                at_address(&mut c.ports, &host.address);
                 all.push(c);
             }
         }

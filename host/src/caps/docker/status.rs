@@ -89,11 +89,7 @@ pub async fn containers_by_host(engine: &dyn ContainerEngine, prefix: &str) -> V
             // Reached at the host's address, as the fleet reports them.
             list.into_iter()
                 .map(|mut c| {
-                    for port in &mut c.ports {
-                        if let Some((_, number)) = port.rsplit_once(':') {
-                            *port = format!("{}:{number}", host.address);
-                        }
-                    }
+                    super::fleet::at_address(&mut c.ports, &host.address);
                     c
                 })
                 .collect()
