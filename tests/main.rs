@@ -32,5 +32,6 @@ mod replicas;
 mod sandbox;
 mod scaffold;
 mod signatures;
+mod swarm;
 mod template_oracle;
 mod template_watch;

@@ -98,7 +98,7 @@ fn push_pull_and_run_by_tag_and_by_digest() {
     assert_eq!(config["created"], "1970-01-01T00:00:00Z");
     let imports = config["component"]["imports"].as_array().unwrap();
     assert!(
-        imports.iter().any(|i| i == "runner:plugin/kv@0.1.3"),
+        imports.iter().any(|i| i == "runner:plugin/kv@0.1.4"),
         "{config}"
     );
     assert!(
@@ -116,7 +116,7 @@ fn push_pull_and_run_by_tag_and_by_digest() {
     assert!(
         out.stdout
             .lines()
-            .any(|l| l.contains("runner:plugin/kv@0.1.3") && l.ends_with("--allow-kv PREFIX")),
+            .any(|l| l.contains("runner:plugin/kv@0.1.4") && l.ends_with("--allow-kv PREFIX")),
         "{}",
         out.stdout
     );
@@ -212,7 +212,7 @@ fn the_lock_pins_a_moved_tag_and_locked_refuses_a_stale_or_missing_lock() {
     let out = runner(&env, &["plugin", "update", "--file", file_arg, "--locked"]).expect_code(2);
     assert!(
         out.stdout
-            .contains("NEW CAPABILITY runner:plugin/proxy@0.1.3"),
+            .contains("NEW CAPABILITY runner:plugin/proxy@0.1.4"),
         "{}",
         out.stdout
     );
@@ -267,7 +267,7 @@ fn the_lock_pins_a_moved_tag_and_locked_refuses_a_stale_or_missing_lock() {
     );
     let updated = std::fs::read_to_string(&lock_path).unwrap();
     assert!(
-        updated.contains(&moved) && updated.contains("runner:plugin/proxy@0.1.3"),
+        updated.contains(&moved) && updated.contains("runner:plugin/proxy@0.1.4"),
         "{updated}"
     );
 }

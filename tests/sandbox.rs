@@ -324,7 +324,7 @@ fn inspect_lists_world_imports_and_grants() {
         out.stdout
     );
     assert!(
-        out.stdout.contains("runner:plugin/http@0.1.3"),
+        out.stdout.contains("runner:plugin/http@0.1.4"),
         "{}",
         out.stdout
     );

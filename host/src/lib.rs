@@ -34,7 +34,7 @@ pub mod stage;
 
 /// The version of the `runner:plugin` WIT package this runner provides
 /// (`wit/world.wit`).
-pub const CONTRACT_VERSION: &str = "0.1.3";
+pub const CONTRACT_VERSION: &str = "0.1.4";
 
 #[cfg(test)]
 mod contract_tests {

@@ -39,6 +39,7 @@ pub enum NameKind {
     UpstreamFile,
     Backend,
     Host,
+    SwarmService,
 }
 
 impl std::fmt::Display for NameKind {
@@ -54,6 +55,7 @@ impl std::fmt::Display for NameKind {
             NameKind::UpstreamFile => "upstream file",
             NameKind::Backend => "HAProxy backend",
             NameKind::Host => "host name",
+            NameKind::SwarmService => "Swarm service name",
         })
     }
 }
@@ -209,6 +211,22 @@ pub fn host_name(name: &str) -> Result<&str, InvalidName> {
     ascii_id(NameKind::Host, name, 63, &['.', '_', '-'])
 }
 
+/// A Swarm service's name, as Swarm takes it: `[a-zA-Z0-9][a-zA-Z0-9_-]*`,
+/// ending alphanumeric, at most 63 bytes (it becomes a DNS name on the
+/// Swarm's networks; no `.`, which would read as a task's container name
+/// `SERVICE.SLOT.TASK`).
+pub fn swarm_service_name(name: &str) -> Result<&str, InvalidName> {
+    ascii_id(NameKind::SwarmService, name, 63, &['_', '-'])?;
+    if !name.ends_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(InvalidName::new(
+            NameKind::SwarmService,
+            name,
+            "Swarm service names end with a letter or digit",
+        ));
+    }
+    Ok(name)
+}
+
 fn ascii_id<'a>(
     kind: NameKind,
     name: &'a str,
@@ -252,6 +270,27 @@ pub fn path_segments(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swarm_service_names_follow_swarms_rule() {
+        for ok in ["books-ms-blue", "a", "x_y-1", "B2"] {
+            assert!(swarm_service_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "books-ms.1",
+            "books-ms-",
+            "-x",
+            "x/y",
+            "x y",
+            "x\0",
+            "ä",
+            &"a".repeat(64),
+        ] {
+            let e = swarm_service_name(bad).unwrap_err();
+            assert_eq!(e.kind, NameKind::SwarmService, "{bad}");
+        }
+    }
 
     #[test]
     fn container_names_follow_dockers_rule() {

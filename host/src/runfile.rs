@@ -86,7 +86,7 @@ impl RunnerFileSpec {
 }
 
 /// Where a pipeline deploys; flags and environment variables win.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetsSpec {
     /// Consul's address; without it the embedded registry is used.
@@ -184,6 +184,9 @@ pub struct RunnerFile {
     pub grants: GrantsSpec,
     /// `[hosts.*]`, in the file's order: empty for a single engine.
     pub hosts: Vec<DockerHost>,
+    /// `[targets]`: the registry and the one engine, when the file names
+    /// them (a flag or its environment variable wins).
+    pub targets: TargetsSpec,
     pub proxies: Vec<ProxyConfig>,
     pub hooks: Vec<HookDef>,
     /// Problems that do not stop a run, e.g. a proxy config directory a
@@ -435,6 +438,7 @@ impl RunnerFile {
         Ok(Self {
             grants,
             hosts,
+            targets: spec.targets.clone(),
             proxies,
             hooks,
             warnings,

@@ -9,7 +9,8 @@
 //! `BROKEN=proxied` makes `/api/v1/books` answer 500 only when reached through
 //! a proxy (a `Host` other than an address): it passes tests against its own
 //! address and fails behind nginx. `HEALTHY_AFTER_MS=N` makes `/health`
-//! answer 503 for the first N ms (a slow start).
+//! answer 503 for the first N ms (a slow start). `books-service probe` is
+//! its own health check (exit 0 when `/health` answers 200).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -113,7 +114,28 @@ fn proxied(request: &Request) -> bool {
         .unwrap_or(false)
 }
 
+/// `books-service probe`: exit 0 when this container's own `/health`
+/// answers 200 (a health check for images without a shell or curl, as
+/// Swarm's `HEALTHCHECK` runs it).
+fn probe(port: &str) -> ! {
+    use std::io::{Read, Write};
+    let answer = (|| -> std::io::Result<bool> {
+        let timeout = Some(std::time::Duration::from_secs(2));
+        let mut stream = std::net::TcpStream::connect(format!("127.0.0.1:{port}"))?;
+        stream.set_read_timeout(timeout)?;
+        stream.set_write_timeout(timeout)?;
+        stream.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
+    })();
+    std::process::exit(if matches!(answer, Ok(true)) { 0 } else { 1 })
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("probe") {
+        probe(&std::env::var("PORT").unwrap_or_else(|_| "8080".into()));
+    }
     if let Err(e) = ctrlc::set_handler(|| std::process::exit(0)) {
         eprintln!("books-service: cannot handle SIGTERM: {e}");
     }

@@ -60,9 +60,10 @@ pub(super) async fn exec(cli: &Cli, args: &ExecArgs) -> Result<(), CommandError>
         .clone()
         .unwrap_or_else(|| plugin.name().to_string());
 
+    // The flags (and their environment variables) win over the file's [targets].
     let targets = Targets {
-        consul: None,
-        docker: args.docker_host.clone(),
+        consul: runfile.targets.consul.clone(),
+        docker: args.docker_host.clone().or(runfile.targets.docker.clone()),
         hosts: runfile.hosts.clone(),
     };
     let host = Host::connect(cli, &targets, limits.host_call_timeout, Open::Lazy)?;

@@ -148,7 +148,7 @@ impl Plugin {
         self.cache
     }
 
-    /// The interfaces the plugin imports (`runner:plugin/kv@0.1.3`, ...).
+    /// The interfaces the plugin imports (`runner:plugin/kv@0.1.4`, ...).
     pub fn imports(&self, engine: &Engine) -> Vec<String> {
         self.pre
             .instance_pre()

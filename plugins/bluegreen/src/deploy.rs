@@ -59,7 +59,14 @@ pub(crate) fn deploy(s: &Settings) -> Result<Outcome, Error> {
         .with_output("paused", format!("{name} awaits promotion"))
         .with_output("color", current.clone())
         .with_output("candidate", next)
-        .with_output("container", replica_names(s, next).join(","))
+        .with_output(
+            "container",
+            if s.swarm {
+                name.clone()
+            } else {
+                replica_names(s, next).join(",")
+            },
+        )
         .with_output("port", endpoints[0].port.to_string())
         .with_output("ports", join_ports(&endpoints))
         .with_output("addresses", join_addresses(&endpoints)));
@@ -76,6 +83,31 @@ fn start_candidate(
     intent: &Intent,
     started: Instant,
 ) -> Result<(Vec<Endpoint>, [Duration; 3]), Error> {
+    let (endpoints, t_start) = if s.swarm {
+        // The service's tasks running, registered and healthy.
+        let endpoints = crate::swarm::start(s, &intent.candidate, &intent.image)?;
+        (endpoints, started.elapsed())
+    } else {
+        let endpoints = start_containers(s, intent)?;
+        let t_start = started.elapsed();
+        intent.write(Phase::BeforeSwitch, "health")?;
+        for (name, at) in replica_names(s, &intent.candidate).iter().zip(&endpoints) {
+            wait_healthy(s, name, at)?;
+        }
+        (endpoints, t_start)
+    };
+    let t_healthy = started.elapsed();
+    intent.write(Phase::BeforeSwitch, "pre-tests")?;
+    for at in &endpoints {
+        run_hook(&s.pre_hook, &at.url())?;
+    }
+    Ok((endpoints, [t_start, t_healthy, started.elapsed()]))
+}
+
+/// The candidate's containers, started side by side by the host (on named
+/// hosts spread over them, or pinned round-robin by `hosts`); any failure
+/// fails the candidate (the caller removes every replica).
+fn start_containers(s: &Settings, intent: &Intent) -> Result<Vec<Endpoint>, Error> {
     let names = replica_names(s, &intent.candidate);
     let specs: Vec<(Option<String>, docker::RunSpec)> = names
         .iter()
@@ -122,17 +154,7 @@ fn start_candidate(
     if !placed.is_empty() {
         info(&format!("started {}", placed.join(", ")));
     }
-    let t_start = started.elapsed();
-    intent.write(Phase::BeforeSwitch, "health")?;
-    for (name, at) in names.iter().zip(&endpoints) {
-        wait_healthy(s, name, at)?;
-    }
-    let t_healthy = started.elapsed();
-    intent.write(Phase::BeforeSwitch, "pre-tests")?;
-    for at in &endpoints {
-        run_hook(&s.pre_hook, &at.url())?;
-    }
-    Ok((endpoints, [t_start, t_healthy, started.elapsed()]))
+    Ok(endpoints)
 }
 
 /// The candidate failed before any traffic moved: remove it.
@@ -157,6 +179,9 @@ fn fail_before_switch(s: &Settings, color: &str, e: Error) -> Error {
 /// does not answer keeps only its own), then any other container of the
 /// color.
 fn remove_candidate(s: &Settings, color: &str) -> Result<(), Error> {
+    if s.swarm {
+        return remove_color(s, color);
+    }
     crate::steps::remove_all(&replica_names(s, color))?;
     remove_color(s, color)
 }
@@ -305,6 +330,8 @@ fn switch_to(
     .with_output(
         "container",
         color_containers(s, next)
+            .ok()
+            .filter(|_| !s.swarm)
             .map(|c| {
                 c.iter()
                     .map(|c| c.name.clone())
@@ -362,23 +389,30 @@ pub(crate) fn promote(s: &Settings) -> Result<Outcome, Error> {
         )));
     }
     let name = s.container(next);
-    let containers = color_containers(s, next)?;
     let cannot = |e| with_context(e, &format!("{name} cannot be promoted; deploy again"));
-    if containers.is_empty() {
-        return Err(cannot(Error::NotFound(format!(
-            "no container of {name} exists"
-        ))));
+    let (endpoints, image) = if s.swarm {
+        crate::swarm::endpoints(s, next)?
+    } else {
+        let containers = color_containers(s, next)?;
+        let endpoints = containers
+            .iter()
+            .map(|c| endpoint(s, c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(cannot)?;
+        let image = containers
+            .first()
+            .map(|c| c.image.clone())
+            .unwrap_or_default();
+        (endpoints, image)
+    };
+    if endpoints.is_empty() {
+        return Err(cannot(Error::NotFound(format!("nothing of {name} runs"))));
     }
-    let endpoints = containers
-        .iter()
-        .map(|c| endpoint(s, c))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(cannot)?;
     let intent = Intent {
         action: "promote",
         known_good: current,
         candidate: next.to_string(),
-        image: containers[0].image.clone(),
+        image,
         undo: Undo::Remove,
     };
     let outcome = switch_to(s, &intent, index, &endpoints, started, [Duration::ZERO; 3]);

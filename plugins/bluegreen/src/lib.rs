@@ -50,6 +50,13 @@
 //! A replica is reached at its host's address: health checks, tests and the
 //! upstream use it (127.0.0.1 on a single engine).
 //!
+//! `engine=swarm` (runner's engine a Swarm manager): each color is a Swarm
+//! service `<service>-<color>` of `replicas` tasks publishing in host mode;
+//! the same flow, the old color scaled to zero after the switch and scaled
+//! back up by a rollback (`swarm.rs`). `strategy=rolling` instead updates
+//! one service in place with Swarm's start-first rolling update, tested
+//! task by task and through the proxy (`rolling.rs`).
+//!
 //! Grants: `--allow-kv <service>/`, `--allow-service '<service>-*'`,
 //! `--allow-container '<service>-*'`, `--allow-image ...`, `--allow-http
 //! 'http://127.0.0.1:*'`, `--allow-proxy NAME`, `--allow-hook NAME`; the
@@ -57,7 +64,9 @@
 
 mod deploy;
 mod journal;
+mod rolling;
 mod steps;
+mod swarm;
 
 use runner_sdk::{Config, Context, Error, Guest, Outcome, config, docker};
 use std::time::Duration;
@@ -98,6 +107,21 @@ pub(crate) struct Settings {
     /// `hosts`: the named hosts to pin the replicas to, round-robin; empty:
     /// placed by the host.
     pub(crate) hosts: Vec<String>,
+    /// `engine=swarm`: each color is a Swarm service of `replicas` tasks.
+    pub(crate) swarm: bool,
+    /// `strategy=rolling` (Swarm only): one service, updated task by task.
+    pub(crate) rolling: bool,
+    /// `health_cmd`: a health check Swarm runs in each task (exec form,
+    /// comma-separated); a rolling update waits for it.
+    pub(crate) health_cmd: Option<Vec<String>>,
+    /// `update_timeout`: how long a rolling update may take before runner
+    /// calls it stuck and reverts it.
+    pub(crate) update_timeout: Duration,
+    /// `update_monitor`: how long Swarm watches each new task for failure.
+    pub(crate) update_monitor: Duration,
+    /// `update_delay`: how long Swarm waits between tasks, the time runner
+    /// has to test each new task before the next old one stops.
+    pub(crate) update_delay: Duration,
 }
 
 /// Most replicas per color one stage runs (each is started, health-checked
@@ -137,7 +161,60 @@ impl Settings {
                 "setting `replicas` must be 1 to {MAX_REPLICAS}, got {replicas}"
             )));
         }
+        let swarm = match cfg.get_or("engine", "containers") {
+            "containers" => false,
+            "swarm" => true,
+            other => {
+                return Err(Error::InvalidConfig(format!(
+                    "setting `engine` must be containers or swarm, got \"{other}\""
+                )));
+            }
+        };
+        let rolling = match cfg.get_or("strategy", "bluegreen") {
+            "bluegreen" => false,
+            "rolling" if swarm => true,
+            "rolling" => {
+                return Err(Error::InvalidConfig(
+                    "strategy=rolling is Swarm's rolling update: it needs engine=swarm".into(),
+                ));
+            }
+            other => {
+                return Err(Error::InvalidConfig(format!(
+                    "setting `strategy` must be bluegreen or rolling, got \"{other}\""
+                )));
+            }
+        };
+        if rolling && replicas < 2 {
+            return Err(Error::InvalidConfig(
+                "strategy=rolling needs replicas=2 or more: start-first stops a task's predecessor as soon as the new one is healthy, \
+                 before runner has tested it, so one replica would leave nothing serving; use strategy=bluegreen for one"
+                    .into(),
+            ));
+        }
+        if swarm && !cfg.get_or("hosts", "").is_empty() {
+            return Err(Error::InvalidConfig(
+                "setting `hosts` places containers on a runner file's named hosts; with engine=swarm the Swarm places the tasks: drop `hosts`".into(),
+            ));
+        }
+        let health_cmd = cfg.get("health_cmd").map(|c| {
+            c.split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        });
+        if health_cmd.as_ref().is_some_and(|c| c.is_empty() || !swarm) {
+            return Err(Error::InvalidConfig(
+                "setting `health_cmd` is a Swarm task's health check (engine=swarm), a command and its arguments, comma-separated".into(),
+            ));
+        }
         Ok(Settings {
+            swarm,
+            rolling,
+            health_cmd,
+            update_timeout: cfg.duration("update_timeout", Duration::from_secs(300))?,
+            update_monitor: cfg.duration("update_monitor", Duration::from_secs(5))?,
+            update_delay: cfg.duration("update_delay", Duration::from_secs(10))?,
             service: ctx.service.clone(),
             image: cfg.get("image").map(str::to_string),
             container_port: u16::try_from(port).map_err(|_| {
@@ -232,6 +309,12 @@ impl Guest for BlueGreen {
             .setting(runner_sdk::setting("logs_tail", runner_sdk::SettingKind::Integer, "log lines of a failed container shown in the error").default("20"))
             .setting(runner_sdk::setting("replicas", runner_sdk::SettingKind::Integer, "containers per color, all healthy and tested before the switch, all behind the proxy after it").default("1"))
             .setting(runner_sdk::setting("hosts", runner_sdk::SettingKind::Text, "named hosts to place the replicas on, round-robin (comma-separated) [default: spread by runner]"))
+            .setting(runner_sdk::setting("engine", runner_sdk::SettingKind::Text, "containers, or swarm: each color a Swarm service of `replicas` tasks (runner's engine must be a Swarm manager)").default("containers"))
+            .setting(runner_sdk::setting("strategy", runner_sdk::SettingKind::Text, "bluegreen, or rolling (engine=swarm): Swarm's start-first rolling update, health-gated, rolled back on failure").default("bluegreen"))
+            .setting(runner_sdk::setting("health_cmd", runner_sdk::SettingKind::Text, "engine=swarm: a health check Swarm runs in each task, comma-separated (e.g. /app,probe)"))
+            .setting(runner_sdk::setting("update_timeout", runner_sdk::SettingKind::Duration, "strategy=rolling: how long the update may take before runner calls it stuck and reverts it").default("5m"))
+            .setting(runner_sdk::setting("update_monitor", runner_sdk::SettingKind::Duration, "strategy=rolling: how long Swarm watches each new task for failure").default("5s"))
+            .setting(runner_sdk::setting("update_delay", runner_sdk::SettingKind::Duration, "strategy=rolling: how long Swarm waits between tasks: the time runner has to test each new one before the next old one stops").default("10s"))
             .setting(runner_sdk::setting("promotion", runner_sdk::SettingKind::Text, "auto, or manual: stop after the pre-switch tests until `runner promote`").default("auto"))
             .output("color", "the color now serving")
             .output("previous", "the color kept for rollback")
@@ -253,6 +336,18 @@ impl Guest for BlueGreen {
             return Err(Error::InvalidConfig(format!(
                 "setting `action` must be deploy, promote, rollback or recover, got \"{action}\""
             )));
+        }
+        if settings.swarm {
+            swarm::preflight()?;
+        }
+        if settings.rolling {
+            return match action {
+                "deploy" => rolling::deploy(&settings),
+                "rollback" => rolling::rollback(&settings),
+                other => Err(Error::InvalidConfig(format!(
+                    "action={other} is blue-green's; strategy=rolling deploys and rolls back"
+                ))),
+            };
         }
         // Whatever the action: first finish or undo a deploy that died.
         let recovered = journal::recover(&settings)?;

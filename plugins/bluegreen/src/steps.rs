@@ -109,6 +109,27 @@ pub(crate) fn logs(s: &Settings, name: &str) -> String {
 
 /// Poll the health path until it answers 200; fail early if the container exits.
 pub(crate) fn wait_healthy(s: &Settings, name: &str, at: &Endpoint) -> Result<Duration, Error> {
+    wait_http_healthy(s, name, at, &|| {
+        let c = docker::inspect(name)?;
+        if c.running {
+            Ok(())
+        } else {
+            Err(Error::Failed(format!(
+                "{name} exited (code {}) before answering its health path",
+                c.exit_code.unwrap_or(-1)
+            )))
+        }
+    })
+}
+
+/// Poll `at`'s health path until it answers 200; `alive` fails early when
+/// what serves it is gone.
+pub(crate) fn wait_http_healthy(
+    s: &Settings,
+    name: &str,
+    at: &Endpoint,
+    alive: &dyn Fn() -> Result<(), Error>,
+) -> Result<Duration, Error> {
     let started = Instant::now();
     let url = format!("{}{}", at.url(), s.health_path);
     let mut last = String::from("no answer yet");
@@ -125,13 +146,7 @@ pub(crate) fn wait_healthy(s: &Settings, name: &str, at: &Endpoint) -> Result<Du
             Ok(r) => last = format!("status {}", r.status),
             Err(e) => last = runner_sdk::describe(&e),
         }
-        let c = docker::inspect(name)?;
-        if !c.running {
-            return Err(Error::Failed(format!(
-                "{name} exited (code {}) before answering {url}",
-                c.exit_code.unwrap_or(-1)
-            )));
-        }
+        alive()?;
         std::thread::sleep(Duration::from_millis(100));
     }
     Err(Error::Failed(format!(
@@ -140,7 +155,8 @@ pub(crate) fn wait_healthy(s: &Settings, name: &str, at: &Endpoint) -> Result<Du
     )))
 }
 
-/// The upstream for `color`: the configured template file, or the seed's.
+/// The upstream for `color`: the configured template file, or the seed's
+/// (the color's registered instances).
 fn upstream_source(s: &Settings, color: &str) -> template::Source {
     match &s.upstream_template {
         Some(path) => template::Source::File(path.replace("{color}", color)),
@@ -185,8 +201,11 @@ pub(crate) fn color_containers(s: &Settings, color: &str) -> Result<Vec<docker::
     Ok(found.into_iter().map(|(_, c)| c).collect())
 }
 
-/// Remove every container of `color` (side by side).
+/// Remove every container of `color` (side by side), or its Swarm service.
 pub(crate) fn remove_color(s: &Settings, color: &str) -> Result<(), Error> {
+    if s.swarm {
+        return crate::swarm::remove(s, color);
+    }
     let names: Vec<String> = color_containers(s, color)?
         .into_iter()
         .map(|c| c.name)
@@ -200,8 +219,12 @@ pub(crate) fn remove_all(names: &[String]) -> Result<(), Error> {
     first_failure(names, docker::remove_all(names, true))
 }
 
-/// Stop every container of `color` (kept, for a rollback), side by side.
+/// Stop every container of `color` (kept, for a rollback), side by side;
+/// on a Swarm, scale its service to zero.
 pub(crate) fn stop_color(s: &Settings, color: &str) -> Result<(), Error> {
+    if s.swarm {
+        return crate::swarm::stop(s, color);
+    }
     let names: Vec<String> = color_containers(s, color)?
         .into_iter()
         .map(|c| c.name)
@@ -221,6 +244,9 @@ fn first_failure(names: &[String], results: Vec<Result<(), Error>>) -> Result<()
 
 /// Exit codes and last log lines of `color`'s containers, for an error.
 pub(crate) fn color_report(s: &Settings, color: &str) -> String {
+    if s.swarm {
+        return crate::swarm::report(s, color);
+    }
     let containers = match color_containers(s, color) {
         Ok(c) if !c.is_empty() => c,
         Ok(_) => return format!("(no container of {} left)", s.container(color)),
@@ -280,6 +306,9 @@ pub(crate) fn switch_proxy(s: &Settings, color: &str, endpoints: &[Endpoint]) ->
 /// Where `color`'s containers serve, starting the stopped ones (all
 /// first, then waiting for their health, so they come up together).
 pub(crate) fn ensure_running(s: &Settings, color: &str) -> Result<Vec<Endpoint>, Error> {
+    if s.swarm {
+        return crate::swarm::ensure_running(s, color);
+    }
     let containers = color_containers(s, color)?;
     if containers.is_empty() {
         return Err(Error::NotFound(format!(

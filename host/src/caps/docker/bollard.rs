@@ -20,6 +20,8 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use std::collections::HashMap;
 
+mod swarm;
+
 /// bollard's own default request timeout (`connect_with_host`'s), for TLS too.
 const CONNECT_TIMEOUT_SECS: u64 = 120;
 
@@ -238,6 +240,10 @@ fn create_body(spec: ContainerSpec) -> ContainerCreateBody {
 impl ContainerEngine for BollardEngine {
     fn host(&self) -> &str {
         &self.host
+    }
+
+    fn swarm(&self) -> Option<&dyn super::swarm::SwarmEngine> {
+        Some(self)
     }
 
     fn address_policy(&self) -> AddressPolicy {

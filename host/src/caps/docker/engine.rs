@@ -33,6 +33,11 @@ pub enum EngineError {
     /// The engine refused or failed the request (its message).
     #[error("{0}")]
     Failed(String),
+    /// A Swarm call to an engine that is not a Swarm manager.
+    #[error(
+        "the engine at {endpoint} is not a Swarm manager; point runner at a manager (docker swarm init, or a manager's address), or deploy plain containers"
+    )]
+    NotSwarmManager { endpoint: String },
     /// One host of a fleet failed with `source`.
     #[error("host {host}: {source}")]
     OnHost {
@@ -60,7 +65,7 @@ impl EngineError {
             Self::Unreachable { .. } => PluginError::Unavailable(format!("docker: {self}")),
             Self::NotFound(_) => PluginError::NotFound(format!("docker {op} {target}: {self}")),
             Self::Conflict(_) => PluginError::Conflict(format!("docker {op} {target}: {self}")),
-            Self::Unavailable { .. } => {
+            Self::Unavailable { .. } | Self::NotSwarmManager { .. } => {
                 PluginError::Unavailable(format!("docker {op} {target}: {self}"))
             }
             Self::Timeout => PluginError::Timeout(format!("docker {op} {target}: {self}")),
@@ -222,6 +227,13 @@ pub trait ContainerEngine: Send + Sync {
     /// empty for a lone engine.
     fn members(&self) -> Vec<(HostInfo, Arc<dyn ContainerEngine>)> {
         Vec::new()
+    }
+
+    /// The engine as a Swarm manager, when it can be one (a lone Docker
+    /// engine; whether it is a manager shows at the first call). `None`
+    /// for a fleet of named hosts: a Swarm schedules its own nodes.
+    fn swarm(&self) -> Option<&dyn super::swarm::SwarmEngine> {
+        None
     }
 
     /// Connect now if not connected yet; a no-op afterwards. Callers

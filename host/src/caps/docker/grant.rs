@@ -152,6 +152,21 @@ impl DockerGrant {
         }
     }
 
+    /// Validate a Swarm service's name (Swarm's rule), then check it against
+    /// the container patterns: a service is the containers its tasks run.
+    pub(crate) fn swarm_service(&self, op: &str, name: &str) -> Result<(), PluginError> {
+        names::swarm_service_name(name).map_err(|e| e.to_plugin_error("swarm"))?;
+        if self.containers.matches(name) {
+            Ok(())
+        } else {
+            Err(denied(
+                "swarm",
+                format_args!("{op} of service \"{name}\" is not granted"),
+                format_args!("--allow-container {name}"),
+            ))
+        }
+    }
+
     /// Validate the reference (the distribution grammar), then check the grant.
     pub(crate) fn image(&self, op: &str, image: &str) -> Result<(), PluginError> {
         names::image_reference(image).map_err(|e| e.to_plugin_error("docker"))?;

@@ -13,6 +13,9 @@
 //! - `registration.rs`: labels, registration and ownership;
 //! - `status.rs`: `runner status`'s container list and [`reconcile`];
 //! - `build_context.rs`: a build context packed from a granted directory;
+//! - `swarm.rs`: Docker Swarm services and tasks ([`SwarmEngine`]), which
+//!   `bollard/swarm.rs` implements and `host_swarm.rs` serves as the
+//!   `swarm` WIT interface, under the same grants;
 //! - `fake.rs`: an in-memory engine for tests.
 //!
 //! Registration is third-party, as Registrator does it (seed 002): when a
@@ -32,10 +35,14 @@ pub mod fake;
 mod fleet;
 mod grant;
 mod host;
+mod host_swarm;
 mod hosts;
 mod registration;
 mod spec;
 mod status;
+mod swarm;
+#[cfg(test)]
+mod swarm_tests;
 #[cfg(test)]
 mod tests;
 
@@ -52,6 +59,10 @@ pub(crate) use registration::{REGISTRATION_PREFIX, is_host_instance_id};
 pub use spec::DockerSpec;
 pub use status::{
     ContainerStatus, HostContainers, Reconciled, containers_by_host, containers_named, reconcile,
+};
+pub use swarm::{
+    HealthCheck, NodeInfo, ServiceInfo, ServiceSpec, ServiceUpdate, SwarmEngine, TaskInfo,
+    UpdateConfig,
 };
 
 use super::denied;

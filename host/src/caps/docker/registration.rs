@@ -3,6 +3,7 @@
 //! whose catalog a container belongs to.
 
 use super::engine::{ContainerInfo, PublishedPort};
+use super::swarm::{ServiceInfo, TaskInfo};
 use crate::bindings::PluginError;
 use crate::caps::catalog::ServiceGrant;
 use crate::caps::registry_error;
@@ -170,6 +171,62 @@ pub(super) async fn deregister(
 }
 
 /// Whose catalog a running service container belongs to.
+/// The catalog service a Swarm service's tasks register under, and the
+/// container port registered, from its labels (as a container's).
+pub(super) fn swarm_registration(
+    labels: &HashMap<String, String>,
+) -> Option<(String, u16, Vec<String>)> {
+    if labels.get(LABEL_MANAGED).map(String::as_str) != Some("true") {
+        return None;
+    }
+    let service = labels.get(LABEL_SERVICE).filter(|s| !s.is_empty())?;
+    crate::names::service_name(service).ok()?;
+    let port = labels.get(LABEL_SERVICE_PORT)?.parse().ok()?;
+    let tags = labels
+        .get(LABEL_TAGS)
+        .map(|t| {
+            t.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((service.clone(), port, tags))
+}
+
+/// The registration ID prefix of every task of Swarm service `name`: its
+/// tasks' container names are `NAME.SLOT.TASKID`.
+pub(super) fn swarm_instance_prefix(name: &str) -> String {
+    format!("{REGISTRATION_PREFIX}{name}.")
+}
+
+/// The instance of a running task of `service` (registered as its
+/// containers are: node address, published port, the service's tags).
+pub(super) fn task_registration(service: &ServiceInfo, task: &TaskInfo) -> Option<Instance> {
+    let (name, container_port, tags) = swarm_registration(&service.labels)?;
+    if !task.is_running() {
+        return None;
+    }
+    let binding = task
+        .ports
+        .iter()
+        .find(|p| p.container_port == container_port)?;
+    if binding.host_ip.is_empty() {
+        return None;
+    }
+    Some(Instance {
+        id: registration_id(
+            &task.container_name(&service.name),
+            &container_port.to_string(),
+        ),
+        name,
+        address: binding.host_ip.clone(),
+        port: binding.host_port,
+        tags,
+        ..Instance::default()
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Owner {
     /// Labelled with this registry's identity.

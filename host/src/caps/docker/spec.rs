@@ -2,7 +2,7 @@
 //! validation and its per-run preparation.
 
 use super::{ContainerLimits, DockerCap, DockerGrant};
-use crate::bindings::runner::plugin::docker;
+use crate::bindings::runner::plugin::{docker, swarm};
 use crate::caps::{Capability, GrantSpec, Grants, RunContext, ValidateContext};
 use crate::grants::GrantError;
 
@@ -57,13 +57,15 @@ impl GrantSpec for DockerSpec {
 }
 
 impl Capability for DockerCap {
-    const INTERFACES: &'static [&'static str] = &["runner:plugin/docker"];
+    const INTERFACES: &'static [&'static str] = &["runner:plugin/docker", "runner:plugin/swarm"];
     const FLAG_HINT: &'static str =
         "--allow-container PATTERN, --allow-image PATTERN (--allow-build, --allow-push)";
     const TOML_HINT: &'static str =
         "grants.containers = [\"NAME-*\"] and/or grants.images = [\"IMAGE:*\"]";
-    const WIT: &'static [(&'static str, &'static str)] =
-        &[("docker.wit", include_str!("../../../../wit/docker.wit"))];
+    const WIT: &'static [(&'static str, &'static str)] = &[
+        ("docker.wit", include_str!("../../../../wit/docker.wit")),
+        ("swarm.wit", include_str!("../../../../wit/swarm.wit")),
+    ];
     type Spec = DockerSpec;
     type Grant = DockerGrant;
 
@@ -106,5 +108,5 @@ impl Capability for DockerCap {
         }
     }
 
-    link_interfaces!(docker);
+    link_interfaces!(docker, swarm);
 }

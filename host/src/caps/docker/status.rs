@@ -4,7 +4,7 @@
 use super::engine::{ContainerEngine, HostInfo, ListFilter};
 use super::registration::{
     LABEL_REGISTRY, LABEL_SERVICE, Owner, is_host_instance_id, owner, registration,
-    same_registration,
+    same_registration, task_registration,
 };
 use crate::bindings::PluginError;
 use crate::caps::registry_error;
@@ -152,6 +152,24 @@ pub async fn reconcile(
                 instance.id.clone(),
                 (instance, owner(&info.labels, &identity)),
             );
+        }
+    }
+    // And every running task of a Swarm service registered through runner.
+    if let Some(swarm) = engine.swarm() {
+        match swarm.list_services(LABEL_SERVICE).await {
+            Ok(services) => {
+                for service in &services {
+                    for task in &service.tasks {
+                        if let Some(instance) = task_registration(service, task) {
+                            let owner = owner(&service.labels, &identity);
+                            running.insert(instance.id.clone(), (instance, owner));
+                        }
+                    }
+                }
+            }
+            Err(super::EngineError::NotSwarmManager { .. }) => {}
+            // Not knowing the tasks, reconcile would drop their instances.
+            Err(e) => return Err(e.to_plugin_error("list", "Swarm services")),
         }
     }
     let mut done = Reconciled::default();
