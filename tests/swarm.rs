@@ -4,11 +4,11 @@
 //! Blue-green: each color a Swarm service of three host-mode tasks over
 //! both nodes, each registered at its node's address and tested before the
 //! switch; zero failed requests across a deploy and a rollback (the old
-//! color scaled to zero, then back up); a candidate failing its pre-tests
-//! removed, the old color serving. The rolling strategy: one service
+//! color scaled to zero, then back up); a candidate failing its pre-tests,
+//! and one whose tasks exit, removed, the old color serving. The rolling strategy: one service
 //! updated task by task under load with zero failed requests; an update
-//! whose new task fails its pre-tests, and one that is stuck, updated back
-//! to the image that served.
+//! whose new task fails its pre-tests, and one whose new task is never
+//! healthy, updated back to the image that served; a rollback.
 
 use crate::common::deployment::{Deployment, sh};
 use crate::common::engines::{PrivateEngine, Swarm, require_engines};
@@ -88,7 +88,7 @@ fn main_engine_untouched() {
 fn a_swarm_deploy_switches_rolls_back_and_fails_safe_under_load() {
     require_engines!();
     let d = Deployment::start("swarm", false);
-    let (a, b) = swarm_of_two(&d, &["v1", "v2", "badbooks"]);
+    let (a, b) = swarm_of_two(&d, &["v1", "v2", "badbooks", "exits"]);
     let three = [
         "-c",
         "engine=swarm",
@@ -159,6 +159,19 @@ fn a_swarm_deploy_switches_rolls_back_and_fails_safe_under_load() {
     );
     assert_eq!(d.color(), "blue");
     assert_eq!(d.catalog(), vec![blue.clone(); 3]);
+    d.wait_serving("v1");
+
+    // A candidate whose tasks exit: failed at the first failed task (Swarm
+    // would restart it forever), removed, blue serves.
+    // (No load here: four phases of unpaced load on new connections come
+    // near the machine's ephemeral ports; the badbooks phase above already
+    // shows a failure before the switch costs no request.)
+    let out = d
+        .bluegreen(&[&["-c", &image("exits")][..], &three].concat())
+        .expect_code(1);
+    assert!(out.stderr.contains("exit code 3"), "{}", out.stderr);
+    assert_eq!(replicas(&a, &green), None);
+    assert_eq!(d.color(), "blue");
     d.wait_serving("v1");
     main_engine_untouched();
 }
