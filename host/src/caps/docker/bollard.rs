@@ -475,7 +475,7 @@ impl ContainerEngine for BollardEngine {
 
     async fn logs(&self, id: &str, tail: u32, max_bytes: usize) -> Result<String, EngineError> {
         let docker = self.client().await?;
-        let mut stream = docker.logs(
+        let stream = docker.logs(
             id,
             Some(LogsOptions {
                 stdout: true,
@@ -484,14 +484,25 @@ impl ContainerEngine for BollardEngine {
                 ..Default::default()
             }),
         );
-        let mut text = String::new();
-        while let Some(chunk) = stream.next().await {
-            text.push_str(&chunk.map_err(self.err())?.to_string());
-            // A container can log gigabytes; the host holds a bounded tail.
-            keep_tail(&mut text, max_bytes, "[… earlier log lines truncated]\n");
-        }
-        Ok(text)
+        bounded_logs(stream, max_bytes, self.err()).await
     }
+}
+
+/// A log stream's text, at most `max_bytes` of its newest part, bounded
+/// while read: a container can log gigabytes.
+async fn bounded_logs(
+    mut stream: impl futures_util::Stream<
+        Item = Result<bollard::container::LogOutput, bollard::errors::Error>,
+    > + Unpin,
+    max_bytes: usize,
+    err: impl Fn(bollard::errors::Error) -> EngineError,
+) -> Result<String, EngineError> {
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&chunk.map_err(&err)?.to_string());
+        keep_tail(&mut text, max_bytes, "[… earlier log lines truncated]\n");
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -111,16 +111,7 @@ pub(super) fn registration(info: &ContainerInfo, policy: &AddressPolicy) -> Opti
         name: service.clone(),
         address: policy.address(binding).to_string(),
         port: binding.host_port,
-        tags: info
-            .labels
-            .get(LABEL_TAGS)
-            .map(|t| {
-                t.split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default(),
+        tags: label_tags(&info.labels),
         ..Instance::default()
     })
 }
@@ -171,6 +162,19 @@ pub(super) async fn deregister(
 }
 
 /// Whose catalog a running service container belongs to.
+/// The registration tags a container or service carries (comma-separated).
+fn label_tags(labels: &HashMap<String, String>) -> Vec<String> {
+    labels
+        .get(LABEL_TAGS)
+        .map(|t| {
+            t.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The catalog service a Swarm service's tasks register under, and the
 /// container port registered, from its labels (as a container's).
 pub(super) fn swarm_registration(
@@ -182,16 +186,7 @@ pub(super) fn swarm_registration(
     let service = labels.get(LABEL_SERVICE).filter(|s| !s.is_empty())?;
     crate::names::service_name(service).ok()?;
     let port = labels.get(LABEL_SERVICE_PORT)?.parse().ok()?;
-    let tags = labels
-        .get(LABEL_TAGS)
-        .map(|t| {
-            t.split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    Some((service.clone(), port, tags))
+    Some((service.clone(), port, label_tags(labels)))
 }
 
 /// The registration ID prefix of every task of Swarm service `name`: its

@@ -1,7 +1,7 @@
 //! [`SwarmEngine`] for a Swarm manager, through bollard.
 
 use super::{BollardEngine, engine_error};
-use crate::caps::docker::engine::{EngineError, PublishedPort, keep_tail};
+use crate::caps::docker::engine::{EngineError, PublishedPort};
 use crate::caps::docker::swarm::{
     NodeInfo, ServiceInfo, ServiceSpec, ServiceUpdate, SwarmEngine, TaskInfo, UpdateConfig,
 };
@@ -17,7 +17,6 @@ use bollard::query_parameters::{
     InspectServiceOptions, ListNodesOptions, ListServicesOptions, ListTasksOptions, LogsOptions,
     UpdateServiceOptions,
 };
-use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -423,7 +422,7 @@ impl SwarmEngine for BollardEngine {
         max_bytes: usize,
     ) -> Result<String, EngineError> {
         let docker = self.client().await?;
-        let mut stream = docker.service_logs(
+        let stream = docker.service_logs(
             id,
             Some(LogsOptions {
                 stdout: true,
@@ -432,12 +431,7 @@ impl SwarmEngine for BollardEngine {
                 ..Default::default()
             }),
         );
-        let mut text = String::new();
-        while let Some(chunk) = stream.next().await {
-            text.push_str(&chunk.map_err(self.swarm_err())?.to_string());
-            keep_tail(&mut text, max_bytes, "[… earlier log lines truncated]\n");
-        }
-        Ok(text)
+        super::bounded_logs(Box::pin(stream), max_bytes, self.swarm_err()).await
     }
 }
 
