@@ -108,7 +108,7 @@ fn scenario(d: &Deployment) {
         "{} of {sent} requests failed during the switch: {:?}\nnginx error log:\n{}",
         failures.len(),
         &failures[..failures.len().min(5)],
-        std::fs::read_to_string(d.work.join("nginx/logs/error.log")).unwrap_or_default()
+        d.proxy_errors()
     );
     assert!(
         versions.contains(&"v1".to_string()) && versions.contains(&"v2".to_string()),

@@ -229,9 +229,10 @@ fn a_host_that_stops_answering_mid_deploy_leaves_the_old_color_serving() {
     let out = out.expect_code(1);
     assert!(
         failures.is_empty(),
-        "{} of {sent} requests failed while b was down: {:?}",
+        "{} of {sent} requests failed while b was down: {:?}\nnginx error log:\n{}",
         failures.len(),
-        &failures[..failures.len().min(5)]
+        &failures[..failures.len().min(5)],
+        d.proxy_errors()
     );
     // The host is named, and what is left behind on it.
     assert!(out.stderr.contains("host b: "), "{}", out.stderr);
@@ -252,4 +253,83 @@ fn a_host_that_stops_answering_mid_deploy_leaves_the_old_color_serving() {
     assert_eq!(on(&b, &d, true), [format!("{}-green-1", d.service)]);
     assert_eq!(on(&a, &d, true), [format!("{}-green-2", d.service)]);
     assert_eq!(d.color(), "green");
+}
+
+/// An engine on `tcp://` with TLS verified both ways, as Docker's
+/// `DOCKER_TLS_VERIFY`/`DOCKER_CERT_PATH` have it: a runner file's
+/// `[hosts.NAME]` with `tls_verify` and `cert_path`, and the one engine of
+/// `DOCKER_HOST` with the docker CLI's environment. Certificates of another
+/// CA are refused before anything starts, the error naming the files.
+#[test]
+fn an_engine_over_tls_is_verified_both_ways() {
+    require_engines!();
+    let e = PrivateEngine::start_tls();
+    let strangers = e.dir().join("strangers");
+    let ca = crate::common::engines::test_ca(&strangers.join("ca"));
+    crate::common::engines::issue(&ca, &strangers.join("client"), "clientAuth", "");
+    std::fs::copy(ca.join("ca.pem"), strangers.join("client/ca.pem")).unwrap();
+
+    // [hosts.secure]: two replicas over TLS, deployed under load.
+    let d = Deployment::start("tls", false);
+    load_images(&d, &[&e], &["v1", "v2"]);
+    let path = d.work.join("runner.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let host = |cert_path: &std::path::Path| {
+        let text = text.replacen("[grants]\n", "[grants]\ndocker_hosts = [\"secure\"]\n", 1);
+        let table = format!(
+            "\n[hosts.secure]\ndocker = \"{}\"\ntls_verify = true\ncert_path = \"{}\"\naddress = \"127.0.0.1\"\n",
+            e.tls_host(),
+            cert_path.display()
+        );
+        std::fs::write(&path, text + &table).unwrap();
+    };
+    host(&e.cert_path());
+    let image = |tag: &str| format!("image={}:{tag}", d.service);
+    d.bluegreen(&["-c", &image("v1"), "-c", "replicas=2"])
+        .expect_code(0);
+    d.wait_serving("v1");
+    under_load(&d, &["-c", &image("v2"), "-c", "replicas=2"], 0);
+    d.wait_serving("v2");
+    assert_eq!(
+        on(&e, &d, true),
+        [
+            format!("{}-green-1", d.service),
+            format!("{}-green-2", d.service)
+        ]
+    );
+
+    // Another CA's certificates: the engine is refused, nothing moves.
+    host(&strangers.join("client"));
+    let out = d.bluegreen(&["-c", &image("v1"), "-c", "replicas=2"]);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&e.tls_host()) && out.stderr.contains("TLS with"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(d.color(), "green");
+    assert_eq!(d.serving(), "v2");
+
+    // DOCKER_HOST with DOCKER_TLS_VERIFY and DOCKER_CERT_PATH, as the docker CLI.
+    let one = Deployment::start("tlsenv", false);
+    load_images(&one, &[&e], &["v1"]);
+    let tls_env = |cert_path: &std::path::Path| {
+        [
+            ("DOCKER_HOST", e.tls_host()),
+            ("DOCKER_TLS_VERIFY", "1".to_string()),
+            ("DOCKER_CERT_PATH", cert_path.display().to_string()),
+        ]
+    };
+    let run = |cert_path: &std::path::Path| {
+        let envs = tls_env(cert_path);
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        one.bluegreen_with(&["-c", &format!("image={}:v1", one.service)], &envs)
+    };
+    let out = run(&strangers.join("client"));
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("TLS with"), "{}", out.stderr);
+    assert!(on(&e, &one, false).is_empty(), "nothing started");
+    run(&e.cert_path()).expect_code(0);
+    one.wait_serving("v1");
+    assert_eq!(on(&e, &one, true), [format!("{}-blue", one.service)]);
 }

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod commands;
 pub mod conventions;
 pub mod describe;
+pub mod error_chain;
 pub mod faults;
 pub mod grants;
 pub mod inspect;

@@ -147,11 +147,22 @@ impl Deployment {
         let out = out.expect_code(code);
         assert!(
             failures.is_empty(),
-            "{} of {sent} requests failed: {:?}",
+            "{} of {sent} requests failed: {:?}\n{}\nnginx error log:\n{}",
             failures.len(),
-            &failures[..failures.len().min(5)]
+            &failures[..failures.len().min(5)],
+            out.stderr,
+            self.proxy_errors()
         );
         out
+    }
+
+    /// The last lines of nginx's error log (why a request failed: which
+    /// upstream refused or reset), for a failed assertion's message.
+    pub fn proxy_errors(&self) -> String {
+        let log =
+            std::fs::read_to_string(self.work.join("nginx/logs/error.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
     pub fn deploy(&self, tag: &str) -> Output {
@@ -273,8 +284,9 @@ impl Drop for Deployment {
 }
 
 /// Requests through nginx until `stop` is set and at least `min` were sent
-/// (bounded by `max` and a deadline), each on a new connection; returns
-/// (sent, failed, versions seen).
+/// (bounded by `max` and a deadline), each on a new connection, at most one
+/// per [`LOAD_PACE`]; returns (sent, failed, versions seen). A failure
+/// reads `+MS: what` (ms since the load began) with the error's whole chain.
 pub fn load(
     port: u16,
     stop: &std::sync::atomic::AtomicBool,
@@ -292,13 +304,18 @@ pub fn load(
             .build()
             .unwrap();
         let url = format!("http://127.0.0.1:{port}/api/v1/books");
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let began = Instant::now();
+        let deadline = began + Duration::from_secs(120);
         let (mut sent, mut failures, mut versions) = (0, Vec::new(), Vec::<String>::new());
+        let mut pace = tokio::time::interval(LOAD_PACE);
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while sent < max
             && Instant::now() < deadline
             && (sent < min || !stop.load(std::sync::atomic::Ordering::SeqCst))
         {
+            pace.tick().await;
             sent += 1;
+            let at = began.elapsed().as_millis();
             match client.get(&url).send().await {
                 Ok(r) if r.status() == 200 => {
                     let version = r
@@ -311,12 +328,29 @@ pub fn load(
                         versions.push(version);
                     }
                 }
-                Ok(r) => failures.push(format!("status {}", r.status())),
-                Err(e) => failures.push(e.to_string()),
+                Ok(r) => failures.push(format!("+{at}: status {}", r.status())),
+                Err(e) => failures.push(format!("+{at}: {}", error_chain(&e))),
             }
         }
         (sent, failures, versions)
     })
+}
+
+/// The least time between two requests of [`load`]: a new connection per
+/// request, unpaced, opened ~1,000 a second here, and a phase of a minute
+/// left tens of thousands of sockets in TIME_WAIT (a rare "error sending
+/// request"). 2 ms still probes a switch every 2 ms.
+pub const LOAD_PACE: Duration = Duration::from_millis(2);
+
+/// An error and its sources, `a: b: c` (reqwest's own text stops at the first).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// Requests through the proxy on ONE keep-alive connection at a time, as a

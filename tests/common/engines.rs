@@ -19,6 +19,10 @@
 //! let swarm = Swarm::init(&a, &[&b]);
 //! ```
 //!
+//! [`PrivateEngine::start_tls`] also listens on `tcp://127.0.0.1:PORT` with
+//! `--tlsverify`, its certificates made by the openssl CLI from a CA of the
+//! test's own ([`test_ca`], [`issue`]).
+//!
 //! Needs root (bridges) and `dockerd`; [`require_engines!`] skips a test
 //! without them, and fails it under CI.
 
@@ -71,11 +75,25 @@ pub struct PrivateEngine {
     dir: tempfile::TempDir,
     bridge: String,
     daemon: Option<Child>,
+    /// `tcp://127.0.0.1:PORT` with TLS, beside the unix socket ([`start_tls`](Self::start_tls)).
+    tls_port: Option<u16>,
 }
 
 impl PrivateEngine {
     /// Start one and wait until it answers.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Start one that also listens on `tcp://127.0.0.1:PORT` with
+    /// `--tlsverify`: its server certificate (for IP 127.0.0.1) and the
+    /// client's are signed by a CA of the test's own; the client's files are
+    /// in [`cert_path`](Self::cert_path), as Docker's `DOCKER_CERT_PATH` has them.
+    pub fn start_tls() -> Self {
+        Self::start_with(Some(super::free_port()))
+    }
+
+    fn start_with(tls_port: Option<u16>) -> Self {
         let slot = {
             let mut used = USED.lock().unwrap_or_else(|e| e.into_inner());
             let slot = (0..SLOTS)
@@ -95,7 +113,20 @@ impl PrivateEngine {
             dir,
             bridge,
             daemon: None,
+            tls_port,
         };
+        if tls_port.is_some() {
+            let tls = engine.dir.path().join("tls");
+            let ca = test_ca(&tls.join("ca"));
+            issue(
+                &ca,
+                &tls.join("server"),
+                "serverAuth",
+                "subjectAltName=IP:127.0.0.1\n",
+            );
+            issue(&ca, &engine.cert_path(), "clientAuth", "");
+            std::fs::copy(ca.join("ca.pem"), engine.cert_path().join("ca.pem")).unwrap();
+        }
         engine.spawn();
         engine
     }
@@ -135,6 +166,17 @@ impl PrivateEngine {
                 "--storage-driver",
                 "vfs",
             ])
+            .args(self.tls_port.iter().flat_map(|port| {
+                let tls = d.join("tls");
+                [
+                    "--host".into(),
+                    format!("tcp://127.0.0.1:{port}"),
+                    "--tlsverify".into(),
+                    format!("--tlscacert={}", tls.join("ca/ca.pem").display()),
+                    format!("--tlscert={}", tls.join("server/cert.pem").display()),
+                    format!("--tlskey={}", tls.join("server/key.pem").display()),
+                ]
+            }))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -167,6 +209,17 @@ impl PrivateEngine {
     /// `unix:///…/docker.sock`: for `DOCKER_HOST` or a runner file.
     pub fn host(&self) -> String {
         format!("unix://{}", self.socket().display())
+    }
+
+    /// `tcp://127.0.0.1:PORT`, TLS verified both ways ([`start_tls`](Self::start_tls) only).
+    pub fn tls_host(&self) -> String {
+        let port = self.tls_port.expect("an engine started with start_tls");
+        format!("tcp://127.0.0.1:{port}")
+    }
+
+    /// The client's `ca.pem`, `cert.pem` and `key.pem` for [`tls_host`](Self::tls_host).
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("tls/client")
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -298,6 +351,98 @@ impl Drop for PrivateEngine {
             eprintln!("warning: docker0 is gone after stopping a private engine");
         }
     }
+}
+
+/// A CA of the test's own in `dir` (`ca.pem`, `ca-key.pem`), made with the
+/// openssl CLI (P-256 keys: quick to make). Returns `dir`.
+pub fn test_ca(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=runner test CA",
+        ],
+    );
+    dir.to_path_buf()
+}
+
+/// A certificate signed by the CA in `ca`, as `cert.pem` and `key.pem` in
+/// `dir`, for `usage` (`serverAuth`, `clientAuth`) and any `extra` extensions.
+pub fn issue(ca: &Path, dir: &Path, usage: &str, extra: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!("extendedKeyUsage={usage}\n{extra}"),
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "req.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    let (ca_pem, ca_key) = (ca.join("ca.pem"), ca.join("ca-key.pem"));
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "req.csr",
+            "-CA",
+            ca_pem.to_str().unwrap(),
+            "-CAkey",
+            ca_key.to_str().unwrap(),
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn subnet_in_use(slot: usize) -> bool {

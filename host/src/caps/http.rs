@@ -244,12 +244,7 @@ fn classify(url: &Url, e: reqwest::Error, timeout: Duration) -> PluginError {
             humantime::format_duration(timeout)
         ));
     }
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        msg = format!("{msg}: {s}");
-        source = s.source();
-    }
+    let msg = crate::error_chain::error_chain(&e);
     if e.is_connect() {
         PluginError::Unavailable(format!("http: cannot connect to {}: {msg}", origin_of(url)))
     } else {

@@ -417,7 +417,7 @@ fn map_error(reference: &OciRef, error: OciDistributionError) -> OciError {
         OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
             OciError::Unreachable {
                 registry,
-                detail: root_cause(&e),
+                detail: crate::error_chain::error_chain(&e),
             }
         }
         OciDistributionError::RegistryError { envelope, .. } => {
@@ -451,17 +451,7 @@ fn map_error(reference: &OciRef, error: OciDistributionError) -> OciError {
         },
         other => OciError::Registry {
             registry,
-            detail: root_cause(&other),
+            detail: crate::error_chain::error_chain(&other),
         },
     }
-}
-
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
 }

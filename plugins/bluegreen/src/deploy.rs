@@ -36,6 +36,7 @@ pub(crate) fn deploy(s: &Settings) -> Result<Outcome, Error> {
     intent.write(Phase::BeforeSwitch, "prepare")?;
     kv::delete(&s.previous_key())?;
     remove_color(s, next)?;
+    let t_prepared = started.elapsed();
     intent.write(Phase::BeforeSwitch, "start")?;
     let (endpoints, times) = match start_candidate(s, &intent, started) {
         Ok(started) => started,
@@ -72,6 +73,7 @@ pub(crate) fn deploy(s: &Settings) -> Result<Outcome, Error> {
         .with_output("addresses", join_addresses(&endpoints)));
     }
     switch_to(s, &intent, index, &endpoints, started, times)
+        .map(|done| done.with_output("prepare_ms", t_prepared.as_millis().to_string()))
 }
 
 /// Run the candidate's replicas (all started first, so they come up
@@ -290,6 +292,7 @@ fn switch_to(
     if !current.is_empty() {
         std::thread::sleep(s.drain);
     }
+    let t_finishing = started.elapsed();
     if let Err(e) = finish(s, current, next) {
         return Err(with_context(
             e,
@@ -302,6 +305,7 @@ fn switch_to(
         ));
     }
     journal::clear()?;
+    let t_finished = started.elapsed() - t_finishing;
     // Parts a promotion or rollback did not run (start, health, pre-tests) are left out.
     let timings = [
         ("start", t_start),
@@ -356,7 +360,8 @@ fn switch_to(
     .with_output(
         "post_tests_ms",
         (t_post - t_switched).as_millis().to_string(),
-    ))
+    )
+    .with_output("finish_ms", t_finished.as_millis().to_string()))
 }
 
 /// `action=promote`: the candidate a manual-promotion deploy left running.

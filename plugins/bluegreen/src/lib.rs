@@ -325,9 +325,11 @@ impl Guest for BlueGreen {
             .output("candidate", "the color waiting for promotion (promotion=manual)")
             .output("paused", "true when the deploy stopped at its promotion gate")
             .output("recovered", "true when an interrupted deploy was finished or undone")
+            .output("prepare_ms", "time to remove the color's previous containers (part of start_ms)")
             .output("start_ms", "time to start the new color")
             .output("healthy_ms", "time until it was healthy")
             .output("switch_ms", "time to switch the proxy")
+            .output("finish_ms", "time to stop the old color (kept for rollback) and record it")
     }
     fn run(ctx: Context) -> Result<Outcome, Error> {
         let settings = Settings::from(&ctx)?;

@@ -285,9 +285,17 @@ fn follow(
                 .iter()
                 .all(|t| t.image == image && vetted.contains(&t.id));
         let state = service.update_state.as_deref();
+        // Going back, every task running the old image and none pending is
+        // back: Swarm may say `updating` a while longer (seen after a stuck
+        // update whose pending task it dropped), with nothing left to replace.
+        let settled = !to.serve_old
+            && service
+                .tasks
+                .iter()
+                .all(|t| t.desired_state != "running" || t.state == "running");
         // Done when every task runs the image, whatever Swarm's last word
         // (updating back to the image Swarm already rolled back to changes nothing).
-        if all_new && !matches!(state, Some("updating" | "rollback_started")) {
+        if all_new && (settled || !matches!(state, Some("updating" | "rollback_started"))) {
             return Ok(serving.clone());
         }
         let ours = last_word(&service) != *before;

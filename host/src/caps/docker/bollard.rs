@@ -53,6 +53,25 @@ impl BollardEngine {
         }
     }
 
+    /// As [`new`](Self::new), with TLS as the docker CLI takes it from the
+    /// environment: `DOCKER_TLS_VERIFY` set to anything non-empty speaks TLS
+    /// to a `tcp://` engine and verifies it, with the certificates in
+    /// `DOCKER_CERT_PATH` (else `~/.docker`). For the one engine of
+    /// `--docker-host`/`DOCKER_HOST`; a runner file's `[hosts.*]` say their own.
+    pub fn from_docker_env(host: Option<String>) -> Self {
+        let engine = Self::new(host);
+        let verify = std::env::var_os("DOCKER_TLS_VERIFY").is_some_and(|v| !v.is_empty());
+        if !verify || !engine.host.starts_with("tcp://") {
+            return engine;
+        }
+        let cert_path = std::env::var_os("DOCKER_CERT_PATH")
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from)
+            .or_else(|| dirs::home_dir().map(|home| home.join(".docker")))
+            .unwrap_or_else(|| std::path::PathBuf::from(".docker"));
+        engine.with_tls(cert_path)
+    }
+
     /// Speak TLS with the client certificate in `cert_dir` (`ca.pem`,
     /// `cert.pem`, `key.pem`) and verify the engine against its `ca.pem`.
     pub fn with_tls(mut self, cert_dir: std::path::PathBuf) -> Self {
@@ -74,7 +93,16 @@ impl BollardEngine {
             .get_or_try_init(|| async {
                 let unreachable = |e: bollard::errors::Error| EngineError::Unreachable {
                     endpoint: self.host.clone(),
-                    reason: e.to_string(),
+                    reason: match &self.tls {
+                        // A refused certificate reads as a failed connect:
+                        // say which files were used.
+                        Some(dir) => format!(
+                            "{} (TLS with {}: ca.pem must sign the engine's certificate, cert.pem/key.pem be a client certificate the engine trusts)",
+                            crate::error_chain::error_chain(&e),
+                            dir.display()
+                        ),
+                        None => crate::error_chain::error_chain(&e),
+                    },
                 };
                 let docker = match &self.tls {
                     Some(dir) => Docker::connect_with_ssl(

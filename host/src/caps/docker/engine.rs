@@ -49,10 +49,21 @@ pub enum EngineError {
 impl EngineError {
     /// The WIT error for `docker {op} {target}` failing with this.
     pub fn to_plugin_error(&self, op: &str, target: &str) -> PluginError {
+        self.to_plugin_error_of("docker", op, target)
+    }
+
+    /// As [`to_plugin_error`](Self::to_plugin_error), for a call of
+    /// `interface` (`swarm` calls reach the same engine); an empty `target`
+    /// (a call of no one thing, `swarm nodes`) is left out.
+    pub fn to_plugin_error_of(&self, interface: &str, op: &str, target: &str) -> PluginError {
+        let call = match target {
+            "" => format!("{interface} {op}"),
+            target => format!("{interface} {op} {target}"),
+        };
         if let Self::OnHost { source, .. } = self {
             // The kind is the host's error's; the message names the host.
-            let message = format!("docker {op} {target}: {self}");
-            return match source.to_plugin_error(op, target) {
+            let message = format!("{call}: {self}");
+            return match source.to_plugin_error_of(interface, op, target) {
                 PluginError::NotFound(_) => PluginError::NotFound(message),
                 PluginError::Conflict(_) => PluginError::Conflict(message),
                 PluginError::Unavailable(_) => PluginError::Unavailable(message),
@@ -60,18 +71,17 @@ impl EngineError {
                 _ => PluginError::Failed(message),
             };
         }
+        let message = format!("{call}: {self}");
         match self {
             // Not tied to one request: the engine is not there at all.
-            Self::Unreachable { .. } => PluginError::Unavailable(format!("docker: {self}")),
-            Self::NotFound(_) => PluginError::NotFound(format!("docker {op} {target}: {self}")),
-            Self::Conflict(_) => PluginError::Conflict(format!("docker {op} {target}: {self}")),
+            Self::Unreachable { .. } => PluginError::Unavailable(format!("{interface}: {self}")),
+            Self::NotFound(_) => PluginError::NotFound(message),
+            Self::Conflict(_) => PluginError::Conflict(message),
             Self::Unavailable { .. } | Self::NotSwarmManager { .. } => {
-                PluginError::Unavailable(format!("docker {op} {target}: {self}"))
+                PluginError::Unavailable(message)
             }
-            Self::Timeout => PluginError::Timeout(format!("docker {op} {target}: {self}")),
-            Self::Failed(_) | Self::OnHost { .. } => {
-                PluginError::Failed(format!("docker {op} {target}: {self}"))
-            }
+            Self::Timeout => PluginError::Timeout(message),
+            Self::Failed(_) | Self::OnHost { .. } => PluginError::Failed(message),
         }
     }
 }
@@ -297,9 +307,12 @@ pub struct DockerEngine {
 
 impl DockerEngine {
     /// The Docker engine at `host` (default: `DOCKER_HOST`, then the local
-    /// socket), connected on first use.
+    /// socket), connected on first use; TLS as `DOCKER_TLS_VERIFY` and
+    /// `DOCKER_CERT_PATH` say, as for the docker CLI.
     pub fn new(host: Option<String>) -> Self {
-        Self::from_engine(Arc::new(super::bollard::BollardEngine::new(host)))
+        Self::from_engine(Arc::new(super::bollard::BollardEngine::from_docker_env(
+            host,
+        )))
     }
 
     pub fn from_engine(engine: Arc<dyn ContainerEngine>) -> Self {

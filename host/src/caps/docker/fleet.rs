@@ -166,8 +166,13 @@ impl FleetEngine {
         let host = &self.hosts[i];
         tracing::debug!(target: "runner::engine_calls", host = %host.name, op, "engine call");
         let limit = limit.unwrap_or(host.timeout);
+        let began = std::time::Instant::now();
         let result = match tokio::time::timeout(limit, call).await {
-            Ok(result) => result,
+            Ok(result) => {
+                let ms = began.elapsed().as_millis() as u64;
+                tracing::trace!(target: "runner::engine_calls", host = %host.name, op, ms, "engine answered");
+                result
+            }
             Err(_) => Err(EngineError::Unavailable {
                 endpoint: host.engine.host().to_string(),
                 reason: format!(

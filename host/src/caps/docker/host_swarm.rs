@@ -167,17 +167,7 @@ impl DockerCap {
 
     fn swarm_err(op: &str, target: &str) -> impl Fn(super::EngineError) -> PluginError {
         let (op, target) = (op.to_string(), target.to_string());
-        move |e| match e.to_plugin_error(&op, &target) {
-            // The engine's messages say "docker OP": this is the swarm interface.
-            PluginError::Unavailable(m) => {
-                PluginError::Unavailable(m.replacen("docker", "swarm", 1))
-            }
-            PluginError::NotFound(m) => PluginError::NotFound(m.replacen("docker", "swarm", 1)),
-            PluginError::Conflict(m) => PluginError::Conflict(m.replacen("docker", "swarm", 1)),
-            PluginError::Timeout(m) => PluginError::Timeout(m.replacen("docker", "swarm", 1)),
-            PluginError::Failed(m) => PluginError::Failed(m.replacen("docker", "swarm", 1)),
-            other => other,
-        }
+        move |e| e.to_plugin_error_of("swarm", &op, &target)
     }
 
     /// Make the catalog true to `info`'s tasks: register the running ones

@@ -9,7 +9,11 @@ use super::registration::{
 use crate::bindings::PluginError;
 use crate::caps::registry_error;
 use crate::registry::{Instance, Registry};
+use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
+
+/// Container inspects of one reconcile in flight at once.
+const RECONCILE_INSPECTS_AT_ONCE: usize = 8;
 
 /// One container as `runner status` shows it.
 #[derive(Debug, Clone)]
@@ -141,13 +145,15 @@ pub async fn reconcile(
         label: Some(LABEL_SERVICE.to_string()),
         name_prefix: None,
     };
-    for summary in engine.list(filter).await.map_err(err)? {
-        if summary.id.is_empty() {
-            continue;
-        }
-        if let Ok(info) = engine.inspect(&summary.id).await
-            && let Some(instance) = registration(&info, &policy)
-        {
+    let listed = engine.list(filter).await.map_err(err)?;
+    // Side by side, a few at a time: one round trip per container otherwise.
+    let inspected: Vec<_> = futures_util::stream::iter(listed.iter().filter(|c| !c.id.is_empty()))
+        .map(|summary| engine.inspect(&summary.id))
+        .buffered(RECONCILE_INSPECTS_AT_ONCE)
+        .collect()
+        .await;
+    for info in inspected.into_iter().flatten() {
+        if let Some(instance) = registration(&info, &policy) {
             running.insert(
                 instance.id.clone(),
                 (instance, owner(&info.labels, &identity)),
