@@ -329,7 +329,7 @@ pub fn load(
                     }
                 }
                 Ok(r) => failures.push(format!("+{at}: status {}", r.status())),
-                Err(e) => failures.push(format!("+{at}: {}", error_chain(&e))),
+                Err(e) => failures.push(format!("+{at}: {}", runner::error_chain::error_chain(&e))),
             }
         }
         (sent, failures, versions)
@@ -341,17 +341,6 @@ pub fn load(
 /// left tens of thousands of sockets in TIME_WAIT (a rare "error sending
 /// request"). 2 ms still probes a switch every 2 ms.
 pub const LOAD_PACE: Duration = Duration::from_millis(2);
-
-/// An error and its sources, `a: b: c` (reqwest's own text stops at the first).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
-}
 
 /// Requests through the proxy on ONE keep-alive connection at a time, as a
 /// browser or a connection-pooling client sends them, with no retry: a

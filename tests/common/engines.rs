@@ -357,29 +357,32 @@ impl Drop for PrivateEngine {
 /// openssl CLI (P-256 keys: quick to make). Returns `dir`.
 pub fn test_ca(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
+    let subject = [
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=runner test CA",
+    ];
     openssl(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-nodes",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-keyout",
-            "ca-key.pem",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=runner test CA",
-        ],
+        &[&["req", "-x509"][..], NEW_P256_KEY, &subject].concat(),
     );
     dir.to_path_buf()
 }
+
+/// `openssl req` arguments for a new, unencrypted P-256 key.
+const NEW_P256_KEY: &[&str] = &[
+    "-new",
+    "-nodes",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+];
 
 /// A certificate signed by the CA in `ca`, as `cert.pem` and `key.pem` in
 /// `dir`, for `usage` (`serverAuth`, `clientAuth`) and any `extra` extensions.
@@ -390,24 +393,15 @@ pub fn issue(ca: &Path, dir: &Path, usage: &str, extra: &str) {
         format!("extendedKeyUsage={usage}\n{extra}"),
     )
     .unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-nodes",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "req.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
+    let request = [
+        "-keyout",
+        "key.pem",
+        "-out",
+        "req.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ];
+    openssl(dir, &[&["req"][..], NEW_P256_KEY, &request].concat());
     let (ca_pem, ca_key) = (ca.join("ca.pem"), ca.join("ca-key.pem"));
     openssl(
         dir,

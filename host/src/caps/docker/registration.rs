@@ -161,7 +161,6 @@ pub(super) async fn deregister(
     Ok(())
 }
 
-/// Whose catalog a running service container belongs to.
 /// The registration tags a container or service carries (comma-separated).
 fn label_tags(labels: &HashMap<String, String>) -> Vec<String> {
     labels
@@ -233,6 +232,7 @@ pub(super) enum Owner {
     Unlabelled,
 }
 
+/// Whose catalog a running service container belongs to.
 pub(super) fn owner(labels: &HashMap<String, String>, identity: &str) -> Owner {
     match labels.get(LABEL_REGISTRY).map(String::as_str) {
         None | Some("") => Owner::Unlabelled,
