@@ -115,6 +115,12 @@ fn a_swarm_deploy_switches_rolls_back_and_fails_safe_under_load() {
     let addresses = out.output("addresses").unwrap();
     let addresses: BTreeSet<&str> = addresses.split(',').collect();
     assert_eq!(addresses.len(), 3, "{addresses:?}");
+    // Each node's ports come from its own block (the harness's port_range).
+    let (first, _) = crate::common::engines::port_range(0);
+    for at in &addresses {
+        let port: u16 = at.rsplit(':').next().unwrap().parse().unwrap();
+        assert!(port >= first, "{at}: a port of a private engine's block");
+    }
     assert_eq!(d.catalog(), vec![blue.clone(); 3]);
     assert_eq!(upstream_servers(&d), 3, "{}", d.upstream_file());
     assert_eq!(d.serving(), "v1");

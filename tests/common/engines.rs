@@ -8,7 +8,8 @@
 //! conflict), `--storage-driver vfs`, `--iptables=false` and a bridge the
 //! test creates with a small subnet of its own (never `--bridge none`,
 //! which deletes `docker0`). Images reach it by `docker save | docker
-//! load`. Published ports are reached on 127.0.0.1 only. Dropping the
+//! load`. Published ports are reached on 127.0.0.1 only, each engine's
+//! dynamic ones from a range of its own (see [`port_range`]). Dropping the
 //! engine leaves any Swarm, stops the daemon by its pid, deletes its bridge
 //! (and `docker_gwbridge` if the main engine has none) and its data, and
 //! checks that `docker0` is still there.
@@ -40,7 +41,21 @@ static USED: Mutex<[bool; SLOTS]> = Mutex::new([false; SLOTS]);
 const START_WITHIN: Duration = Duration::from_secs(60);
 const STOP_WITHIN: Duration = Duration::from_secs(30);
 
-/// Whether extra engines can be started here: root, `dockerd`, `ip`.
+/// The dynamic host ports of slot `slot`'s engine: above the kernel's
+/// ephemeral range (32768-60999), a block per slot. Every engine here shares
+/// one network namespace, and each allocates "free" ports from its own
+/// bookkeeping of `ip_local_port_range`: two engines (or the main one) walked
+/// the same ports, and a Swarm task whose ten tries all met another engine's
+/// ports failed to start (`bind: address already in use`), which a rolling
+/// update takes for a failed task. On real nodes each engine has the host's
+/// ports to itself, as here each has its own block.
+pub fn port_range(slot: usize) -> (u16, u16) {
+    let start = 61_000 + 1_100 * slot as u16;
+    (start, start + 1_099)
+}
+
+/// Whether extra engines can be started here: root, `dockerd`, `ip`,
+/// `unshare` (util-linux).
 pub fn available() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -51,7 +66,7 @@ pub fn available() -> bool {
             .status()
             .is_ok_and(|s| s.success())
     };
-    root && has("dockerd") && has("ip") && super::docker::available()
+    root && has("dockerd") && has("ip") && has("unshare") && super::docker::available()
 }
 
 /// True when the test may go on; skips (with a message) without root or
@@ -147,8 +162,16 @@ impl PrivateEngine {
         ip(&["link", "set", &self.bridge, "up"]);
         let d = self.dir.path();
         std::fs::write(d.join("daemon.json"), "{}").unwrap();
+        // dockerd reads its dynamic port range from the kernel's
+        // ip_local_port_range, once: in a mount namespace of its own (its
+        // mounts stay out of the host's too), that file shows its block.
+        let (first, last) = port_range(self.slot);
+        std::fs::write(d.join("port-range"), format!("{first}\t{last}\n")).unwrap();
         let log = std::fs::File::create(d.join("log")).unwrap();
-        let daemon = Command::new("dockerd")
+        let daemon = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount --bind "$0" /proc/sys/net/ipv4/ip_local_port_range && exec dockerd "$@""#)
+            .arg(d.join("port-range"))
             .arg("--config-file")
             .arg(d.join("daemon.json"))
             .arg("--data-root")

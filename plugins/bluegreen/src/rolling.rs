@@ -25,7 +25,7 @@ use crate::steps::{
     Endpoint, info, join_addresses, read_color, run_hook, switch_proxy, wait_http_healthy,
     with_context,
 };
-use crate::swarm::{find, task_endpoint};
+use crate::swarm::{find, still_running, task_endpoint};
 use runner_sdk::{Error, Outcome, kv, swarm};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -248,13 +248,12 @@ fn follow(
             let started = Instant::now();
             wait_http_healthy(s, name, &at, &|| {
                 if started.elapsed() > window {
-                    Err(Error::Failed(format!(
+                    return Err(Error::Failed(format!(
                         "task {} of {name} ({image}) was not healthy within {window:?}, half the update delay",
                         t.id
-                    )))
-                } else {
-                    Ok(())
+                    )));
                 }
+                still_running(s, name, &at)
             })?;
             if test {
                 run_hook(&s.pre_hook, &at.url())?;

@@ -76,19 +76,36 @@ pub(crate) fn find(name: &str) -> Result<Option<swarm::Service>, Error> {
 
 /// Wait until `want` tasks of `name` run `image` (when given) with a
 /// published port, then register them; their endpoints. Fails at once when
-/// a task of this image fails (Swarm would retry it forever), and at the
-/// deadline with what the tasks say (a stuck `pending` names why).
+/// a task of this image fails (Swarm would retry it forever) — checked
+/// before counting the running ones, which may be that failure's
+/// replacements — and at the deadline with what the tasks say (a stuck
+/// `pending` names why). Tasks in `earlier` (the service's history before
+/// this wait) are not this wait's failures.
 pub(crate) fn wait_tasks(
     s: &Settings,
     name: &str,
     want: u32,
     image: Option<&str>,
+    earlier: &[String],
     deadline: Duration,
 ) -> Result<Vec<Endpoint>, Error> {
     let started = Instant::now();
     loop {
         let service = swarm::inspect(name)?;
         let of_image = |t: &&swarm::Task| image.is_none_or(|i| t.image == i);
+        if let Some(bad) = service
+            .tasks
+            .iter()
+            .filter(of_image)
+            .filter(|t| !earlier.contains(&t.id))
+            .find(|t| failed(t))
+        {
+            return Err(Error::Failed(format!(
+                "{name}: {} (the service's last lines: {})",
+                describe_task(bad),
+                logs(s, name)
+            )));
+        }
         let ready: Vec<&swarm::Task> = service
             .tasks
             .iter()
@@ -104,13 +121,6 @@ pub(crate) fn wait_tasks(
                 .collect();
             endpoints.sort_by_key(|(slot, _)| *slot);
             return Ok(endpoints.into_iter().map(|(_, e)| e).collect());
-        }
-        if let Some(bad) = service.tasks.iter().filter(of_image).find(|t| failed(t)) {
-            return Err(Error::Failed(format!(
-                "{name}: {} (the service's last lines: {})",
-                describe_task(bad),
-                logs(s, name)
-            )));
         }
         if started.elapsed() > deadline {
             let states: Vec<String> = service
@@ -131,6 +141,35 @@ pub(crate) fn wait_tasks(
             )));
         }
         std::thread::sleep(POLL);
+    }
+}
+
+/// Fails when the task serving `at` no longer runs: a task that exits
+/// after it was seen running is replaced by Swarm on another port, and a
+/// health wait on its address would poll a dead port until its deadline.
+pub(crate) fn still_running(s: &Settings, name: &str, at: &Endpoint) -> Result<(), Error> {
+    let service = swarm::inspect(name)?;
+    let at_address = || {
+        service
+            .tasks
+            .iter()
+            .filter(|t| task_endpoint(s, t).as_ref() == Some(at))
+    };
+    match at_address()
+        .find(|t| running(t))
+        .or_else(|| at_address().next())
+    {
+        Some(t) if running(t) => Ok(()),
+        Some(t) => Err(Error::Failed(format!(
+            "{name}: {} before answering its health path (the service's last lines: {})",
+            describe_task(t),
+            logs(s, name)
+        ))),
+        None => Err(Error::Failed(format!(
+            "{name}: no task serves {} any more (the service's last lines: {})",
+            at.url(),
+            logs(s, name)
+        ))),
     }
 }
 
@@ -171,14 +210,14 @@ fn spec(s: &Settings, color: &str, image: &str) -> swarm::ServiceSpec {
 pub(crate) fn start(s: &Settings, color: &str, image: &str) -> Result<Vec<Endpoint>, Error> {
     let name = s.container(color);
     swarm::create(&spec(s, color, image))?;
-    let endpoints = wait_tasks(s, &name, s.replicas, Some(image), s.health_timeout)?;
+    let endpoints = wait_tasks(s, &name, s.replicas, Some(image), &[], s.health_timeout)?;
     info(&format!(
         "{name}: {} tasks running at {}",
         endpoints.len(),
         crate::steps::join_addresses(&endpoints)
     ));
     for at in &endpoints {
-        wait_http_healthy(s, &name, at, &|| Ok(()))?;
+        wait_http_healthy(s, &name, at, &|| still_running(s, &name, at))?;
     }
     Ok(endpoints)
 }
@@ -205,9 +244,10 @@ pub(crate) fn ensure_running(s: &Settings, color: &str) -> Result<Vec<Endpoint>,
     if service.replicas != s.replicas {
         swarm::scale(&name, s.replicas)?;
     }
-    let endpoints = wait_tasks(s, &name, s.replicas, None, s.health_timeout)?;
+    let earlier: Vec<String> = service.tasks.into_iter().map(|t| t.id).collect();
+    let endpoints = wait_tasks(s, &name, s.replicas, None, &earlier, s.health_timeout)?;
     for at in &endpoints {
-        wait_http_healthy(s, &name, at, &|| Ok(()))?;
+        wait_http_healthy(s, &name, at, &|| still_running(s, &name, at))?;
     }
     Ok(endpoints)
 }
