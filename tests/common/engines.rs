@@ -360,15 +360,8 @@ impl Drop for PrivateEngine {
             .stderr(Stdio::null())
             .status();
         remove_stray_gwbridge();
-        // vfs layers and container roots can hold read-only files and mounts
-        // left by the daemon: unmount what is under the work dir first.
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "grep -o ' {}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l",
-                self.dir.path().display()
-            ))
-            .status();
+        // The daemon's mounts (shm, network namespaces) live in its own
+        // mount namespace, gone with it: the work dir is plain files here.
         USED.lock().unwrap_or_else(|e| e.into_inner())[self.slot] = false;
         if !Path::new("/sys/class/net/docker0").exists() {
             eprintln!("warning: docker0 is gone after stopping a private engine");
