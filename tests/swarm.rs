@@ -89,7 +89,8 @@ fn main_engine_untouched() {
 fn a_swarm_deploy_switches_rolls_back_and_fails_safe_under_load() {
     require_engines!();
     let d = Deployment::start("swarm", false);
-    let (a, b) = swarm_of_two(&d, &["v1", "v2", "badbooks", "exits"]);
+    d.build_image("dies", "v7", "dies");
+    let (a, b) = swarm_of_two(&d, &["v1", "v2", "badbooks", "exits", "dies"]);
     let three = [
         "-c",
         "engine=swarm",
@@ -172,6 +173,26 @@ fn a_swarm_deploy_switches_rolls_back_and_fails_safe_under_load() {
     // would restart it forever), removed, blue serves: no request fails.
     let out = d.bluegreen_under_load(&[&["-c", &image("exits")][..], &three].concat(), 300, 1);
     assert!(out.stderr.contains("exit code 3"), "{}", out.stderr);
+    assert_eq!(replicas(&a, &green), None);
+    assert_eq!(d.color(), "blue");
+    d.wait_serving("v1");
+
+    // A candidate whose tasks run, never get healthy, and exit after 10 s:
+    // the health wait fails when the task ends (naming its exit code), not
+    // at the 60 s health timeout; removed, blue serves.
+    let out = d.bluegreen_under_load(&[&["-c", &image("dies")][..], &three].concat(), 300, 1);
+    let health_wait = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or("");
+    assert!(
+        health_wait.contains("no task serves") || health_wait.contains("before answering"),
+        "{}",
+        out.stderr
+    );
+    assert!(health_wait.contains("exit code 4"), "{}", out.stderr);
+    assert!(!out.stderr.contains("did not answer"), "{}", out.stderr);
     assert_eq!(replicas(&a, &green), None);
     assert_eq!(d.color(), "blue");
     d.wait_serving("v1");

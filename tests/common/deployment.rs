@@ -63,11 +63,7 @@ impl Deployment {
             ("v3", "v3", ""),
             ("exits", "v6", "exit"),
         ] {
-            sh(
-                Command::new(repo().join("examples/books-service/build-image"))
-                    .args([&format!("{}:{tag}", deployment.service), version, broken])
-                    .env("IMAGE_LABELS", &deployment.label),
-            );
+            deployment.build_image(tag, version, broken);
         }
         sh(Command::new(repo().join("examples/bluegreen/env"))
             .env("PROXY", proxy)
@@ -78,6 +74,17 @@ impl Deployment {
             .arg(&plugins)
             .arg(&deployment.service));
         deployment
+    }
+
+    /// Image `SERVICE:tag` of the books service at `version`, `broken` as
+    /// its BROKEN mode (`examples/books-service`), labelled as this
+    /// deployment's so that Drop removes it.
+    pub fn build_image(&self, tag: &str, version: &str, broken: &str) {
+        sh(
+            Command::new(repo().join("examples/books-service/build-image"))
+                .args([&format!("{}:{tag}", self.service), version, broken])
+                .env("IMAGE_LABELS", &self.label),
+        );
     }
 
     pub fn runner(&self) -> assert_cmd::Command {

@@ -51,7 +51,7 @@ impl App {
         let v = self.version.as_str();
         let path = request.url().split('?').next().unwrap_or("").to_string();
         match (request.method(), path.as_str()) {
-            (Method::Get, "/health") if self.broken == "health" => json(
+            (Method::Get, "/health") if matches!(self.broken.as_str(), "health" | "dies") => json(
                 500,
                 v,
                 serde_json::json!({"status": "broken", "version": v}),
@@ -158,6 +158,14 @@ fn main() {
             app.version
         );
         std::process::exit(3);
+    }
+    if app.broken == "dies" {
+        // Runs, never healthy, then exits: a task a health wait must see end.
+        std::thread::spawn(|| {
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            eprintln!("books-service: BROKEN=dies, exiting with code 4 after 10 s");
+            std::process::exit(4);
+        });
     }
     let server = match Server::http(format!("0.0.0.0:{port}")) {
         Ok(s) => s,

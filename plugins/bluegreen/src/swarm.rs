@@ -165,11 +165,26 @@ pub(crate) fn still_running(s: &Settings, name: &str, at: &Endpoint) -> Result<(
             describe_task(t),
             logs(s, name)
         ))),
-        None => Err(Error::Failed(format!(
-            "{name}: no task serves {} any more (the service's last lines: {})",
-            at.url(),
-            logs(s, name)
-        ))),
+        // An ended task's status no longer carries its ports: name the
+        // service's ended tasks instead (their exit codes say why).
+        None => {
+            let ended: Vec<String> = service
+                .tasks
+                .iter()
+                .filter(|t| !running(t) && t.exit_code.is_some())
+                .take(3)
+                .map(describe_task)
+                .collect();
+            let ended = match ended.is_empty() {
+                true => String::new(),
+                false => format!("; ended: {}", ended.join("; ")),
+            };
+            Err(Error::Failed(format!(
+                "{name}: no task serves {} any more{ended} (the service's last lines: {})",
+                at.url(),
+                logs(s, name)
+            )))
+        }
     }
 }
 
